@@ -1,0 +1,34 @@
+# Each target sets itself up: a .venv is made on first use and refreshed when
+# pyproject.toml changes; a second run skips the install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo bench bench-protocol lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench-protocol: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.protocol $(BENCH_ARGS)
+
+bench: bench-protocol
+
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check shoal tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Launching shoal: the command line and local clusters."""

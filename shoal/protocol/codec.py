@@ -1,0 +1,123 @@
+"""Messages <-> batches: msgpack header in frame 0, payload buffers in frames 1..n.
+
+A payload (`Serialized`) in a message becomes a msgpack extension value in
+the header: small ones carry their pickle stream inline (ext 1), others
+reference the next frames of the batch in order (ext 2). Nothing here
+unpickles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgpack
+
+from shoal.errors import ProtocolError
+from shoal.protocol.schema import Message, from_wire
+from shoal.protocol.serialize import Serialized
+
+EXT_INLINE = 1  # data: msgpack [typename: str, pickle: bin]
+EXT_FRAMES = 2  # data: msgpack [typename: str, nframes: uint]; takes the next nframes frames
+
+Buffer = bytes | bytearray | memoryview
+
+
+class EncodedMessage:
+    """One message packed: its msgpack bytes and the payload frames it references."""
+
+    __slots__ = ("frames", "header", "nbytes")
+
+    def __init__(self, header: bytes, frames: list[Buffer]) -> None:
+        self.header = header
+        self.frames = frames
+        self.nbytes = len(header) + sum(memoryview(f).nbytes for f in frames)
+
+
+def encode_message(msg: Message) -> EncodedMessage:
+    """Pack one message; payload buffers are referenced, not copied."""
+    frames: list[Buffer] = []
+
+    def default(obj: object) -> object:
+        if type(obj) is Serialized:
+            if obj.inline:
+                return msgpack.ExtType(EXT_INLINE, msgpack.packb([obj.typename, obj.frames[0]]))
+            frames.extend(obj.frames)
+            return msgpack.ExtType(EXT_FRAMES, msgpack.packb([obj.typename, len(obj.frames)]))
+        raise TypeError(f"cannot put a {type(obj).__name__} in a message (in {msg.op})")
+
+    header = msgpack.packb(msg.to_wire(), default=default, use_bin_type=True)
+    return EncodedMessage(header, frames)
+
+
+_ARRAY_PACKER = msgpack.Packer()
+
+
+def batch_frames(encoded: Sequence[EncodedMessage]) -> list[Buffer]:
+    """The frames of one batch holding these messages, header first."""
+    header = _ARRAY_PACKER.pack_array_header(len(encoded)) + b"".join(e.header for e in encoded)
+    frames: list[Buffer] = [header]
+    for e in encoded:
+        frames.extend(e.frames)
+    return frames
+
+
+def encode_batch(messages: Sequence[Message]) -> list[Buffer]:
+    """The frames of one batch holding these messages."""
+    return batch_frames([encode_message(m) for m in messages])
+
+
+def _unpack_ext_data(data: bytes) -> tuple[object, ...]:
+    try:
+        value = msgpack.unpackb(data, use_list=False, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"malformed payload reference: {exc}") from None
+    if type(value) is not tuple or len(value) != 2 or type(value[0]) is not str:
+        raise ProtocolError("malformed payload reference")
+    return value
+
+
+def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> list[Message]:
+    """Validate and build the messages of one batch.
+
+    Raises:
+        ProtocolError: a malformed header, an unknown or invalid message, a
+            payload reference that does not match the frames, or any payload
+            at all when `allow_payloads` is false (before the handshake).
+    """
+    cursor = 1
+
+    def ext_hook(code: int, data: bytes) -> Serialized:
+        nonlocal cursor
+        if not allow_payloads:
+            raise ProtocolError("payloads are not allowed before the handshake completes")
+        typename, second = _unpack_ext_data(data)
+        if code == EXT_INLINE:
+            if type(second) is not bytes:
+                raise ProtocolError("inline payload must carry bytes")
+            return Serialized(typename, [second])  # type: ignore[arg-type]
+        if code == EXT_FRAMES:
+            if type(second) is not int or second < 1 or cursor + second > len(frames):
+                raise ProtocolError(
+                    f"payload references {second!r} frames but the batch has "
+                    f"{len(frames) - cursor} left"
+                )
+            taken = frames[cursor : cursor + second]
+            cursor += second
+            return Serialized(typename, taken)  # type: ignore[arg-type]
+        raise ProtocolError(f"unknown extension type {code}")
+
+    try:
+        wires = msgpack.unpackb(
+            frames[0], ext_hook=ext_hook, use_list=False, raw=False, strict_map_key=False
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for malformed input
+        raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
+    if type(wires) is not tuple or not wires:
+        raise ProtocolError("header must be a non-empty array of messages")
+    if cursor != len(frames):
+        raise ProtocolError(
+            f"batch has {len(frames)} frames but its header references {cursor}"
+        )
+    return [from_wire(w) for w in wires]

@@ -1,0 +1,197 @@
+"""Declaring messages: typed slotted classes with an `op` tag, validated on decode.
+
+A message class lists its fields as annotations; from them this module builds
+one validator per field once, at import. Decoding checks the op, that every
+required field is present and of its declared type, ignores unknown fields,
+and fills defaults for missing optional ones. Anything else is ProtocolError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, get_args, get_origin
+
+from shoal.errors import ProtocolError
+from shoal.protocol.serialize import Serialized
+
+Validator = Callable[[object, str], object]
+
+
+class _KeyMarker:
+    """Annotation marker: a task key (str, or a flat tuple of str and int)."""
+
+
+Key = Annotated[Any, _KeyMarker]
+
+REGISTRY: dict[str, type[Message]] = {}
+
+
+class Message:
+    """Base of every message. Subclasses are made with `@message("op-name")`."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+    _fields: ClassVar[tuple[str, ...]]
+    _required: ClassVar[frozenset[str]]
+    _validators: ClassVar[tuple[tuple[str, Validator], ...]]
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {"op": self.op}
+        for name in self._fields:
+            wire[name] = getattr(self, name)
+        return wire
+
+
+def message(op: str) -> Callable[[type], type[Message]]:
+    """Class decorator: make a slotted dataclass message and register its op."""
+
+    def wrap(cls: type) -> type[Message]:
+        if op in REGISTRY:
+            raise TypeError(f"op {op!r} is declared twice")
+        made = dataclasses.dataclass(slots=True)(cls)
+        made.op = op
+        hints = typing.get_type_hints(made, include_extras=True)
+        fields = dataclasses.fields(made)
+        made._fields = tuple(f.name for f in fields)
+        made._required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        made._validators = tuple((f.name, compile_type(hints[f.name])) for f in fields)
+        REGISTRY[op] = made
+        return made
+
+    return wrap
+
+
+def from_wire(wire: object) -> Message:
+    """Build and validate a message from a decoded msgpack map.
+
+    Raises:
+        ProtocolError: unknown op, missing field, or a field of the wrong type.
+    """
+    if not isinstance(wire, dict):
+        raise ProtocolError(f"a message must be a map, not {type(wire).__name__}")
+    op = wire.get("op")
+    cls = REGISTRY.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message op {op!r}")
+    missing = cls._required.difference(wire)
+    if missing:
+        raise ProtocolError(f"{op}: missing field(s) {', '.join(sorted(missing))}")
+    kwargs = {}
+    for name, check in cls._validators:
+        if name in wire:
+            kwargs[name] = check(wire[name], f"{op}.{name}")
+    return cls(**kwargs)
+
+
+# -- validators ----------------------------------------------------------------
+
+
+def _fail(where: str, expected: str, value: object) -> typing.NoReturn:
+    raise ProtocolError(f"{where}: expected {expected}, got {type(value).__name__}")
+
+
+def _exact(tp: type, label: str) -> Validator:
+    def check(value: object, where: str) -> object:
+        if type(value) is not tp:
+            _fail(where, label, value)
+        return value
+
+    return check
+
+
+def _check_float(value: object, where: str) -> object:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    _fail(where, "float", value)
+
+
+def _check_any(value: object, where: str) -> object:
+    return value
+
+
+def _check_key(value: object, where: str) -> object:
+    if type(value) is str:
+        return value
+    if type(value) is tuple and value:
+        for part in value:
+            if type(part) is not str and type(part) is not int:
+                _fail(where, "key (str, or tuple of str and int)", part)
+        return value
+    _fail(where, "key (str, or non-empty tuple of str and int)", value)
+
+
+def _check_serialized(value: object, where: str) -> object:
+    if type(value) is not Serialized:
+        _fail(where, "payload", value)
+    return value
+
+
+_SIMPLE: dict[object, Validator] = {
+    str: _exact(str, "str"),
+    bytes: _exact(bytes, "bytes"),
+    int: _exact(int, "int"),
+    bool: _exact(bool, "bool"),
+    float: _check_float,
+    Serialized: _check_serialized,
+    Any: _check_any,
+}
+
+
+def compile_type(tp: object) -> Validator:
+    """A validator for one annotation; raises TypeError for unsupported ones."""
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated and _KeyMarker in args[1:]:
+        return _check_key
+    if origin in (typing.Union, types.UnionType):
+        return _compile_union(args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _compile_tuple(compile_type(args[0]))
+    if origin is dict and len(args) == 2:
+        return _compile_dict(compile_type(args[0]), compile_type(args[1]))
+    raise TypeError(f"unsupported message field type {tp!r}")
+
+
+def _compile_union(args: tuple[object, ...]) -> Validator:
+    nullable = type(None) in args
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) != 1:
+        raise TypeError("only `T | None` unions are supported in messages")
+    inner = compile_type(rest[0])
+
+    def check(value: object, where: str) -> object:
+        if value is None and nullable:
+            return None
+        return inner(value, where)
+
+    return check
+
+
+def _compile_tuple(item: Validator) -> Validator:
+    def check(value: object, where: str) -> object:
+        if type(value) is not tuple:
+            _fail(where, "array", value)
+        if item is _check_any:
+            return value
+        return tuple([item(v, where) for v in value])
+
+    return check
+
+
+def _compile_dict(key: Validator, val: Validator) -> Validator:
+    def check(value: object, where: str) -> object:
+        if type(value) is not dict:
+            _fail(where, "map", value)
+        return {key(k, where): val(v, where) for k, v in value.items()}
+
+    return check
