@@ -21,6 +21,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+demo: $(VENV)/.installed-test
+	$(BIN)/shoal demo
+
 bench-protocol: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.protocol $(BENCH_ARGS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from shoal import __version__
@@ -19,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"shoal {__version__} (wire protocol {PROTOCOL_VERSION})",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser("demo", help="run a short, real demonstration on loopback")
+    demo.add_argument(
+        "--array-mb", type=int, default=64, help="size of the array to move (default 64)"
+    )
     return parser
 
 
@@ -30,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from shoal.deploy.demo import main as demo_main
+
+        return demo_main(args.array_mb)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
 
 
 if __name__ == "__main__":
