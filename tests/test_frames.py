@@ -21,8 +21,8 @@ def wire(msgs: list) -> bytes:
     return b"".join(bytes(b) for b in frames.encode_frames(codec.encode_batch(msgs)))
 
 
-def decode_all(data: bytes, splits: list[int], limits: Limits = Limits()) -> list[list[bytes]]:
-    decoder = frames.FrameDecoder(limits)
+def decode_all(data: bytes, splits: list[int]) -> list[list[bytes]]:
+    decoder = frames.FrameDecoder(Limits())
     pos = 0
     for cut in [*sorted(splits), len(data)]:
         decoder.feed(data[pos:cut])
@@ -86,7 +86,8 @@ def test_socket_path_receives_large_frames_in_place() -> None:
 
 def test_each_frame_has_its_own_buffer() -> None:
     decoder = frames.FrameDecoder(Limits())
-    decoder.feed(wire([m.DataSent(data={"a": Serialized("x", [b"s", b"1" * 90_000, b"2" * 90_000])})]))
+    payload = Serialized("x", [b"s", b"1" * 90_000, b"2" * 90_000])
+    decoder.feed(wire([m.DataSent(data={"a": payload})]))
     (batch,) = decoder.pop()
     one, two = batch[2], batch[3]
     assert one.obj is not two.obj

@@ -36,7 +36,6 @@ from shoal.protocol.messages import (
 from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 from shoal.protocol.transports import (
-    InprocTransport,
     SocketTransport,
     StreamTransport,
     Transport,
@@ -302,7 +301,8 @@ async def _connector_handshake(comm: Comm, role: str, name: str, token: bytes | 
     if token is None:
         comm.send(hello)
     else:
-        comm.send(hello, Authenticate(proof=hs.proof(token, "connector", theirs.nonce, hello.nonce)))
+        own_proof = hs.proof(token, "connector", theirs.nonce, hello.nonce)
+        comm.send(hello, Authenticate(proof=own_proof))
     reply = await comm._next_handshake_message()
     if isinstance(reply, HandshakeFailed):
         raise HandshakeError(f"the {peer} refused the handshake: {reply.reason}")
@@ -537,7 +537,9 @@ class Listener:
                 log.warning("refused connection from %s: %s", peer, exc)
                 return
             except TimeoutError:
-                log.warning("handshake with %s timed out after %.1f s", peer, self._handshake_timeout)
+                log.warning(
+                    "handshake with %s timed out after %.1f s", peer, self._handshake_timeout
+                )
                 return
             except (CommClosedError, ssl.SSLError, OSError) as exc:
                 log.debug("connection from %s ended during the handshake: %s", peer, exc)
