@@ -198,15 +198,13 @@ class Comm:
             self._closed_exc = CommClosedError(f"connection to {self.peer_address} {reason}")
 
     def _on_lost(self, exc: BaseException | None) -> None:
-        if exc is None and not self.transport.decoder.idle:
-            exc = ProtocolError("connection closed in the middle of a batch")
-        if isinstance(exc, ProtocolError):
-            log.warning("closing connection from %s: %s", self.peer_address, exc)
-            self._set_closed(f"closed: {exc}")
-        elif exc is not None:
-            self._set_closed(f"closed: {exc}")
-        else:
-            self._set_closed("was closed")
+        # A close on purpose (ours, or the peer's Close message) set the reason already.
+        if self._closed_exc is None:
+            if exc is None and not self.transport.decoder.idle:
+                exc = ProtocolError("connection closed in the middle of a batch")
+            if isinstance(exc, ProtocolError):
+                log.warning("closing connection from %s: %s", self.peer_address, exc)
+            self._set_closed(f"closed: {exc}" if exc is not None else "was closed")
         for fut in self._pings.values():
             if not fut.done():
                 fut.set_exception(self._closed_exc)  # type: ignore[arg-type]
