@@ -25,6 +25,10 @@ class HandshakeError(ProtocolError):
     """The opening exchange failed: wrong or missing token, incompatible version."""
 
 
+class MessageTooLarge(ShoalError):
+    """A message we were asked to send is over the limits the peer advertised."""
+
+
 class SerializationError(ShoalError):
     """A user object could not be pickled or unpickled.
 

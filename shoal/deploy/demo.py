@@ -48,10 +48,14 @@ async def run_demo(array_mb: int = 64, round_trips: int = 200) -> dict[str, floa
         "array_mb": array_mb,
         "array_s": elapsed,
     }
-    print(f"{round_trips} round trips: median {figures['rtt_median_us']:.0f} us, "
-          f"p99 {figures['rtt_p99_us']:.0f} us")
-    print(f"{array_mb} MB array computed, sent and received in {elapsed * 1000:.0f} ms; "
-          f"sum of squares = {squares.sum():.6g} (checked)")
+    print(
+        f"{round_trips} round trips: median {figures['rtt_median_us']:.0f} us, "
+        f"p99 {figures['rtt_p99_us']:.0f} us"
+    )
+    print(
+        f"{array_mb} MB array computed, sent and received in {elapsed * 1000:.0f} ms; "
+        f"sum of squares = {squares.sum():.6g} (checked)"
+    )
     return figures
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from shoal.errors import LimitExceeded
+from shoal.errors import MessageTooLarge
 from shoal.protocol.codec import Buffer, EncodedMessage, batch_frames, encode_message
 from shoal.protocol.frames import encode_frames
 from shoal.protocol.limits import Limits
@@ -37,7 +37,7 @@ class Outbox:
         """Queue one message; errors in encoding it raise here, in the caller.
 
         Raises:
-            LimitExceeded: the message alone is over the peer's limits.
+            MessageTooLarge: the message alone is over the peer's limits.
         """
         encoded = encode_message(msg)
         limits = self.limits
@@ -46,7 +46,7 @@ class Outbox:
             or len(encoded.header) + _ARRAY_HEADER_MAX > limits.max_header_bytes
             or encoded.nbytes + _ARRAY_HEADER_MAX > limits.max_batch_bytes
         ):
-            raise LimitExceeded(
+            raise MessageTooLarge(
                 f"{msg.op} message of {encoded.nbytes} bytes in {len(encoded.frames) + 1} "
                 f"frames is over the peer's limits ({limits})"
             )

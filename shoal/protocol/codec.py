@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import msgpack
 
 from shoal.errors import ProtocolError
+from shoal.protocol import messages as _catalogue  # noqa: F401  (registers every op)
 from shoal.protocol.schema import Message, from_wire
 from shoal.protocol.serialize import Serialized
 
@@ -90,21 +91,21 @@ def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> l
         nonlocal cursor
         if not allow_payloads:
             raise ProtocolError("payloads are not allowed before the handshake completes")
+        if code != EXT_INLINE and code != EXT_FRAMES:
+            raise ProtocolError(f"unknown extension type {code}")
         typename, second = _unpack_ext_data(data)
         if code == EXT_INLINE:
             if type(second) is not bytes:
                 raise ProtocolError("inline payload must carry bytes")
             return Serialized(typename, [second])  # type: ignore[arg-type]
-        if code == EXT_FRAMES:
-            if type(second) is not int or second < 1 or cursor + second > len(frames):
-                raise ProtocolError(
-                    f"payload references {second!r} frames but the batch has "
-                    f"{len(frames) - cursor} left"
-                )
-            taken = frames[cursor : cursor + second]
-            cursor += second
-            return Serialized(typename, taken)  # type: ignore[arg-type]
-        raise ProtocolError(f"unknown extension type {code}")
+        if type(second) is not int or second < 1 or cursor + second > len(frames):
+            raise ProtocolError(
+                f"payload references {second!r} frames but the batch has "
+                f"{len(frames) - cursor} left"
+            )
+        taken = frames[cursor : cursor + second]
+        cursor += second
+        return Serialized(typename, taken)  # type: ignore[arg-type]
 
     try:
         wires = msgpack.unpackb(
@@ -117,7 +118,5 @@ def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> l
     if type(wires) is not tuple or not wires:
         raise ProtocolError("header must be a non-empty array of messages")
     if cursor != len(frames):
-        raise ProtocolError(
-            f"batch has {len(frames)} frames but its header references {cursor}"
-        )
+        raise ProtocolError(f"batch has {len(frames)} frames but its header references {cursor}")
     return [from_wire(w) for w in wires]

@@ -39,6 +39,7 @@ from shoal.protocol.transports import (
     SocketTransport,
     StreamTransport,
     Transport,
+    format_sockname,
     inproc_pair,
 )
 
@@ -80,6 +81,7 @@ class Comm:
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
         self._outbox = Outbox(transport.write, HANDSHAKE_LIMITS)
+        self._peer_limits = HANDSHAKE_LIMITS
         self._outbox.on_error = self._write_failed
         transport.decoder.hold = True
         transport.on_data = self._on_data
@@ -178,6 +180,8 @@ class Comm:
                         self._set_closed(f"closed by the peer: {msg.reason or 'no reason given'}")
                         self.transport.lose(None)
                         return
+                    if cls is HandshakeFailed:
+                        raise HandshakeError(f"the peer refused the handshake: {msg.reason}")
                     if cls in _HANDSHAKE_TYPES:
                         raise ProtocolError(f"unexpected {msg.op} after the handshake")
                 self._inbox.append(msg)
@@ -255,10 +259,11 @@ class Comm:
 
     def _accept_peer(self, hello: Hello) -> None:
         self.peer_role, self.peer_name, self.peer_version = hello.role, hello.name, hello.version
-        self._outbox.limits = hs.peer_limits(hello)
+        self._peer_limits = hs.peer_limits(hello)
 
     async def _refuse(self, reason: str) -> None:
-        self._outbox.put(HandshakeFailed(reason=reason))
+        # The peer is still under the handshake limits: keep the reason short.
+        self._outbox.put(HandshakeFailed(reason=reason[:1000]))
         self._outbox.flush()
         try:
             async with asyncio.timeout(1.0):
@@ -271,6 +276,7 @@ class Comm:
         if self._inbox:
             raise ProtocolError(f"unexpected {self._inbox[0].op} during the handshake")
         self._handshaken = True
+        self._outbox.limits = self._peer_limits
         decoder = self.transport.decoder
         decoder.limits = self.limits
         decoder.hold = False
@@ -341,7 +347,8 @@ async def _listener_handshake(comm: Comm, role: str, name: str, token: bytes | N
         raise HandshakeError(reason)
     comm._accept_peer(theirs)
     own_proof = b"" if token is None else hs.proof(token, "listener", hello.nonce, theirs.nonce)
-    comm.send(Welcome(proof=own_proof))
+    comm._outbox.put(Welcome(proof=own_proof))
+    comm._outbox.flush()  # alone: the connector parses it under the handshake limits
     comm._handshake_done()
 
 
@@ -367,6 +374,7 @@ async def connect(
         ValueError: a malformed address, or tls:// without a TLSConfig.
     """
     addr = parse_address(address)
+    hs.check_role(role)
     secret = hs.token_bytes(token)
     comm: Comm | None = None
     try:
@@ -374,7 +382,7 @@ async def connect(
             if addr.scheme == "inproc":
                 comm = _inproc_connect(addr, limits)
             else:
-                comm = await _tcp_connect(addr, tls, limits)
+                comm = await _tcp_connect(addr, tls, limits, timeout)
             await _connector_handshake(comm, role, name, secret)
     except BaseException:
         if comm is not None:
@@ -383,7 +391,9 @@ async def connect(
     return comm
 
 
-async def _tcp_connect(addr: Address, tls: TLSConfig | None, limits: Limits) -> Comm:
+async def _tcp_connect(
+    addr: Address, tls: TLSConfig | None, limits: Limits, timeout: float
+) -> Comm:
     if addr.scheme == "tls" and tls is None:
         raise ValueError(f"{addr} needs a TLSConfig (tls=)")
     loop = asyncio.get_running_loop()
@@ -401,7 +411,9 @@ async def _tcp_connect(addr: Address, tls: TLSConfig | None, limits: Limits) -> 
         except BaseException:
             sock.close()
             raise
-        return await _wrap(sock, addr.scheme, tls, limits, server_side=False, host=addr.host)
+        return await _wrap(
+            sock, addr.scheme, tls, limits, server_side=False, host=addr.host, ssl_timeout=timeout
+        )
     raise error or OSError(f"could not resolve {addr}")
 
 
@@ -412,6 +424,7 @@ async def _wrap(
     limits: Limits,
     server_side: bool,
     host: str = "",
+    ssl_timeout: float = HANDSHAKE_TIMEOUT_S,
 ) -> Comm:
     decoder = FrameDecoder(HANDSHAKE_LIMITS)
     if scheme != "tls":
@@ -424,7 +437,7 @@ async def _wrap(
             lambda: stream.protocol,
             sock,
             ssl=tls.server_context(),
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            ssl_handshake_timeout=ssl_timeout,
         )
     else:
         await loop.create_connection(
@@ -432,7 +445,7 @@ async def _wrap(
             sock=sock,
             ssl=tls.client_context(),
             server_hostname=host,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            ssl_handshake_timeout=ssl_timeout,
         )
     return Comm(stream, scheme, limits)
 
@@ -515,21 +528,24 @@ class Listener:
                 group.create_task(self._handle_socket(conn))
 
     async def _handle_socket(self, conn: socket.socket) -> None:
-        comm: Comm | None = None
-        try:
-            async with asyncio.timeout(self._handshake_timeout):
-                comm = await _wrap(conn, self._bind.scheme, self._tls, self._limits, True)
-        except (OSError, TimeoutError) as exc:
-            log.warning("connection on %s failed before the handshake: %r", self.address, exc)
-            conn.close()
-            return
-        await self._handle(comm)
+        await self._handle(conn=conn)
 
-    async def _handle(self, comm: Comm) -> None:
-        peer = comm.peer_address
+    async def _handle(self, comm: Comm | None = None, conn: socket.socket | None = None) -> None:
+        """Handshake (TLS included) under one deadline, then run the handler."""
+        peer = comm.peer_address if comm is not None else _peer_of(conn)
         try:
             try:
                 async with asyncio.timeout(self._handshake_timeout):
+                    if comm is None:
+                        assert conn is not None
+                        comm = await _wrap(
+                            conn,
+                            self._bind.scheme,
+                            self._tls,
+                            self._limits,
+                            True,
+                            ssl_timeout=self._handshake_timeout,
+                        )
                     await _listener_handshake(comm, self._role, self._name, self._token)
             except ProtocolError as exc:
                 log.warning("refused connection from %s: %s", peer, exc)
@@ -546,17 +562,22 @@ class Listener:
             try:
                 await self._handler(comm)
             except CommClosedError:
-                pass  # the peer went away; that is the handler's normal end
+                return  # the peer went away; that is the handler's normal end
             except Exception:  # shell boundary: one handler's bug must not stop the listener
                 log.error("handler for %s on %s failed", peer, self.address, exc_info=True)
+                return
+            await comm.close()  # the handler is done: deliver what it sent, then close
         finally:
-            self.comms.discard(comm)
-            comm.abort("listener done with it")
+            if comm is not None:
+                self.comms.discard(comm)
+                comm.abort("listener done with it")
+            elif conn is not None:
+                conn.close()
 
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
             raise ConnectionRefusedError(f"{self.address} is not serving")
-        self._group.create_task(self._handle(comm))
+        self._group.create_task(self._handle(comm=comm))
 
     async def close(self) -> None:
         """Stop accepting; cancel every handler; close every connection."""
@@ -578,6 +599,13 @@ class Listener:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _peer_of(conn: socket.socket | None) -> str:
+    try:
+        return f"tcp://{format_sockname(conn.getpeername())}"  # type: ignore[union-attr]
+    except OSError:
+        return "an unknown peer"
 
 
 def _inproc_connect(addr: Address, limits: Limits) -> Comm:
@@ -613,6 +641,7 @@ async def listen(
         OSError: the address cannot be bound.
     """
     addr = parse_address(address)
+    hs.check_role(role)
     secret = hs.token_bytes(token)
     if secret is None and not addr.is_loopback and not allow_insecure:
         raise PermissionError(

@@ -70,6 +70,7 @@ class FrameDecoder:
         "_need",
         "_partial",
         "_scratch",
+        "_stopped",
         "hold",
         "limits",
     )
@@ -84,6 +85,7 @@ class FrameDecoder:
         # rest waits in `_held` until `resume()`: the handshake uses this so
         # that bytes after it are parsed under the limits it establishes.
         self.hold = False
+        self._stopped = False
         self._held = bytearray()
         self._reset()
 
@@ -123,14 +125,15 @@ class FrameDecoder:
 
     def resume(self) -> None:
         """Parse bytes held back by `hold` (with the current limits and hold flag)."""
+        self._stopped = False
         held, self._held = self._held, bytearray()
         if held:
             self._consume(memoryview(held))
 
     @property
     def holding(self) -> bool:
-        """True when bytes are held back, waiting for `resume()`."""
-        return bool(self._held)
+        """True when parsing stopped after a batch in hold mode, until `resume()`."""
+        return self._stopped
 
     def pop(self) -> list[list[memoryview]]:
         """The batches completed so far, oldest first; each a list of frames."""
@@ -140,7 +143,7 @@ class FrameDecoder:
     @property
     def idle(self) -> bool:
         """True between batches: no partial batch is buffered."""
-        return not self._counted and not self._partial
+        return not self._counted and not self._partial and not self._held
 
     # -- parsing ---------------------------------------------------------------
 
@@ -155,11 +158,11 @@ class FrameDecoder:
 
     def _consume_unchecked(self, data: memoryview) -> None:
         pos, end = 0, data.nbytes
-        if self._held:  # keep order: new bytes queue behind held ones
+        if self._stopped:
             self._held += data
             return
         while pos < end:
-            if self.hold and self._batches:
+            if self._stopped:
                 self._held += data[pos:]
                 return
             cur = self._cur
@@ -223,6 +226,7 @@ class FrameDecoder:
                 return
             self._frames.append(memoryview(bytearray(0)))
         self._batches.append(self._frames)
+        self._stopped = self.hold
         self._reset()
 
     def _frame_done(self) -> None:

@@ -26,8 +26,7 @@ def token_bytes(token: str | bytes | None) -> bytes | None:
 
 
 def make_hello(role: str, name: str, token: bytes | None, limits: Limits) -> Hello:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    check_role(role)
     return Hello(
         protocol=PROTOCOL_VERSION,
         version=__version__,
@@ -51,25 +50,32 @@ def proof_matches(expected: bytes, given: bytes) -> bool:
     return hmac.compare_digest(expected, given)
 
 
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
 def describe(hello: Hello, address: str) -> str:
-    who = f"{hello.role} {hello.name!r}" if hello.name else hello.role
+    role = hello.role if hello.role in ROLES else "peer"
+    who = f"{role} {hello.name[:60]!r}" if hello.name else role
     return f"{who} at {address}"
 
 
 def incompatibility(local: Hello, remote: Hello, remote_address: str) -> str | None:
     """Why these two hellos cannot talk, naming both versions; None when they can."""
-    if remote.role not in ROLES:
-        return f"peer at {remote_address} claims unknown role {remote.role!r}"
-    if len(remote.nonce) != NONCE_BYTES:
-        return f"peer at {remote_address} sent a nonce of {len(remote.nonce)} bytes"
-    if min(remote.max_frames, remote.max_header_bytes, remote.max_batch_bytes) < 1:
-        return f"peer at {remote_address} advertised a non-positive limit"
+    # The version comes first: a newer peer may add roles or change other fields.
     if remote.protocol != local.protocol:
         return (
             f"incompatible versions: this {local.role} speaks protocol {local.protocol} "
             f"(shoal {local.version}), the {describe(remote, remote_address)} speaks "
-            f"protocol {remote.protocol} (shoal {remote.version})"
+            f"protocol {remote.protocol} (shoal {remote.version[:40]})"
         )
+    if remote.role not in ROLES:
+        return f"peer at {remote_address} claims unknown role {remote.role[:40]!r}"
+    if len(remote.nonce) != NONCE_BYTES:
+        return f"peer at {remote_address} sent a nonce of {len(remote.nonce)} bytes"
+    if min(remote.max_frames, remote.max_header_bytes, remote.max_batch_bytes) < 1:
+        return f"peer at {remote_address} advertised a non-positive limit"
     return None
 
 

@@ -113,8 +113,8 @@ class SocketTransport(Transport):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._fd = sock.fileno()
-        self.peer = _format_sockname(sock.getpeername())
-        self.local = _format_sockname(sock.getsockname())
+        self.peer = format_sockname(sock.getpeername())
+        self.local = format_sockname(sock.getsockname())
         self._queue: deque[memoryview] = deque()
         self._queued = 0
         self._writer_on = False
@@ -215,6 +215,9 @@ class _DecoderProtocol(asyncio.BufferedProtocol):
     def __init__(self, owner: StreamTransport) -> None:
         self._owner = owner
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._owner.attach(transport)  # type: ignore[arg-type]
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._owner.decoder.get_buffer()
 
@@ -259,8 +262,8 @@ class StreamTransport(Transport):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        self.peer = _format_sockname(peer) if peer else ""
-        self.local = _format_sockname(local) if local else ""
+        self.peer = format_sockname(peer) if peer else ""
+        self.local = format_sockname(local) if local else ""
 
     @property
     def write_buffer_size(self) -> int:
@@ -361,7 +364,7 @@ def inproc_pair(a: FrameDecoder, b: FrameDecoder, name: str) -> tuple[InprocTran
     return left, right
 
 
-def _format_sockname(addr: object) -> str:
+def format_sockname(addr: object) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         host, port = addr[0], addr[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
