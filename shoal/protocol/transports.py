@@ -315,7 +315,7 @@ class InprocTransport(Transport):
         self.other: InprocTransport | None = None
         self.peer = self.local = name
         self._reading = True
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | None] = []
 
     @property
     def write_buffer_size(self) -> int:
@@ -331,11 +331,15 @@ class InprocTransport(Transport):
         data = b"".join(_byte_view(b) for b in buffers)
         self._loop.call_soon(self.other._deliver, data)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | None) -> None:
+        """Take bytes from the other end; None is its close, queued behind its bytes."""
         if self.closed:
             return
         if not self._reading:
             self._pending.append(data)
+            return
+        if data is None:
+            self.lose(None)
             return
         try:
             self.decoder.feed(data)
@@ -355,7 +359,7 @@ class InprocTransport(Transport):
     def _shut(self) -> None:
         other, self.other = self.other, None
         if other is not None:
-            self._loop.call_soon(other.lose, None)
+            self._loop.call_soon(other._deliver, None)
 
 
 def inproc_pair(a: FrameDecoder, b: FrameDecoder, name: str) -> tuple[InprocTransport, ...]:
