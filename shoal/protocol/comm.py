@@ -102,7 +102,7 @@ class Comm:
 
         Raises:
             CommClosedError: the connection is closed.
-            LimitExceeded: one message alone is over the peer's limits.
+            MessageTooLarge: one message alone is over the peer's limits.
         """
         if self._closed_exc is not None:
             raise self._closed_exc
