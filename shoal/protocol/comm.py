@@ -54,6 +54,11 @@ INBOX_HIGH_WATER = 100_000
 
 _HANDSHAKE_TYPES = (Hello, Authenticate, Welcome, HandshakeFailed)
 
+
+def _ignore_write_error(exc: BaseException) -> None:
+    """Installed once a Comm is closed: nothing more is written, nothing to report."""
+
+
 Handler = Callable[["Comm"], Awaitable[None]]
 
 
@@ -105,7 +110,7 @@ class Comm:
             MessageTooLarge: one message alone is over the peer's limits.
         """
         if self._closed_exc is not None:
-            raise self._closed_exc
+            raise self._closed_error()
         for msg in msgs:
             self._outbox.put(msg)
 
@@ -118,7 +123,7 @@ class Comm:
         self._outbox.flush()
         await self.transport.drain(WRITE_HIGH_WATER)
         if self._closed_exc is not None:
-            raise self._closed_exc
+            raise self._closed_error()
 
     async def ping(self) -> float:
         """Round-trip time to the peer, in seconds.
@@ -147,7 +152,7 @@ class Comm:
         """
         while not self._inbox:
             if self._closed_exc is not None:
-                raise self._closed_exc
+                raise self._closed_error()
             if self._waiter is not None:
                 raise RuntimeError("only one coroutine may read a Comm at a time")
             self._waiter = self._loop.create_future()
@@ -197,6 +202,13 @@ class Comm:
 
     # -- closing -------------------------------------------------------------
 
+    def _closed_error(self) -> CommClosedError:
+        """A fresh error saying why the comm closed. Raising the one stored instance
+        again and again would grow its traceback with every raise and keep each
+        raising frame, with its locals, alive as long as the comm."""
+        assert self._closed_exc is not None
+        return CommClosedError(*self._closed_exc.args)
+
     def _set_closed(self, reason: str) -> None:
         if self._closed_exc is None:
             self._closed_exc = CommClosedError(f"connection to {self.peer_address} {reason}")
@@ -211,7 +223,10 @@ class Comm:
             self._set_closed(f"closed: {exc}" if exc is not None else "was closed")
         for fut in self._pings.values():
             if not fut.done():
-                fut.set_exception(self._closed_exc)  # type: ignore[arg-type]
+                fut.set_exception(self._closed_error())
+        # Nothing more will be written: let the outbox forget us (a bound method of
+        # ours there is a reference cycle that only the cyclic GC could break).
+        self._outbox.on_error = _ignore_write_error
         self._wake()
 
     def _write_failed(self, exc: BaseException) -> None:
@@ -244,7 +259,7 @@ class Comm:
     async def _next_handshake_message(self) -> Message:
         while not self._inbox:
             if self._closed_exc is not None:
-                raise self._closed_exc
+                raise self._closed_error()
             if self.transport.decoder.holding:
                 self.transport.decoder.resume()
                 self.transport._received()
@@ -326,7 +341,7 @@ async def _listener_handshake(comm: Comm, role: str, name: str, token: bytes | N
     comm._outbox.put(hello)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
-        raise HandshakeError(f"{comm.peer_address} gave up the handshake: {theirs.reason}")
+        raise HandshakeError(f"the peer gave up the handshake: {theirs.reason}")
     if not isinstance(theirs, Hello):
         raise ProtocolError(f"expected hello, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)
@@ -532,7 +547,7 @@ class Listener:
 
     async def _handle(self, comm: Comm | None = None, conn: socket.socket | None = None) -> None:
         """Handshake (TLS included) under one deadline, then run the handler."""
-        peer = comm.peer_address if comm is not None else _peer_of(conn)
+        peer = comm.peer_address if comm is not None else _peer_of(conn, self._bind.scheme)
         try:
             try:
                 async with asyncio.timeout(self._handshake_timeout):
@@ -555,7 +570,10 @@ class Listener:
                     "handshake with %s timed out after %.1f s", peer, self._handshake_timeout
                 )
                 return
-            except (CommClosedError, ssl.SSLError, OSError) as exc:
+            except ssl.SSLError as exc:  # a certificate refused either way: the peer's fault
+                log.warning("refused TLS connection from %s: %s", peer, exc)
+                return
+            except (CommClosedError, OSError) as exc:
                 log.debug("connection from %s ended during the handshake: %s", peer, exc)
                 return
             self.comms.add(comm)
@@ -601,9 +619,9 @@ class Listener:
         await self.close()
 
 
-def _peer_of(conn: socket.socket | None) -> str:
+def _peer_of(conn: socket.socket | None, scheme: str) -> str:
     try:
-        return f"tcp://{format_sockname(conn.getpeername())}"  # type: ignore[union-attr]
+        return f"{scheme}://{format_sockname(conn.getpeername())}"  # type: ignore[union-attr]
     except OSError:
         return "an unknown peer"
 

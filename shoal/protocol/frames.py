@@ -41,6 +41,12 @@ def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
     return [frame_prefix(lengths), *frames]
 
 
+def _scratch_bytes(limits: Limits) -> int:
+    """Enough scratch for one whole batch under `limits`, at most SCRATCH_BYTES."""
+    largest = COUNT_BYTES + LENGTH_BYTES * limits.max_frames + limits.max_batch_bytes
+    return min(SCRATCH_BYTES, largest)
+
+
 def _allocate(nbytes: int) -> memoryview:
     if nbytes >= DIRECT_MIN:
         return memoryview(np.empty(nbytes, dtype=np.uint8))
@@ -67,17 +73,19 @@ class FrameDecoder:
         "_frames",
         "_held",
         "_lengths",
+        "_limits",
         "_need",
         "_partial",
         "_scratch",
         "_stopped",
         "hold",
-        "limits",
     )
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self._scratch = memoryview(bytearray(SCRATCH_BYTES))
+        self._limits = limits
+        # Sized to what the limits allow: a stranger, under the handshake limits,
+        # costs 4 KiB here rather than 256.
+        self._scratch = memoryview(bytearray(_scratch_bytes(limits)))
         self._batches: list[list[memoryview]] = []
         self._broken = False
         self._direct = False
@@ -97,6 +105,17 @@ class FrameDecoder:
         self._frames: list[memoryview] = []
         self._cur: memoryview | None = None
         self._cur_off = 0
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        """New limits apply from the next count or length read; the scratch grows to suit."""
+        self._limits = limits
+        if self._scratch.nbytes < _scratch_bytes(limits):
+            self._scratch = memoryview(bytearray(_scratch_bytes(limits)))
 
     # -- receive paths -------------------------------------------------------
 

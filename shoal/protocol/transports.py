@@ -31,13 +31,21 @@ def _byte_view(buf: Buffer) -> memoryview:
     return view
 
 
+def _ignore_data() -> None:
+    """No owner (yet, or any more) for incoming bytes."""
+
+
+def _ignore_lost(exc: BaseException | None) -> None:
+    """No owner (yet, or any more) to tell of the close."""
+
+
 class Transport:
     """Base: flow control and the callbacks shared by every transport."""
 
     def __init__(self, decoder: FrameDecoder) -> None:
         self.decoder = decoder
-        self.on_data: Callable[[], None] = lambda: None
-        self.on_lost: Callable[[BaseException | None], None] = lambda exc: None
+        self.on_data: Callable[[], None] = _ignore_data
+        self.on_lost: Callable[[BaseException | None], None] = _ignore_lost
         self.closed = False
         self.peer = ""
         self.local = ""
@@ -95,7 +103,11 @@ class Transport:
         self.closed = True
         self._shut()
         self._wake_drainers()
-        self.on_lost(exc)
+        on_lost, self.on_lost = self.on_lost, _ignore_lost
+        # The owner's callbacks are its bound methods: keeping them would make a
+        # reference cycle holding a dead connection's buffers until the cyclic GC.
+        self.on_data = _ignore_data
+        on_lost(exc)
 
 
 class SocketTransport(Transport):
@@ -239,6 +251,7 @@ class _DecoderProtocol(asyncio.BufferedProtocol):
         owner.lose(lost)
         if owner._finished is not None and not owner._finished.done():
             owner._finished.set_result(None)
+        self._owner = None  # the last callback: break the transport <-> protocol cycle
 
     def pause_writing(self) -> None:
         self._owner._paused = True
