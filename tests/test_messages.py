@@ -136,3 +136,29 @@ def test_declaring_an_op_twice_fails() -> None:
         @message("ping")
         class Again(Message):
             id: int
+
+
+def test_a_value_msgpack_cannot_pack_fails_clearly_and_leaves_the_encoder_clean() -> None:
+    with pytest.raises(TypeError, match="cannot put a set in a message \\(in get-data\\)"):
+        codec.encode_message(m.GetData(keys=({1, 2},)))
+    assert codec.encode_message(m.Ping(id=5)).header == msgpack.packb({"op": "ping", "id": 5})
+
+
+def test_encoding_from_several_threads_at_once() -> None:
+    import threading
+
+    from shoal.protocol.serialize import serialize
+
+    results: dict[int, list[m.Message]] = {}
+
+    def work(n: int) -> None:
+        msgs = [m.DataSent(data={("k", i): serialize(b"v" * i)}, request_id=n) for i in range(300)]
+        results[n] = roundtrip(msgs)
+        assert results[n] == msgs
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [0, 1, 2, 3]

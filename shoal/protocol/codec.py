@@ -8,6 +8,7 @@ unpickles.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import msgpack
@@ -31,22 +32,56 @@ class EncodedMessage:
     def __init__(self, header: bytes, frames: list[Buffer]) -> None:
         self.header = header
         self.frames = frames
-        self.nbytes = len(header) + sum(memoryview(f).nbytes for f in frames)
+        nbytes = len(header)
+        for f in frames:
+            nbytes += memoryview(f).nbytes
+        self.nbytes = nbytes
+
+
+class _Unpackable(Exception):
+    """A value that is neither msgpack-native nor a payload; args[0] is the value."""
+
+
+class _Packers(threading.local):
+    """This thread's reusable Packers.
+
+    Making a Packer allocates its 256 KiB buffer, which costs more than
+    packing a small message, and a Packer is not thread-safe: so each thread
+    keeps its own.
+    """
+
+    def __init__(self) -> None:
+        # The payload frames of the message being packed; None between messages,
+        # so that no payload stays referenced from here after it was sent.
+        self.frames: list[Buffer] | None = None
+        self.header = msgpack.Packer(default=self._payload_ref, use_bin_type=True)
+        self.ext = msgpack.Packer(use_bin_type=True)
+
+    def _payload_ref(self, obj: object) -> object:
+        if type(obj) is Serialized:
+            if obj.inline:
+                return msgpack.ExtType(EXT_INLINE, self.ext.pack([obj.typename, obj.frames[0]]))
+            assert self.frames is not None
+            self.frames.extend(obj.frames)
+            return msgpack.ExtType(EXT_FRAMES, self.ext.pack([obj.typename, len(obj.frames)]))
+        raise _Unpackable(obj)
+
+
+_packers = _Packers()
 
 
 def encode_message(msg: Message) -> EncodedMessage:
     """Pack one message; payload buffers are referenced, not copied."""
+    packers = _packers
     frames: list[Buffer] = []
-
-    def default(obj: object) -> object:
-        if type(obj) is Serialized:
-            if obj.inline:
-                return msgpack.ExtType(EXT_INLINE, msgpack.packb([obj.typename, obj.frames[0]]))
-            frames.extend(obj.frames)
-            return msgpack.ExtType(EXT_FRAMES, msgpack.packb([obj.typename, len(obj.frames)]))
-        raise TypeError(f"cannot put a {type(obj).__name__} in a message (in {msg.op})")
-
-    header = msgpack.packb(msg.to_wire(), default=default, use_bin_type=True)
+    packers.frames = frames
+    try:
+        header = packers.header.pack(msg.to_wire())
+    except _Unpackable as exc:
+        bad = type(exc.args[0]).__name__
+        raise TypeError(f"cannot put a {bad} in a message (in {msg.op})") from None
+    finally:
+        packers.frames = None
     return EncodedMessage(header, frames)
 
 

@@ -150,6 +150,16 @@ class FrameDecoder:
             self._consume(memoryview(held))
 
     @property
+    def filling_large_frame(self) -> bool:
+        """True when the next `get_buffer()` is a large frame's own memory.
+
+        Bytes received there are only stored, not parsed: a transport may read
+        on without holding up the event loop.
+        """
+        cur = self._cur
+        return cur is not None and cur.nbytes - self._cur_off >= DIRECT_MIN
+
+    @property
     def holding(self) -> bool:
         """True when parsing stopped after a batch in hold mode, until `resume()`."""
         return self._stopped

@@ -36,7 +36,7 @@ class Message:
     op: ClassVar[str]
     _fields: ClassVar[tuple[str, ...]]
     _required: ClassVar[frozenset[str]]
-    _validators: ClassVar[tuple[tuple[str, Validator], ...]]
+    _validators: ClassVar[tuple[tuple[str, Validator, str], ...]]
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {"op": self.op}
@@ -61,7 +61,10 @@ def message(op: str) -> Callable[[type], type[Message]]:
             for f in fields
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
-        made._validators = tuple((f.name, compile_type(hints[f.name])) for f in fields)
+        # (field, validator, where): `where` names the field in error messages.
+        made._validators = tuple(
+            (f.name, compile_type(hints[f.name]), f"{op}.{f.name}") for f in fields
+        )
         REGISTRY[op] = made
         return made
 
@@ -84,9 +87,9 @@ def from_wire(wire: object) -> Message:
     if missing:
         raise ProtocolError(f"{op}: missing field(s) {', '.join(sorted(missing))}")
     kwargs = {}
-    for name, check in cls._validators:
+    for name, check, where in cls._validators:
         if name in wire:
-            kwargs[name] = check(wire[name], f"{op}.{name}")
+            kwargs[name] = check(wire[name], where)
     return cls(**kwargs)
 
 
@@ -181,7 +184,7 @@ def _compile_tuple(item: Validator) -> Validator:
     def check(value: object, where: str) -> object:
         if type(value) is not tuple:
             _fail(where, "array", value)
-        if item is _check_any:
+        if not value or item is _check_any:
             return value
         return tuple([item(v, where) for v in value])
 
@@ -192,6 +195,8 @@ def _compile_dict(key: Validator, val: Validator) -> Validator:
     def check(value: object, where: str) -> object:
         if type(value) is not dict:
             _fail(where, "map", value)
+        if not value:
+            return value
         return {key(k, where): val(v, where) for k, v in value.items()}
 
     return check

@@ -20,7 +20,8 @@ Buffer = bytes | bytearray | memoryview
 
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 _IOV_BATCH = 512
-# Reads taken per readiness callback before yielding to other connections.
+# Reads into a large frame taken per readiness callback before yielding to
+# other connections; a read of small messages always yields after it.
 _READS_PER_WAKEUP = 16
 
 
@@ -167,7 +168,15 @@ class SocketTransport(Transport):
                 self.lose(exc)
                 return
             self._received()
-            if self.closed or not self._reading or n < buf.nbytes:
+            # Read on only into a large frame, which is a copy, not parsing. After
+            # a read of small messages (up to SCRATCH_BYTES of them to decode),
+            # let the loop run the handlers and the other connections first.
+            if (
+                self.closed
+                or not self._reading
+                or n < buf.nbytes
+                or not decoder.filling_large_frame
+            ):
                 return
 
     def write(self, buffers: Sequence[Buffer]) -> None:
