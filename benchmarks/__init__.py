@@ -1,0 +1,1 @@
+"""Benchmarks for shoal; run each with `python -m benchmarks.<name>`."""
