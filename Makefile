@@ -30,8 +30,8 @@ bench-protocol: $(VENV)/.installed-test
 bench: bench-protocol
 
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check shoal tests benchmarks
+	$(BIN)/ruff format --check shoal tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
