@@ -126,7 +126,7 @@ async def test_late_refusal_by_the_connector_is_logged_with_its_reason(caplog, m
             return b"\0" * 32
         return real(token, prover, listener_nonce, connector_nonce)
 
-    caplog.set_level(logging.WARNING, "shoal.protocol.comm")
+    caplog.set_level(logging.WARNING, "shoal.protocol")
     async with await listen("tcp://127.0.0.1:0", keep, token="right") as listener:
         monkeypatch.setattr(hs, "proof", listener_forges_once)
         with pytest.raises(HandshakeError, match="could not prove it holds the cluster token"):

@@ -1,0 +1,351 @@
+"""One connection: the Comm object, its handshake run, reading, sending, closing.
+
+A Comm is handed to callers only after the handshake succeeded; until then
+the peer may send only tiny handshake batches and no payloads. Bad bytes
+close this one connection with one WARNING line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+
+from shoal.errors import CommClosedError, HandshakeError, ProtocolError
+from shoal.protocol import handshake as hs
+from shoal.protocol.batched import Outbox
+from shoal.protocol.codec import decode_batch
+from shoal.protocol.limits import HANDSHAKE_LIMITS, Limits
+from shoal.protocol.messages import (
+    Authenticate,
+    Close,
+    HandshakeFailed,
+    Hello,
+    Ping,
+    Pong,
+    Welcome,
+)
+from shoal.protocol.schema import Message
+from shoal.protocol.transports import Transport
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
+# drain() waits while more than this many bytes are queued for the socket.
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Reading pauses while this many received messages wait for read().
+INBOX_HIGH_WATER = 100_000
+
+_HANDSHAKE_TYPES = (Hello, Authenticate, Welcome, HandshakeFailed)
+
+
+def _ignore_write_error(exc: BaseException) -> None:
+    """Installed once a Comm is closed: nothing more is written, nothing to report."""
+
+
+class Comm:
+    """One authenticated connection to a peer, carrying batches of messages.
+
+    `send()` queues messages; all sent during one event-loop tick leave in one
+    write. `read()` returns every message received since the last call. Pings
+    are answered here and never reach `read()`.
+    """
+
+    def __init__(self, transport: Transport, scheme: str, limits: Limits) -> None:
+        self.transport = transport
+        self.limits = limits
+        self.peer_address = f"{scheme}://{transport.peer}"
+        self.local_address = f"{scheme}://{transport.local}"
+        self.peer_role = ""
+        self.peer_name = ""
+        self.peer_version = ""
+        self._loop = asyncio.get_running_loop()
+        self._inbox: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed_exc: CommClosedError | None = None
+        self._handshaken = False
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_ids = itertools.count(1)
+        self._outbox = Outbox(transport.write, HANDSHAKE_LIMITS)
+        self._peer_limits = HANDSHAKE_LIMITS
+        self._outbox.on_error = self._write_failed
+        transport.decoder.hold = True
+        transport.on_data = self._on_data
+        transport.on_lost = self._on_lost
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Comm {self.local_address} -> {self.peer_role} {self.peer_address} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_exc is not None
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, *msgs: Message) -> None:
+        """Queue messages for this tick's batch.
+
+        Raises:
+            CommClosedError: the connection is closed.
+            MessageTooLarge: one message alone is over the peer's limits.
+        """
+        if self._closed_exc is not None:
+            raise self._closed_error()
+        for msg in msgs:
+            self._outbox.put(msg)
+
+    async def drain(self) -> None:
+        """Write out what is queued and wait while the socket buffer is over its mark.
+
+        Raises:
+            CommClosedError: the connection closed first.
+        """
+        self._outbox.flush()
+        await self.transport.drain(WRITE_HIGH_WATER)
+        if self._closed_exc is not None:
+            raise self._closed_error()
+
+    async def ping(self) -> float:
+        """Round-trip time to the peer, in seconds.
+
+        Raises:
+            CommClosedError: the connection closed first.
+        """
+        ping_id = next(self._ping_ids)
+        fut = self._loop.create_future()
+        self._pings[ping_id] = fut
+        start = time.perf_counter()
+        try:
+            self.send(Ping(id=ping_id))
+            await fut
+        finally:
+            self._pings.pop(ping_id, None)
+        return time.perf_counter() - start
+
+    # -- receiving -----------------------------------------------------------
+
+    async def read(self) -> list[Message]:
+        """Every message received since the last call, at least one, in order.
+
+        Raises:
+            CommClosedError: the connection is closed and nothing is left to read.
+        """
+        while not self._inbox:
+            if self._closed_exc is not None:
+                raise self._closed_error()
+            if self._waiter is not None:
+                raise RuntimeError("only one coroutine may read a Comm at a time")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        msgs = list(self._inbox)
+        self._inbox.clear()
+        if self._handshaken and not self.closed:
+            self.transport.resume_reading()
+        return msgs
+
+    def _on_data(self) -> None:
+        """Decode completed batches; a ProtocolError here closes the connection."""
+        handshaken = self._handshaken
+        for frames in self.transport.decoder.pop():
+            for msg in decode_batch(frames, allow_payloads=handshaken):
+                if handshaken:
+                    cls = type(msg)
+                    if cls is Ping:
+                        self._outbox.put(Pong(id=msg.id))
+                        continue
+                    if cls is Pong:
+                        fut = self._pings.get(msg.id)
+                        if fut is not None and not fut.done():
+                            fut.set_result(None)
+                        continue
+                    if cls is Close:
+                        self._set_closed(f"closed by the peer: {msg.reason or 'no reason given'}")
+                        self.transport.lose(None)
+                        return
+                    if cls is HandshakeFailed:
+                        raise HandshakeError(f"the peer refused the handshake: {msg.reason}")
+                    if cls in _HANDSHAKE_TYPES:
+                        raise ProtocolError(f"unexpected {msg.op} after the handshake")
+                self._inbox.append(msg)
+        if not handshaken and self.transport.decoder.holding:
+            self.transport.pause_reading()
+        elif len(self._inbox) > INBOX_HIGH_WATER:
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- closing -------------------------------------------------------------
+
+    def _closed_error(self) -> CommClosedError:
+        """A fresh error saying why the comm closed. Raising the one stored instance
+        again and again would grow its traceback with every raise and keep each
+        raising frame, with its locals, alive as long as the comm."""
+        assert self._closed_exc is not None
+        return CommClosedError(*self._closed_exc.args)
+
+    def _set_closed(self, reason: str) -> None:
+        if self._closed_exc is None:
+            self._closed_exc = CommClosedError(f"connection to {self.peer_address} {reason}")
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        # A close on purpose (ours, or the peer's Close message) set the reason already.
+        if self._closed_exc is None:
+            if exc is None and not self.transport.decoder.idle:
+                exc = ProtocolError("connection closed in the middle of a batch")
+            if isinstance(exc, ProtocolError):
+                log.warning("closing connection from %s: %s", self.peer_address, exc)
+            self._set_closed(f"closed: {exc}" if exc is not None else "was closed")
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(self._closed_error())
+        # Nothing more will be written: let the outbox forget us (a bound method of
+        # ours there is a reference cycle that only the cyclic GC could break).
+        self._outbox.on_error = _ignore_write_error
+        self._wake()
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, CommClosedError):
+            log.error("writing to %s failed", self.peer_address, exc_info=exc)
+        self.transport.lose(exc)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once; queued messages are dropped."""
+        self._set_closed(f"closed locally: {reason}")
+        self.transport.lose(None)
+
+    async def close(self, reason: str = "") -> None:
+        """Tell the peer why, write out what is queued, and close."""
+        if self.closed:
+            return
+        if self._handshaken:
+            self._outbox.put(Close(reason=reason))
+        self._outbox.flush()
+        self._set_closed(f"closed locally{': ' + reason if reason else ''}")
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.transport.finish()
+        except (TimeoutError, CommClosedError):
+            pass  # the peer stopped reading; nothing more to say to it
+        self.transport.lose(None)
+
+    # -- handshake -----------------------------------------------------------
+
+    async def _next_handshake_message(self) -> Message:
+        while not self._inbox:
+            if self._closed_exc is not None:
+                raise self._closed_error()
+            if self.transport.decoder.holding:
+                self.transport.decoder.resume()
+                self.transport._received()
+                continue
+            self.transport.resume_reading()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._inbox.popleft()
+
+    def _accept_peer(self, hello: Hello) -> None:
+        self.peer_role, self.peer_name, self.peer_version = hello.role, hello.name, hello.version
+        self._peer_limits = hs.peer_limits(hello)
+
+    async def _refuse(self, reason: str) -> None:
+        # The peer is still under the handshake limits: keep the reason short.
+        self._outbox.put(HandshakeFailed(reason=reason[:1000]))
+        self._outbox.flush()
+        try:
+            async with asyncio.timeout(1.0):
+                await self.transport.finish()
+        except (TimeoutError, CommClosedError):
+            pass
+        self.transport.lose(None)
+
+    def _handshake_done(self) -> None:
+        if self._inbox:
+            raise ProtocolError(f"unexpected {self._inbox[0].op} during the handshake")
+        self._handshaken = True
+        self._outbox.limits = self._peer_limits
+        decoder = self.transport.decoder
+        decoder.limits = self.limits
+        decoder.hold = False
+        decoder.resume()
+        self.transport._received()
+        self.transport.resume_reading()
+
+
+async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | None) -> None:
+    hello = hs.make_hello(role, name, token, comm.limits)
+    theirs = await comm._next_handshake_message()
+    if isinstance(theirs, HandshakeFailed):
+        raise HandshakeError(f"{comm.peer_address} refused the connection: {theirs.reason}")
+    if not isinstance(theirs, Hello):
+        raise ProtocolError(f"expected hello from {comm.peer_address}, got {theirs.op}")
+    peer = hs.describe(theirs, comm.peer_address)
+    reason = hs.incompatibility(hello, theirs, comm.peer_address)
+    if reason is None and theirs.auth and token is None:
+        reason = f"the {peer} requires a cluster token and none was given"
+    if reason is None and token is not None and not theirs.auth:
+        reason = f"a cluster token was given but the {peer} does not use one"
+    if reason is not None:
+        await comm._refuse(reason)
+        raise HandshakeError(reason)
+    comm._accept_peer(theirs)
+    if token is None:
+        comm.send(hello)
+    else:
+        own_proof = hs.proof(token, "connector", theirs.nonce, hello.nonce)
+        comm.send(hello, Authenticate(proof=own_proof))
+    reply = await comm._next_handshake_message()
+    if isinstance(reply, HandshakeFailed):
+        raise HandshakeError(f"the {peer} refused the handshake: {reply.reason}")
+    if not isinstance(reply, Welcome):
+        raise ProtocolError(f"expected welcome from {comm.peer_address}, got {reply.op}")
+    if token is not None:
+        expected = hs.proof(token, "listener", theirs.nonce, hello.nonce)
+        if not hs.proof_matches(expected, reply.proof):
+            reason = f"the {peer} could not prove it holds the cluster token: its token differs"
+            await comm._refuse(reason)
+            raise HandshakeError(reason)
+    comm._handshake_done()
+
+
+async def listener_handshake(comm: Comm, role: str, name: str, token: bytes | None) -> None:
+    hello = hs.make_hello(role, name, token, comm.limits)
+    comm._outbox.put(hello)
+    theirs = await comm._next_handshake_message()
+    if isinstance(theirs, HandshakeFailed):
+        raise HandshakeError(f"the peer gave up the handshake: {theirs.reason}")
+    if not isinstance(theirs, Hello):
+        raise ProtocolError(f"expected hello, got {theirs.op}")
+    peer = hs.describe(theirs, comm.peer_address)
+    reason = hs.incompatibility(hello, theirs, comm.peer_address)
+    if reason is None and token is not None and not theirs.auth:
+        reason = f"missing cluster token: this {role} requires one and the {peer} gave none"
+    if reason is None and token is None and theirs.auth:
+        reason = f"the {peer} offers a cluster token but this {role} does not use one"
+    if reason is None and token is not None:
+        auth = await comm._next_handshake_message()
+        if not isinstance(auth, Authenticate):
+            raise ProtocolError(f"expected authenticate, got {auth.op}")
+        expected = hs.proof(token, "connector", hello.nonce, theirs.nonce)
+        if not hs.proof_matches(expected, auth.proof):
+            reason = f"wrong cluster token from the {peer}"
+    if reason is not None:
+        await comm._refuse(reason)
+        raise HandshakeError(reason)
+    comm._accept_peer(theirs)
+    own_proof = b"" if token is None else hs.proof(token, "listener", hello.nonce, theirs.nonce)
+    comm._outbox.put(Welcome(proof=own_proof))
+    comm._outbox.flush()  # alone: the connector parses it under the handshake limits
+    comm._handshake_done()
