@@ -205,7 +205,7 @@ class SocketTransport(Transport):
             try:
                 sent = self._sock.sendmsg(list(islice(queue, _IOV_BATCH)))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 self.lose(CommClosedError(f"connection to {self.peer} broke: {exc}"))
                 return
@@ -218,7 +218,8 @@ class SocketTransport(Transport):
                 else:
                     queue[0] = head[sent:]
                     sent = 0
-        self._wake_drainers()
+        if self._drain_waiters:  # each checks its own mark again
+            self._wake_drainers()
 
     def _shut(self) -> None:
         if self._reading:
