@@ -27,6 +27,7 @@ from shoal.protocol.messages import (
 )
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized, deserialize, serialize
+from tests.payloads import UNPICKLED, SideEffect
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -34,20 +35,6 @@ WAIT_S = 10.0
 TOKEN = "correct horse battery staple"
 
 # -- a payload whose unpickling is visible -------------------------------------
-
-UNPICKLED: list[str] = []
-
-
-def _record_unpickling(tag: str) -> str:
-    UNPICKLED.append(tag)
-    return tag
-
-
-class SideEffect:
-    """Unpickling one appends to UNPICKLED: proof that someone ran pickle.loads on it."""
-
-    def __reduce__(self):
-        return (_record_unpickling, ("unpickled",))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from shoal.protocol import codec, frames
 from shoal.protocol import messages as m
 from shoal.protocol.limits import Limits
 from shoal.protocol.serialize import INLINE_MAX, Serialized, deserialize, serialize
+from tests.payloads import UNPICKLED, SideEffect
 
 
 def test_lambdas_and_closures_travel_by_value() -> None:
@@ -71,26 +72,10 @@ def test_small_payloads_travel_inline() -> None:
 def test_unpicklable_object_names_its_type_and_role() -> None:
     with pytest.raises(SerializationError, match=r"argument 1 of task 'f'.*_thread\.lock"):
         serialize({"lock": threading.Lock()}, what="argument 1 of task 'f'")
-    try:
+    with pytest.raises(SerializationError) as info:
         serialize(threading.Lock(), what="result of 'x'")
-    except SerializationError as exc:
-        assert "result of 'x' of type _thread.lock" in str(exc)
-        assert exc.__cause__ is not None
-
-
-UNPICKLED: list[str] = []
-
-
-def record_unpickling(what: str) -> str:
-    UNPICKLED.append(what)
-    return what
-
-
-class Loud:
-    """Unpickling it leaves a trace in UNPICKLED."""
-
-    def __reduce__(self):
-        return (record_unpickling, ("unpickled",))
+    assert "result of 'x' of type _thread.lock" in str(info.value)
+    assert info.value.__cause__ is not None
 
 
 class Unloadable:
@@ -121,7 +106,7 @@ def test_payloads_route_opaquely_without_unpickling() -> None:
     """A scheduler-like relay decodes and re-encodes payloads without running them."""
     UNPICKLED.clear()
     calls = UNPICKLED
-    original = m.DataSent(data={"k": serialize(Loud()), "n": serialize(np.ones(20_000))})
+    original = m.DataSent(data={"k": serialize(SideEffect()), "n": serialize(np.ones(20_000))})
     relay = frames.FrameDecoder(Limits())
     for buf in frames.encode_frames(codec.encode_batch([original])):
         relay.feed(buf)

@@ -203,28 +203,30 @@ class Listener:
         async with asyncio.TaskGroup() as group:
             self._group = group
             started.set_result(None)
-            if self._sock is None:
-                await asyncio.Event().wait()  # inproc: connections arrive through _accept_inproc
+            sock = self._sock
+            if sock is None:  # inproc: connections arrive through _accept_inproc
+                await asyncio.Event().wait()
+                return
             while True:
                 try:
-                    conn, _ = await loop.sock_accept(self._sock)
+                    conn, _ = await loop.sock_accept(sock)
                 except OSError as exc:  # out of file descriptors, say: keep listening
                     log.warning("accept on %s failed: %s", self.address, exc)
                     await asyncio.sleep(0.1)
                     continue
-                group.create_task(self._handle_socket(conn))
-
-    async def _handle_socket(self, conn: socket.socket) -> None:
-        await self._handle(conn=conn)
+                group.create_task(self._handle(conn=conn))
 
     async def _handle(self, comm: Comm | None = None, conn: socket.socket | None = None) -> None:
         """Handshake (TLS included) under one deadline, then run the handler."""
-        peer = comm.peer_address if comm is not None else _peer_of(conn, self._bind.scheme)
+        if comm is not None:
+            peer = comm.peer_address
+        else:
+            assert conn is not None
+            peer = _peer_of(conn, self._bind.scheme)
         try:
             try:
                 async with asyncio.timeout(self._handshake_timeout):
                     if comm is None:
-                        assert conn is not None
                         comm = await _wrap(
                             conn,
                             self._bind.scheme,
@@ -291,9 +293,9 @@ class Listener:
         await self.close()
 
 
-def _peer_of(conn: socket.socket | None, scheme: str) -> str:
+def _peer_of(conn: socket.socket, scheme: str) -> str:
     try:
-        return f"{scheme}://{format_sockname(conn.getpeername())}"  # type: ignore[union-attr]
+        return f"{scheme}://{format_sockname(conn.getpeername())}"
     except OSError:
         return "an unknown peer"
 

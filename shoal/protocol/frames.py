@@ -121,11 +121,9 @@ class FrameDecoder:
 
     def get_buffer(self) -> memoryview:
         """Writable memory for the next bytes from the peer."""
-        cur = self._cur
-        if cur is not None and cur.nbytes - self._cur_off >= DIRECT_MIN:
-            self._direct = True
-            return cur[self._cur_off :]
-        self._direct = False
+        self._direct = self.filling_large_frame
+        if self._direct:
+            return self._cur[self._cur_off :]  # type: ignore[index]
         return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -187,9 +185,6 @@ class FrameDecoder:
 
     def _consume_unchecked(self, data: memoryview) -> None:
         pos, end = 0, data.nbytes
-        if self._stopped:
-            self._held += data
-            return
         while pos < end:
             if self._stopped:
                 self._held += data[pos:]
