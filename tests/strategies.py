@@ -33,6 +33,17 @@ payloads = st.one_of(
 )
 
 
+# Plain msgpack data, as a field typed Any carries it (arrays decode as tuples).
+plain_data = st.recursive(
+    st.one_of(st.none(), st.booleans(), small_ints, st.floats(allow_nan=False), st.text(max_size=10)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
 def strategy_for(tp: object) -> st.SearchStrategy[Any]:
     simple = {
         str: st.text(max_size=30),
@@ -41,6 +52,7 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
         bool: st.booleans(),
         float: st.floats(allow_nan=False),
         Serialized: payloads,
+        Any: plain_data,
     }
     if tp in simple:
         return simple[tp]
@@ -50,9 +62,9 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*[strategy_for(a) if a is not type(None) else st.none() for a in args])
     if origin is tuple:
-        return st.lists(strategy_for(args[0]), max_size=4).map(tuple)
+        return st.lists(strategy_for(args[0]), max_size=3).map(tuple)
     if origin is dict:
-        return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=4)
+        return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=2)
     raise TypeError(f"no strategy for {tp!r}")
 
 

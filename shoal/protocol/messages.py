@@ -9,10 +9,17 @@ docs/protocol.md describes each one.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from shoal.protocol.schema import Key, Message, message
 from shoal.protocol.serialize import Serialized
 
 ROLES = ("scheduler", "worker", "client")
+
+# A result whose payload is at most this many bytes travels with TaskFinished,
+# is kept by the scheduler, and reaches clients and dependent tasks with it.
+INLINE_VALUE_BYTES = 1024
 
 # -- handshake (frozen across protocol versions) ------------------------------
 
@@ -95,3 +102,235 @@ class DataSent(Message):
     data: dict[Key, Serialized]
     request_id: int = 0
     missing: tuple[Key, ...] = ()
+
+
+# -- scheduler <-> worker ------------------------------------------------------
+#
+# A worker connects to the scheduler, sends RegisterWorker, and is answered
+# with WorkerRegistered or RegistrationRefused. From then on the scheduler
+# sends ComputeTask and FreeKeys; the worker answers each ComputeTask with
+# exactly one TaskFinished or TaskErred, unless the key was freed first.
+
+
+@message("register-worker")
+class RegisterWorker(Message):
+    """A worker joins: its name, where it serves data, and what it offers."""
+
+    name: str
+    address: str
+    nthreads: int
+    memory_limit: int = 0
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    pid: int = 0
+    host: str = ""
+
+
+@message("worker-registered")
+class WorkerRegistered(Message):
+    """The scheduler accepted the worker under `name`."""
+
+    name: str
+
+
+@message("registration-refused")
+class RegistrationRefused(Message):
+    """The scheduler refuses the worker (a name already taken, say)."""
+
+    reason: str
+
+
+@message("compute-task")
+class ComputeTask(Message):
+    """Run one task.
+
+    `func` and `args` are the client's payloads, routed unopened. `deps` lists
+    the keys whose values the task needs: a value small enough to travel with
+    the task is in `values`; otherwise `who_has` names the workers holding it,
+    unless this worker holds it already.
+    """
+
+    key: Key
+    func: Serialized
+    args: Serialized
+    deps: tuple[Key, ...] = ()
+    values: dict[Key, Serialized] = dataclasses.field(default_factory=dict)
+    who_has: dict[Key, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    priority: tuple[int, ...] = ()
+
+
+@message("task-finished")
+class TaskFinished(Message):
+    """A task's result is in the worker's memory.
+
+    `value` carries the serialized result when it is at most
+    INLINE_VALUE_BYTES; `duration` is the run time in seconds.
+    """
+
+    key: Key
+    nbytes: int
+    typename: str
+    duration: float
+    value: Serialized | None = None
+
+
+@message("task-erred")
+class TaskErred(Message):
+    """A task raised. `exception` is the pickled exception when it pickles."""
+
+    key: Key
+    typename: str
+    message: str
+    traceback: str
+    duration: float = 0.0
+    exception: Serialized | None = None
+
+
+@message("free-keys")
+class FreeKeys(Message):
+    """Drop these keys: their values, and their tasks if not finished."""
+
+    keys: tuple[Key, ...]
+
+
+@message("worker-leaving")
+class WorkerLeaving(Message):
+    """The worker is shutting down on purpose; the scheduler moves its work."""
+
+    reason: str = ""
+
+
+# -- scheduler <-> client ------------------------------------------------------
+
+
+@message("register-client")
+class RegisterClient(Message):
+    """A client introduces itself; the answer is ClientRegistered."""
+
+    name: str = ""
+
+
+@message("client-registered")
+class ClientRegistered(Message):
+    """The scheduler's welcome to a client, with the current worker count."""
+
+    client_id: str
+    workers: int
+
+
+@message("submit-graph")
+class SubmitGraph(Message):
+    """New tasks, in columns: entry i of each column describes `keys[i]`.
+
+    `funcs` holds each distinct function once and `func[i]` indexes it.
+    `deps[i]` are the keys task i reads, each in this message or already known
+    to the scheduler. `priority`, when not empty, has one entry per task;
+    `resources`, `restrict` (worker names or addresses) and `retries` are
+    sparse, keyed by task index. `wanted` are the keys the client now holds
+    futures for; each counts once per message.
+    """
+
+    keys: tuple[Key, ...]
+    funcs: tuple[Serialized, ...]
+    func: tuple[int, ...]
+    args: tuple[Serialized, ...]
+    deps: tuple[tuple[Key, ...], ...]
+    wanted: tuple[Key, ...]
+    priority: tuple[int, ...] = ()
+    resources: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+    restrict: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    retries: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+@message("graph-rejected")
+class GraphRejected(Message):
+    """A SubmitGraph was refused as a whole before any of it ran."""
+
+    keys: tuple[Key, ...]
+    reason: str
+
+
+@message("key-in-memory")
+class KeyInMemory(Message):
+    """A key the client holds a future for is computed.
+
+    `value` carries small results; larger ones are fetched from `who_has`
+    (worker data addresses).
+    """
+
+    key: Key
+    nbytes: int
+    typename: str
+    who_has: tuple[str, ...] = ()
+    value: Serialized | None = None
+
+
+@message("key-erred")
+class KeyErred(Message):
+    """A key the client holds a future for failed (or a task it needed did)."""
+
+    key: Key
+    typename: str
+    message: str
+    traceback: str
+    exception: Serialized | None = None
+    blame: Key | None = None
+
+
+@message("keys-cancelled")
+class KeysCancelled(Message):
+    """These futures of the client will never complete."""
+
+    keys: tuple[Key, ...]
+    reason: str = ""
+
+
+@message("release-futures")
+class ReleaseFutures(Message):
+    """The client holds no more futures for these keys."""
+
+    keys: tuple[Key, ...]
+
+
+@message("cancel-keys")
+class CancelKeys(Message):
+    """Stop computing these keys (and what waits on them) for this client."""
+
+    keys: tuple[Key, ...]
+
+
+@message("who-has")
+class WhoHas(Message):
+    """Ask where the values of these keys are held."""
+
+    keys: tuple[Key, ...]
+    request_id: int = 0
+
+
+@message("who-has-answer")
+class WhoHasAnswer(Message):
+    """Data addresses of the workers holding each key (empty: none)."""
+
+    who_has: dict[Key, tuple[str, ...]]
+    request_id: int = 0
+
+
+@message("get-scheduler-info")
+class GetSchedulerInfo(Message):
+    """Ask for a description of the cluster."""
+
+    request_id: int = 0
+
+
+@message("scheduler-info")
+class SchedulerInfo(Message):
+    """The cluster as plain data: see Client.scheduler_info()."""
+
+    info: dict[str, Any]
+    request_id: int = 0
+
+
+@message("workers-changed")
+class WorkersChanged(Message):
+    """Sent to every client when a worker joins or leaves."""
+
+    workers: int
