@@ -38,3 +38,57 @@ class SerializationError(ShoalError):
 
 class CommClosedError(ShoalError):
     """The connection is closed; the message says why when it is known."""
+
+
+# -- tasks, graphs and clusters ------------------------------------------------
+
+
+class InvalidTransition(ShoalError):
+    """A state core was asked for a transition its table does not allow: our bug."""
+
+    def __init__(self, key: object, start: str, finish: str, stimulus: str, history: list) -> None:
+        super().__init__(
+            f"task {key!r}: no transition {start} -> {finish} (stimulus {stimulus}); "
+            f"recent history: {history}"
+        )
+        self.key, self.start, self.finish = key, start, finish
+
+
+class GraphError(ShoalError, ValueError):
+    """A task graph was refused before anything ran: a cycle, a missing
+    dependency, or a bad key. The message names the keys involved."""
+
+
+class TaskFailed(ShoalError):
+    """A task raised an exception that could not be rebuilt here.
+
+    Attributes hold the remote exception's type name, message and traceback.
+    """
+
+    def __init__(self, typename: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{typename}: {message}")
+        self.typename, self.message, self.traceback = typename, message, traceback
+
+
+class RemoteTraceback(ShoalError):
+    """Set as `__cause__` of a re-raised task exception; its text is the
+    traceback printed where the task ran."""
+
+    def __init__(self, traceback: str) -> None:
+        super().__init__(traceback)
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback (on the worker):\n\n" + self.traceback
+
+
+class FutureCancelled(ShoalError):
+    """The future was cancelled; it will never have a result."""
+
+
+class FetchError(ShoalError):
+    """A worker could not get the value of a key from any worker holding it."""
+
+
+class RegistrationError(ShoalError):
+    """The scheduler refused a worker or client (a name already in use, say)."""
