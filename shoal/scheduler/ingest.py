@@ -1,0 +1,132 @@
+"""Checking a submitted graph before any of it is accepted.
+
+Pure functions over a SubmitGraph's columns: shapes, duplicate keys, missing
+dependencies, cycles, and which new tasks are needed at all. Linear in the
+size of the submission; nothing here changes scheduler state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Container
+
+from shoal.protocol.messages import SubmitGraph
+
+
+class Plan:
+    """A checked submission: the new tasks to create, dependencies first."""
+
+    __slots__ = ("index", "order")
+
+    def __init__(self, index: dict[object, int], order: list[int]) -> None:
+        self.index = index  # key -> position in the message, for new keys only
+        self.order = order  # positions of the needed new tasks, dependencies first
+
+
+def check_columns(msg: SubmitGraph) -> str | None:
+    """The reason the columns do not fit together, or None."""
+    n = len(msg.keys)
+    for name in ("func", "args", "deps"):
+        if len(getattr(msg, name)) != n:
+            return f"column {name!r} has {len(getattr(msg, name))} entries for {n} keys"
+    if msg.priority and len(msg.priority) != n:
+        return f"column 'priority' has {len(msg.priority)} entries for {n} keys"
+    nfuncs = len(msg.funcs)
+    for i in msg.func:
+        if not 0 <= i < nfuncs:
+            return f"function index {i} is out of range ({nfuncs} functions)"
+    for name in ("resources", "restrict", "retries"):
+        for i in getattr(msg, name):
+            if not 0 <= i < n:
+                return f"{name} given for task index {i}, out of range ({n} tasks)"
+    for i, count in msg.retries.items():
+        if count < 0:
+            return f"negative retries for {msg.keys[i]!r}"
+    return None
+
+
+def plan_graph(msg: SubmitGraph, known: Container[object]) -> Plan | str:
+    """Check a submission against the keys the scheduler already has.
+
+    Keys already known are kept as they are (their new definitions are
+    ignored). Returns the plan, or the reason to refuse the whole submission.
+    """
+    problem = check_columns(msg)
+    if problem:
+        return problem
+    index: dict[object, int] = {}
+    for i, key in enumerate(msg.keys):
+        if key in index:
+            return f"key {key!r} appears twice in one submission"
+        if key not in known:
+            index[key] = i
+    deps = msg.deps
+    for i in index.values():
+        for dep in deps[i]:
+            if dep not in index and dep not in known:
+                return f"task {msg.keys[i]!r} depends on {dep!r}, which is not in the graph"
+    for key in msg.wanted:
+        if key not in index and key not in known:
+            return f"wanted key {key!r} is not in the graph"
+    order = _topological(msg, index)
+    if isinstance(order, str):
+        return order
+    needed = _needed(msg, index)
+    return Plan(index, [i for i in order if i in needed])
+
+
+def _topological(msg: SubmitGraph, index: dict[object, int]) -> list[int] | str:
+    """Positions of new tasks, dependencies first (Kahn), or a cycle's description."""
+    deps = msg.deps
+    missing = dict.fromkeys(index.values(), 0)  # new dependencies not yet placed
+    users: dict[int, list[int]] = {}
+    for i in index.values():
+        seen = set()
+        for dep in deps[i]:
+            j = index.get(dep)
+            if j is not None and j not in seen:
+                seen.add(j)
+                missing[i] += 1
+                users.setdefault(j, []).append(i)
+    ready = deque(i for i, count in missing.items() if count == 0)
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for user in users.get(i, ()):
+            missing[user] -= 1
+            if missing[user] == 0:
+                ready.append(user)
+    if len(order) < len(index):
+        return "the graph has a cycle: " + " -> ".join(map(repr, _a_cycle(msg, index, missing)))
+    return order
+
+
+def _a_cycle(msg: SubmitGraph, index: dict[object, int], missing: dict[int, int]) -> list[object]:
+    """Keys along one cycle among the tasks Kahn's walk could not place."""
+    stuck = {i for i, count in missing.items() if count > 0}
+    start = min(stuck)
+    path: list[int] = []
+    position: dict[int, int] = {}
+    i = start
+    while i not in position:
+        position[i] = len(path)
+        path.append(i)
+        # Every stuck task has a stuck dependency, so this always finds one.
+        i = next(j for dep in msg.deps[i] if (j := index.get(dep, -1)) in stuck)
+    cycle = [*path[position[i] :], i]
+    return [msg.keys[j] for j in reversed(cycle)]
+
+
+def _needed(msg: SubmitGraph, index: dict[object, int]) -> set[int]:
+    """New tasks that a wanted key depends on, directly or not (or is)."""
+    stack = [index[key] for key in msg.wanted if key in index]
+    needed = set(stack)
+    deps = msg.deps
+    while stack:
+        for dep in deps[stack.pop()]:
+            j = index.get(dep)
+            if j is not None and j not in needed:
+                needed.add(j)
+                stack.append(j)
+    return needed

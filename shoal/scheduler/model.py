@@ -1,0 +1,195 @@
+"""The records the scheduler core keeps: tasks, workers, clients, and commands.
+
+Plain slotted classes with no behaviour beyond small helpers; every decision
+about them is made in shoal.scheduler.state. Collections that are iterated
+are dicts (insertion-ordered), never sets, so that runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from shoal.protocol.schema import Message
+from shoal.protocol.serialize import Serialized
+
+
+class Status(enum.StrEnum):
+    """Where a task is in its life on the scheduler."""
+
+    RELEASED = "released"  # known, not needed now, or lost: nothing of it is on a worker
+    WAITING = "waiting"  # needed; some dependency is not in memory yet
+    QUEUED = "queued"  # ready, waiting for a worker slot (or a worker that can run it)
+    PROCESSING = "processing"  # assigned to a worker
+    MEMORY = "memory"  # result held by one or more workers (or, when small, here)
+    ERRED = "erred"  # failed, or a dependency failed
+    FORGOTTEN = "forgotten"  # dropped from the scheduler; the record is dead
+
+
+ACTIVE = frozenset({Status.WAITING, Status.QUEUED, Status.PROCESSING})
+
+
+class TaskState:
+    """One task: its payloads, its edges, where it runs or is held."""
+
+    __slots__ = (
+        "args",
+        "dependents",
+        "deps",
+        "error",
+        "func",
+        "key",
+        "nbytes",
+        "pending",
+        "priority",
+        "processing_on",
+        "resources",
+        "restrict",
+        "retries",
+        "status",
+        "typename",
+        "value",
+        "waiting_on",
+        "wanted_by",
+        "who_has",
+    )
+
+    def __init__(
+        self,
+        key: object,
+        func: Serialized,
+        args: Serialized,
+        priority: tuple[int, int],
+    ) -> None:
+        self.key = key
+        self.status = Status.RELEASED
+        self.func = func
+        self.args = args
+        self.priority = priority
+        self.deps: tuple[TaskState, ...] = ()
+        self.dependents: dict[TaskState, None] = {}
+        # Dependencies not yet in memory, while waiting.
+        self.waiting_on = 0
+        # Dependents in an active state (they still need this task's value).
+        self.pending = 0
+        self.wanted_by: dict[ClientInfo, None] = {}
+        self.resources: dict[str, float] | None = None
+        self.restrict: tuple[str, ...] | None = None
+        self.retries = 0
+        self.processing_on: WorkerInfo | None = None
+        self.who_has: dict[WorkerInfo, None] = {}
+        self.nbytes = 0
+        self.typename = ""
+        self.value: Serialized | None = None
+        # (typename, message, traceback, exception payload, blamed key)
+        self.error: tuple[str, str, str, Serialized | None, object] | None = None
+
+    @property
+    def needed(self) -> bool:
+        return self.pending > 0 or bool(self.wanted_by)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.status}>"
+
+
+class WorkerInfo:
+    """One registered worker, as the scheduler sees it."""
+
+    __slots__ = (
+        "address",
+        "free",
+        "gone",
+        "has_what",
+        "host",
+        "index",
+        "memory_limit",
+        "name",
+        "nbytes",
+        "nthreads",
+        "peer",
+        "pid",
+        "processing",
+        "resources",
+        "version",
+    )
+
+    def __init__(
+        self,
+        peer: str,
+        name: str,
+        address: str,
+        nthreads: int,
+        memory_limit: int,
+        resources: dict[str, float],
+        index: int,
+    ) -> None:
+        self.peer = peer
+        self.name = name
+        self.address = address
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = dict(resources)
+        self.free = dict(resources)  # resources not used by processing tasks
+        self.index = index  # registration order: breaks ties deterministically
+        self.processing: dict[TaskState, None] = {}
+        self.has_what: dict[TaskState, None] = {}
+        self.nbytes = 0
+        self.version = 0  # bumped whenever its load changes (see placement)
+        self.gone = False
+        self.pid = 0
+        self.host = ""
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"
+
+
+class ClientInfo:
+    """One connected client and the keys it holds futures for."""
+
+    __slots__ = ("client_id", "name", "peer", "wants")
+
+    def __init__(self, peer: str, client_id: str, name: str) -> None:
+        self.peer = peer
+        self.client_id = client_id
+        self.name = name
+        self.wants: dict[TaskState, None] = {}
+
+    def __repr__(self) -> str:
+        return f"<Client {self.client_id}>"
+
+
+class Send:
+    """Command: send `msg` to the peer connection `peer`."""
+
+    __slots__ = ("msg", "peer")
+
+    def __init__(self, peer: str, msg: Message) -> None:
+        self.peer = peer
+        self.msg = msg
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Send and other.peer == self.peer and other.msg == self.msg
+
+    def __repr__(self) -> str:
+        return f"Send({self.peer!r}, {self.msg!r})"
+
+
+class Disconnect:
+    """Command: close the connection `peer`, logging `reason`."""
+
+    __slots__ = ("peer", "reason")
+
+    def __init__(self, peer: str, reason: str) -> None:
+        self.peer = peer
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Disconnect and (other.peer, other.reason) == (
+            self.peer,
+            self.reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"Disconnect({self.peer!r}, {self.reason!r})"
+
+
+Command = Send | Disconnect

@@ -1,0 +1,622 @@
+"""The scheduler's pure core: every decision about tasks, workers and clients.
+
+`handle(peer, msg, now)` takes one message from a connection and returns the
+commands to carry out (Send, Disconnect). It never awaits, never reads a
+clock, never touches a socket. Status changes happen only in `_move`,
+through the TRANSITIONS table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from shoal.errors import InvalidTransition
+from shoal.protocol import messages as m
+from shoal.protocol.schema import Message
+from shoal.scheduler.ingest import Plan, plan_graph
+from shoal.scheduler.model import (
+    ACTIVE,
+    ClientInfo,
+    Command,
+    Disconnect,
+    Send,
+    Status,
+    TaskState,
+    WorkerInfo,
+)
+from shoal.scheduler.placement import Placement
+
+R, W, Q, P, M, E, F = (
+    Status.RELEASED,
+    Status.WAITING,
+    Status.QUEUED,
+    Status.PROCESSING,
+    Status.MEMORY,
+    Status.ERRED,
+    Status.FORGOTTEN,
+)
+
+
+class SchedulerState:
+    """Tasks, workers and clients, and the rules that move them.
+
+    Args:
+        address: the scheduler's own address, reported in scheduler info.
+        initial_depth / max_depth / round_trip_s: see Placement.
+        history: how many transitions `history` keeps.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str = "",
+        initial_depth: int = 2,
+        max_depth: int = 16,
+        round_trip_s: float = 0.002,
+        history: int = 100_000,
+    ) -> None:
+        self.address = address
+        self.tasks: dict[object, TaskState] = {}
+        self.placement = Placement(initial_depth, max_depth, round_trip_s)
+        self.roles: dict[str, str] = {}  # peer -> role, from connected()
+        self.workers: dict[str, WorkerInfo] = {}  # by peer
+        self.clients: dict[str, ClientInfo] = {}  # by peer
+        self.history: deque[tuple[object, str, str, str, float]] = deque(maxlen=history)
+        self.transitions_done = 0
+        self._order = itertools.count()
+        self._stimuli = itertools.count()
+        self._client_ids = itertools.count(1)
+        self._worker_index = itertools.count()
+        self._now = 0.0
+        self._stimulus = ""
+        self._out: list[Command] = []
+        self._free: dict[WorkerInfo, list[object]] = {}
+        self._handlers: dict[tuple[str, type[Message]], Callable[[str, Any], None]] = {
+            ("worker", m.TaskFinished): self._task_finished,
+            ("worker", m.TaskErred): self._task_erred,
+            ("worker", m.WorkerLeaving): self._worker_leaving,
+            ("client", m.SubmitGraph): self._submit_graph,
+            ("client", m.ReleaseFutures): self._release_futures,
+            ("client", m.CancelKeys): self._cancel_keys,
+            ("client", m.WhoHas): self._who_has,
+            ("client", m.GetSchedulerInfo): self._scheduler_info,
+        }
+
+    # -- entry points ------------------------------------------------------------
+
+    def connected(self, peer: str, role: str) -> None:
+        """A connection `peer` completed its handshake as `role`."""
+        self.roles[peer] = role
+
+    def handle(self, peer: str, msg: Message, now: float) -> list[Command]:
+        """Apply one message from `peer`; return what to send."""
+        self._begin(msg.op, now)
+        role = self.roles.get(peer, "")
+        if type(msg) is m.RegisterWorker and role == "worker" and peer not in self.workers:
+            self._register_worker(peer, msg)
+        elif type(msg) is m.RegisterClient and role == "client" and peer not in self.clients:
+            self._register_client(peer, msg)
+        else:
+            handler = self._handlers.get((role, type(msg)))
+            if handler is None or (peer not in self.workers and peer not in self.clients):
+                self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
+            else:
+                handler(peer, msg)
+        return self._end()
+
+    def lost(self, peer: str, now: float) -> list[Command]:
+        """The connection `peer` is gone."""
+        self._begin("connection-lost", now)
+        self.roles.pop(peer, None)
+        if peer in self.workers:
+            self._remove_worker(self.workers[peer])
+        elif peer in self.clients:
+            self._remove_client(self.clients.pop(peer))
+        return self._end()
+
+    def next_deadline(self) -> float | None:
+        """When the core next needs to be woken with `now`; None: never."""
+        return None
+
+    def _begin(self, what: str, now: float) -> None:
+        self._now = now
+        self._stimulus = f"{what}-{next(self._stimuli)}"
+        self._out = []
+
+    def _end(self) -> list[Command]:
+        if self._free:
+            for ws, keys in self._free.items():
+                if not ws.gone:
+                    self._out.append(Send(ws.peer, m.FreeKeys(keys=tuple(keys))))
+            self._free = {}
+        return self._out
+
+    def _send(self, peer: str, msg: Message) -> None:
+        self._out.append(Send(peer, msg))
+
+    # -- workers -----------------------------------------------------------------
+
+    def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
+        if msg.name in self.placement.workers or msg.nthreads < 1:
+            reason = (
+                f"a worker named {msg.name!r} is already registered"
+                if msg.nthreads >= 1
+                else f"nthreads must be at least 1, not {msg.nthreads}"
+            )
+            self._send(peer, m.RegistrationRefused(reason=reason))
+            self._out.append(Disconnect(peer, reason))
+            return
+        ws = WorkerInfo(
+            peer,
+            msg.name,
+            msg.address,
+            msg.nthreads,
+            msg.memory_limit,
+            msg.resources,
+            next(self._worker_index),
+        )
+        ws.pid, ws.host = msg.pid, msg.host
+        self.workers[peer] = ws
+        self.placement.add_worker(ws)
+        self._send(peer, m.WorkerRegistered(name=ws.name))
+        self._workers_changed()
+        self._fill(ws)
+
+    def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
+        self._remove_worker(self.workers[peer])
+
+    def _remove_worker(self, ws: WorkerInfo) -> None:
+        """Move a departed worker's work elsewhere; recompute values only it held."""
+        del self.workers[ws.peer]
+        self.placement.remove_worker(ws)
+        self._free.pop(ws, None)
+        for ts in list(ws.processing):
+            self._move(ts, W)
+        lost = []
+        for ts in ws.has_what:
+            del ts.who_has[ws]
+            if not ts.who_has and ts.value is None:
+                lost.append(ts)
+        ws.has_what = {}
+        for ts in lost:
+            self._data_lost(ts)
+        self._workers_changed()
+
+    def _data_lost(self, ts: TaskState) -> None:
+        """The only copy of a value is gone: send back whoever needed it."""
+        self._move(ts, R)
+        for dependent in ts.dependents:
+            if dependent.status is W:
+                dependent.waiting_on += 1
+            elif dependent.status is Q or dependent.status is P:
+                self._move(dependent, W)
+        if ts.needed:
+            self._recompute([ts])
+        else:
+            self._maybe_forget(ts)
+
+    def _workers_changed(self) -> None:
+        msg = m.WorkersChanged(workers=len(self.workers))
+        for client in self.clients.values():
+            self._send(client.peer, msg)
+
+    def _task_finished(self, peer: str, msg: m.TaskFinished) -> None:
+        ws = self.workers[peer]
+        ts = self.tasks.get(msg.key)
+        if ts is None or ts.processing_on is not ws:
+            if ts is not None and ts.status is M and ws not in ts.who_has:
+                self._add_replica(ts, ws)  # a second copy of a value is still good
+            else:
+                self._free.setdefault(ws, []).append(msg.key)  # stale: drop it
+            return
+        if self.placement.observe(msg.duration):
+            for other in self.placement.idle_workers():
+                if other is not ws:
+                    self._fill(other)
+        self._move(ts, M, ws, msg)
+        self._fill(ws)
+
+    def _task_erred(self, peer: str, msg: m.TaskErred) -> None:
+        ws = self.workers[peer]
+        ts = self.tasks.get(msg.key)
+        if ts is None or ts.processing_on is not ws:
+            return
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._move(ts, W)
+        else:
+            error = (msg.typename, msg.message, msg.traceback, msg.exception, None)
+            self._move(ts, E, error)
+        self._fill(ws)
+
+    def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
+        ts.who_has[ws] = None
+        ws.has_what[ts] = None
+        ws.nbytes += ts.nbytes
+
+    def _fill(self, ws: WorkerInfo) -> None:
+        """Give `ws` queued tasks while it has free slots."""
+        placement = self.placement
+        while not ws.gone and placement.has_capacity(ws):
+            ts = placement.next_for(ws)
+            if ts is None:
+                return
+            self._move(ts, P, ws)
+
+    # -- clients -----------------------------------------------------------------
+
+    def _register_client(self, peer: str, msg: m.RegisterClient) -> None:
+        client = ClientInfo(peer, f"client-{next(self._client_ids)}", msg.name)
+        self.clients[peer] = client
+        self._send(peer, m.ClientRegistered(client_id=client.client_id, workers=len(self.workers)))
+
+    def _remove_client(self, client: ClientInfo) -> None:
+        for ts in list(client.wants):
+            self._unwant(client, ts)
+
+    def _unwant(self, client: ClientInfo, ts: TaskState) -> None:
+        del client.wants[ts]
+        del ts.wanted_by[client]
+        self._check_release(ts)
+
+    def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        client = self.clients[peer]
+        plan = plan_graph(msg, self.tasks)
+        if isinstance(plan, str):
+            self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
+            return
+        new = self._create_tasks(msg, plan)
+        for key in msg.wanted:
+            ts = self.tasks[key]
+            if client not in ts.wanted_by:
+                ts.wanted_by[client] = None
+                client.wants[ts] = None
+            if ts.status is M:
+                self._report_memory(ts, (client,))
+            elif ts.status is E:
+                self._report_error(ts, (client,))
+        # Existing tasks that were let go but are needed again: recompute them first.
+        created = set(new)
+        again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
+        again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
+        self._recompute([ts for ts in again if ts not in created])
+        for ts in new:
+            self._activate(ts)
+
+    def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
+        tasks = self.tasks
+        funcs, prio = msg.funcs, msg.priority
+        new = []
+        for i in plan.order:
+            key = msg.keys[i]
+            ts = TaskState(key, funcs[msg.func[i]], msg.args[i], (-prio[i] if prio else 0, 0))
+            ts.priority = (ts.priority[0], next(self._order))
+            ts.resources = msg.resources.get(i)
+            ts.restrict = msg.restrict.get(i)
+            ts.retries = msg.retries.get(i, 0)
+            deps = []
+            for dep_key in dict.fromkeys(msg.deps[i]):
+                dep = tasks[dep_key]
+                deps.append(dep)
+                dep.dependents[ts] = None
+            ts.deps = tuple(deps)
+            tasks[key] = ts
+            new.append(ts)
+        return new
+
+    def _release_futures(self, peer: str, msg: m.ReleaseFutures) -> None:
+        client = self.clients[peer]
+        for key in msg.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and client in ts.wanted_by:
+                self._unwant(client, ts)
+
+    def _cancel_keys(self, peer: str, msg: m.CancelKeys) -> None:
+        """Drop this client's interest in the keys and in everything pending on them."""
+        client = self.clients[peer]
+        stack = [ts for key in msg.keys if (ts := self.tasks.get(key)) is not None]
+        seen: dict[TaskState, None] = {}
+        while stack:
+            ts = stack.pop()
+            if ts in seen:
+                continue
+            seen[ts] = None
+            if ts.status in ACTIVE or ts.status is R:
+                stack.extend(ts.dependents)
+        cancelled = [ts for ts in seen if client in ts.wanted_by]
+        if cancelled:
+            self._send(peer, m.KeysCancelled(keys=tuple(ts.key for ts in cancelled)))
+        for ts in cancelled:
+            self._unwant(client, ts)
+
+    def _who_has(self, peer: str, msg: m.WhoHas) -> None:
+        answer = {}
+        for key in msg.keys:
+            ts = self.tasks.get(key)
+            answer[key] = tuple(ws.address for ws in ts.who_has) if ts is not None else ()
+        self._send(peer, m.WhoHasAnswer(who_has=answer, request_id=msg.request_id))
+
+    def _scheduler_info(self, peer: str, msg: m.GetSchedulerInfo) -> None:
+        self._send(peer, m.SchedulerInfo(info=self.info(), request_id=msg.request_id))
+
+    def info(self) -> dict[str, Any]:
+        """The cluster as plain data."""
+        counts: dict[str, int] = {}
+        for ts in self.tasks.values():
+            counts[ts.status] = counts.get(ts.status, 0) + 1
+        workers = {
+            ws.name: {
+                "address": ws.address,
+                "nthreads": ws.nthreads,
+                "memory_limit": ws.memory_limit,
+                "resources": dict(ws.resources),
+                "processing": len(ws.processing),
+                "keys": len(ws.has_what),
+                "nbytes": ws.nbytes,
+                "pid": ws.pid,
+                "host": ws.host,
+            }
+            for ws in self.placement.workers.values()
+        }
+        return {
+            "address": self.address,
+            "workers": workers,
+            "clients": len(self.clients),
+            "tasks": counts,
+        }
+
+    # -- reports to clients --------------------------------------------------------
+
+    def _report_memory(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
+        msg = m.KeyInMemory(
+            key=ts.key,
+            nbytes=ts.nbytes,
+            typename=ts.typename,
+            who_has=tuple(ws.address for ws in ts.who_has),
+            value=ts.value,
+        )
+        for client in clients:
+            self._send(client.peer, msg)
+
+    def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
+        assert ts.error is not None
+        typename, message, traceback, exception, blame = ts.error
+        msg = m.KeyErred(
+            key=ts.key,
+            typename=typename,
+            message=message,
+            traceback=traceback,
+            exception=exception,
+            blame=blame,
+        )
+        for client in clients:
+            self._send(client.peer, msg)
+
+    # -- life cycle helpers --------------------------------------------------------
+
+    def _recompute(self, roots: list[TaskState]) -> None:
+        """Bring released tasks (and released tasks they need) back to work."""
+        if not roots:
+            return
+        order: list[TaskState] = []
+        visited: set[TaskState] = set()
+        for root in roots:
+            stack = [(root, False)]
+            while stack:
+                ts, expanded = stack.pop()
+                if expanded:
+                    order.append(ts)
+                    continue
+                if ts in visited or ts.status is not R:
+                    continue
+                visited.add(ts)
+                stack.append((ts, True))
+                stack.extend((dep, False) for dep in reversed(ts.deps))
+        for ts in order:
+            self._activate(ts)
+
+    def _activate(self, ts: TaskState) -> None:
+        """A released task that is needed starts waiting (or errs with its dependency)."""
+        for dep in ts.deps:
+            if dep.status is E:
+                assert dep.error is not None
+                blame = dep.error[4] if dep.error[4] is not None else dep.key
+                self._move(ts, E, (*dep.error[:4], blame))
+                return
+        self._move(ts, W)
+
+    def _ready(self, ts: TaskState) -> None:
+        """All dependencies of a waiting task are in memory: run it or queue it."""
+        ws = self.placement.pick(ts)
+        if ws is None:
+            self._move(ts, Q)
+        else:
+            self._move(ts, P, ws)
+
+    def _check_release(self, ts: TaskState) -> None:
+        """Let go of a task nothing needs any more."""
+        if ts.needed:
+            return
+        if ts.status is M or ts.status in ACTIVE:
+            self._move(ts, R)
+        self._maybe_forget(ts)
+
+    def _maybe_forget(self, ts: TaskState) -> None:
+        """Forget released or erred tasks that nothing needs and nothing depends on."""
+        stack = [ts]
+        while stack:
+            ts = stack.pop()
+            if ts.dependents or ts.needed or ts.status not in (R, E):
+                continue
+            self._move(ts, F)
+            stack.extend(ts.deps)
+
+    # -- transitions -------------------------------------------------------------------
+
+    def _move(self, ts: TaskState, to: Status, *args: Any) -> None:
+        step = TRANSITIONS.get((ts.status, to))
+        if step is None:
+            raise InvalidTransition(ts.key, ts.status, to, self._stimulus, list(self.history)[-10:])
+        self.history.append((ts.key, ts.status, to, self._stimulus, self._now))
+        self.transitions_done += 1
+        step(self, ts, *args)
+
+    def _to_waiting(self, ts: TaskState) -> None:
+        """released -> waiting: count what it waits for; its dependencies are needed."""
+        waiting_on = 0
+        for dep in ts.deps:
+            dep.pending += 1
+            if dep.status is not M:
+                waiting_on += 1
+        ts.status = W
+        ts.waiting_on = waiting_on
+        if waiting_on == 0:
+            self._ready(ts)
+
+    def _back_to_waiting(self, ts: TaskState) -> None:
+        """queued/processing -> waiting: a retry, a lost worker or a lost dependency."""
+        if ts.status is P:
+            self._unassign(ts, free=True)
+        ts.status = W
+        ts.waiting_on = sum(1 for dep in ts.deps if dep.status is not M)
+        if ts.waiting_on == 0:
+            self._ready(ts)
+
+    def _to_queued(self, ts: TaskState) -> None:
+        ts.status = Q
+        self.placement.enqueue(ts)
+
+    def _to_processing(self, ts: TaskState, ws: WorkerInfo) -> None:
+        ts.status = P
+        ts.processing_on = ws
+        ws.processing[ts] = None
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.free[name] -= amount
+        self.placement.touch(ws)
+        values, who_has = {}, {}
+        for dep in ts.deps:
+            if ws in dep.who_has:
+                continue
+            if dep.value is not None:
+                values[dep.key] = dep.value
+            else:
+                who_has[dep.key] = tuple(w.address for w in dep.who_has)
+        msg = m.ComputeTask(
+            key=ts.key,
+            func=ts.func,
+            args=ts.args,
+            deps=tuple(dep.key for dep in ts.deps),
+            values=values,
+            who_has=who_has,
+            priority=ts.priority,
+        )
+        self._send(ws.peer, msg)
+
+    def _unassign(self, ts: TaskState, free: bool) -> None:
+        ws = ts.processing_on
+        assert ws is not None
+        ts.processing_on = None
+        del ws.processing[ts]
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.free[name] += amount
+        if not ws.gone:
+            self.placement.touch(ws)
+            if free:
+                self._free.setdefault(ws, []).append(ts.key)
+
+    def _to_memory(self, ts: TaskState, ws: WorkerInfo, msg: m.TaskFinished) -> None:
+        self._unassign(ts, free=False)
+        ts.status = M
+        ts.nbytes, ts.typename, ts.value = msg.nbytes, msg.typename, msg.value
+        self._add_replica(ts, ws)
+        for dependent in ts.dependents:
+            if dependent.status is W:
+                dependent.waiting_on -= 1
+                if dependent.waiting_on == 0:
+                    self._ready(dependent)
+        if ts.wanted_by:
+            self._report_memory(ts, ts.wanted_by)
+        self._leave_active(ts)
+        self._check_release(ts)
+
+    def _leave_active(self, ts: TaskState) -> None:
+        """A task stops needing its dependencies (it finished, failed or was dropped)."""
+        for dep in ts.deps:
+            dep.pending -= 1
+        for dep in ts.deps:
+            if not dep.needed:
+                self._check_release(dep)
+
+    def _to_erred(self, ts: TaskState, error: tuple) -> None:
+        """processing/waiting/released -> erred, and everything waiting on it too."""
+        was_active = ts.status in ACTIVE
+        if ts.status is P:
+            self._unassign(ts, free=False)
+        ts.status = E
+        ts.error = error
+        if ts.wanted_by:
+            self._report_error(ts, ts.wanted_by)
+        blame = error[4] if error[4] is not None else ts.key
+        for dependent in list(ts.dependents):
+            if dependent.status is W:
+                self._move(dependent, E, (*error[:4], blame))
+        if was_active:
+            self._leave_active(ts)
+        self._maybe_forget(ts)
+
+    def _to_released(self, ts: TaskState) -> None:
+        """Drop a value, or stop a task that is no longer needed."""
+        status = ts.status
+        if status is M:
+            for ws in ts.who_has:
+                del ws.has_what[ts]
+                ws.nbytes -= ts.nbytes
+                if not ws.gone:
+                    self._free.setdefault(ws, []).append(ts.key)
+            ts.who_has = {}
+            ts.value = None
+            ts.status = R
+            return
+        if status is P:
+            self._unassign(ts, free=True)
+        ts.status = R
+        self._leave_active(ts)
+
+    def _to_forgotten(self, ts: TaskState) -> None:
+        ts.status = F
+        del self.tasks[ts.key]
+        for dep in ts.deps:
+            del dep.dependents[ts]
+
+    # -- checks --------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every invariant tying the indexes together; AssertionError if broken."""
+        from shoal.scheduler.validate import validate_state
+
+        validate_state(self)
+
+
+TRANSITIONS: dict[tuple[Status, Status], Callable[..., None]] = {
+    (R, W): SchedulerState._to_waiting,
+    (R, E): SchedulerState._to_erred,
+    (R, F): SchedulerState._to_forgotten,
+    (W, Q): SchedulerState._to_queued,
+    (W, P): SchedulerState._to_processing,
+    (W, R): SchedulerState._to_released,
+    (W, E): SchedulerState._to_erred,
+    (Q, P): SchedulerState._to_processing,
+    (Q, W): SchedulerState._back_to_waiting,
+    (Q, R): SchedulerState._to_released,
+    (P, M): SchedulerState._to_memory,
+    (P, E): SchedulerState._to_erred,
+    (P, W): SchedulerState._back_to_waiting,
+    (P, R): SchedulerState._to_released,
+    (M, R): SchedulerState._to_released,
+    (E, F): SchedulerState._to_forgotten,
+}

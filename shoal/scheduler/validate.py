@@ -1,0 +1,81 @@
+"""Invariants of the scheduler core, checked by SchedulerState.validate().
+
+Tests call it after every step. It reads state and never changes it; a
+broken invariant is our bug and raises AssertionError with the task named.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shoal.scheduler.model import ACTIVE, Status
+
+if TYPE_CHECKING:
+    from shoal.scheduler.model import TaskState
+    from shoal.scheduler.state import SchedulerState
+
+
+def validate_state(state: SchedulerState) -> None:
+    for key, ts in state.tasks.items():
+        assert ts.key == key, f"{ts} is filed under {key!r}"
+        _validate_task(state, ts)
+    for ws in state.workers.values():
+        assert not ws.gone, f"{ws} is gone but registered"
+        assert state.placement.workers.get(ws.name) is ws, f"{ws} missing from placement"
+        used: dict[str, float] = {}
+        for ts in ws.processing:
+            assert ts.processing_on is ws, f"{ts} is in {ws}.processing but not on it"
+            for name, amount in (ts.resources or {}).items():
+                used[name] = used.get(name, 0.0) + amount
+        for name, total in ws.resources.items():
+            free = total - used.get(name, 0.0)
+            assert abs(ws.free[name] - free) < 1e-9, f"{ws}: {name} free {ws.free[name]} != {free}"
+        for ts in ws.has_what:
+            assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
+        assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"
+    assert len(state.placement.workers) == len(state.workers)
+    for client in state.clients.values():
+        for ts in client.wants:
+            assert client in ts.wanted_by, f"{client} wants {ts} but is not in wanted_by"
+            assert state.tasks.get(ts.key) is ts, f"{client} wants forgotten {ts}"
+
+
+def _validate_task(state: SchedulerState, ts: TaskState) -> None:
+    status = ts.status
+    assert status is not Status.FORGOTTEN, f"{ts} is forgotten but still filed"
+    for dep in ts.deps:
+        assert state.tasks.get(dep.key) is dep, f"{ts} depends on forgotten {dep}"
+        assert ts in dep.dependents, f"{ts} not among the dependents of {dep}"
+    for dependent in ts.dependents:
+        assert ts in dependent.deps, f"{dependent} is a dependent of {ts} without the edge"
+    active = sum(1 for d in ts.dependents if d.status in ACTIVE)
+    assert ts.pending == active, f"{ts}: pending {ts.pending} != {active} active dependents"
+    for client in ts.wanted_by:
+        assert ts in client.wants, f"{ts} wanted by {client} which does not list it"
+        assert client.peer in state.clients, f"{ts} wanted by departed {client}"
+    if status is not Status.PROCESSING:
+        assert ts.processing_on is None, f"{ts} has processing_on while {status}"
+    if status is not Status.MEMORY:
+        assert not ts.who_has and ts.value is None, f"{ts} holds data while {status}"
+    not_ready = sum(1 for dep in ts.deps if dep.status is not Status.MEMORY)
+    if status is Status.WAITING:
+        assert ts.waiting_on == not_ready > 0, f"{ts}: waiting_on {ts.waiting_on} != {not_ready}"
+    elif status in (Status.QUEUED, Status.PROCESSING):
+        assert not_ready == 0, f"{ts} is {status} with dependencies not in memory"
+    if status is Status.PROCESSING:
+        ws = ts.processing_on
+        assert ws is not None and ts in ws.processing, f"{ts} not in its worker's processing"
+        assert state.workers.get(ws.peer) is ws, f"{ts} processing on departed {ws}"
+    elif status is Status.MEMORY:
+        assert ts.who_has or ts.value is not None, f"{ts} in memory with no holder"
+        for ws in ts.who_has:
+            assert ts in ws.has_what and not ws.gone, f"{ts} claims {ws} holds it"
+        assert ts.needed, f"{ts} in memory but nothing needs it"
+    elif status is Status.ERRED:
+        assert ts.error is not None, f"{ts} erred without an error"
+        assert ts.needed or ts.dependents, f"{ts} erred, unneeded, should be forgotten"
+    elif status is Status.RELEASED:
+        assert ts.dependents or ts.needed, f"{ts} released with no reason to be kept"
+        assert not ts.needed, f"{ts} needed but released"
+    if status in ACTIVE:
+        assert ts.needed, f"{ts} is {status} but nothing needs it"
