@@ -48,6 +48,7 @@ class Scheduler:
         self._listener: Listener | None = None
         self._peer_ids = itertools.count(1)
         self._stopped = asyncio.Event()
+        self._workers_changed = asyncio.Event()
 
     async def start(self) -> Scheduler:
         """Listen; return once connections are accepted.
@@ -88,12 +89,20 @@ class Scheduler:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
                         log.info("worker %s joined from %s", msg.name, comm.peer_address)
+                        self._workers_changed.set()
         finally:
             worker = state.workers.get(peer)
             if worker is not None:
                 log.info("worker %s left", worker.name)
             del self.comms[peer]
             self._run(state.lost(peer, now()))
+            self._workers_changed.set()
+
+    async def wait_for_workers(self, n: int) -> None:
+        """Return once at least `n` workers are registered (wrap in a timeout)."""
+        while len(self.state.workers) < n:
+            self._workers_changed.clear()
+            await self._workers_changed.wait()
 
     def _run(self, commands: list[Command]) -> None:
         comms = self.comms

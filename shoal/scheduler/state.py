@@ -101,8 +101,10 @@ class SchedulerState:
             self._register_client(peer, msg)
         else:
             handler = self._handlers.get((role, type(msg)))
-            if handler is None or (peer not in self.workers and peer not in self.clients):
+            if handler is None:
                 self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
+            elif peer not in self.workers and peer not in self.clients:
+                self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
             else:
                 handler(peer, msg)
         return self._end()
@@ -146,8 +148,9 @@ class SchedulerState:
                 if msg.nthreads >= 1
                 else f"nthreads must be at least 1, not {msg.nthreads}"
             )
+            # The connection stays open so that the refusal is delivered; an
+            # unregistered peer can do nothing else on it.
             self._send(peer, m.RegistrationRefused(reason=reason))
-            self._out.append(Disconnect(peer, reason))
             return
         ws = WorkerInfo(
             peer,
@@ -207,8 +210,9 @@ class SchedulerState:
         ws = self.workers[peer]
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
-            if ts is not None and ts.status is M and ws not in ts.who_has:
-                self._add_replica(ts, ws)  # a second copy of a value is still good
+            if ts is not None and ts.status is M:
+                if ws not in ts.who_has:
+                    self._add_replica(ts, ws)  # a second copy of a value is still good
             else:
                 self._free.setdefault(ws, []).append(msg.key)  # stale: drop it
             return
@@ -490,6 +494,9 @@ class SchedulerState:
         self.placement.enqueue(ts)
 
     def _to_processing(self, ts: TaskState, ws: WorkerInfo) -> None:
+        frees = self._free.pop(ws, None)
+        if frees:  # frees decided earlier must reach the worker before this task
+            self._send(ws.peer, m.FreeKeys(keys=tuple(frees)))
         ts.status = P
         ts.processing_on = ws
         ws.processing[ts] = None
@@ -532,7 +539,10 @@ class SchedulerState:
     def _to_memory(self, ts: TaskState, ws: WorkerInfo, msg: m.TaskFinished) -> None:
         self._unassign(ts, free=False)
         ts.status = M
-        ts.nbytes, ts.typename, ts.value = msg.nbytes, msg.typename, msg.value
+        ts.nbytes, ts.typename = msg.nbytes, msg.typename
+        value = msg.value
+        # Only small values are kept here; a worker sending more is not trusted with it.
+        ts.value = value if value is None or value.nbytes <= m.INLINE_VALUE_BYTES else None
         self._add_replica(ts, ws)
         for dependent in ts.dependents:
             if dependent.status is W:
