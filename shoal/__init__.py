@@ -1,3 +1,30 @@
 """shoal: a distributed task-computing service for Python."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["Client", "Future", "as_completed", "wait"]
+
+if TYPE_CHECKING:
+    from shoal.client.client import Client
+    from shoal.client.futures import Future, as_completed, wait
+
+# Loaded on first use, so `import shoal` (the CLI, workers) stays cheap.
+_LAZY = {
+    "Client": "shoal.client.client",
+    "Future": "shoal.client.futures",
+    "as_completed": "shoal.client.futures",
+    "wait": "shoal.client.futures",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

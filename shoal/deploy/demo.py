@@ -1,64 +1,64 @@
-"""`shoal demo`: a short, real run of what shoal has, on loopback, printed.
+"""`shoal demo`: a real task graph on an embedded local cluster, timed and checked.
 
-It starts a token-guarded listener and a client in this process, measures
-round trips, and moves a numpy array through the wire protocol and back.
+It starts a LocalCluster (scheduler here, workers as processes), computes the
+sum of squares of 0..N-1 as a tree reduction over numpy chunks, and checks
+the answer against the closed form.
 """
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import statistics
 import time
 
 import numpy as np
 
-from shoal.protocol.comm import Comm, connect, listen
-from shoal.protocol.messages import DataSent, GetData
-from shoal.protocol.serialize import deserialize, serialize
+CHUNK = 10_000
 
 
-async def _serve(comm: Comm) -> None:
-    """Answer GetData with squares of the requested sizes' aranges."""
-    while True:
-        for msg in await comm.read():
-            if isinstance(msg, GetData):
-                data = {key: serialize(np.arange(key[1], dtype="f8") ** 2) for key in msg.keys}
-                comm.send(DataSent(data=data, request_id=msg.request_id))
+def chunk_sum_of_squares(start: int, stop: int) -> int:
+    values = np.arange(start, stop, dtype=np.int64)
+    return int(np.dot(values, values))
 
 
-async def run_demo(array_mb: int = 64, round_trips: int = 200) -> dict[str, float]:
-    token = secrets.token_hex(16)
-    async with await listen("tcp://127.0.0.1:0", _serve, token=token) as listener:
-        print(f"listening on {listener.address} (cluster token required)")
-        comm = await connect(listener.address, token=token, name="demo")
-        rtts = sorted([await comm.ping() for _ in range(round_trips)])
-        n = array_mb * 1024 * 1024 // 8
-        start = time.perf_counter()
-        comm.send(GetData(keys=(("squares", n),), request_id=1))
-        (reply,) = await comm.read()
-        elapsed = time.perf_counter() - start
-        squares = deserialize(reply.data[("squares", n)], what="demo result")
-        await comm.close("demo finished")
-    expected_sum = float(np.sum(np.arange(n, dtype="f8") ** 2))
-    assert float(squares.sum()) == expected_sum
-    figures = {
-        "rtt_median_us": statistics.median(rtts) * 1e6,
-        "rtt_p99_us": rtts[int(len(rtts) * 0.99) - 1] * 1e6,
-        "array_mb": array_mb,
-        "array_s": elapsed,
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def reduction_graph(leaves: int) -> tuple[dict[object, tuple], object]:
+    """A graph summing `leaves` chunks pairwise; returns (graph, key of the total)."""
+    graph: dict[object, tuple] = {
+        ("chunk", i): (chunk_sum_of_squares, i * CHUNK, (i + 1) * CHUNK) for i in range(leaves)
     }
-    print(
-        f"{round_trips} round trips: median {figures['rtt_median_us']:.0f} us, "
-        f"p99 {figures['rtt_p99_us']:.0f} us"
-    )
-    print(
-        f"{array_mb} MB array computed, sent and received in {elapsed * 1000:.0f} ms; "
-        f"sum of squares = {squares.sum():.6g} (checked)"
-    )
-    return figures
+    level, names = 0, [("chunk", i) for i in range(leaves)]
+    while len(names) > 1:
+        level += 1
+        paired = []
+        for j in range(0, len(names) - 1, 2):
+            key = ("sum", level, j // 2)
+            graph[key] = (add, names[j], names[j + 1])
+            paired.append(key)
+        if len(names) % 2:
+            paired.append(names[-1])
+        names = paired
+    return graph, names[0]
 
 
-def main(array_mb: int) -> int:
-    asyncio.run(run_demo(array_mb=array_mb))
-    return 0
+def main(workers: int = 2, leaves: int = 1024) -> int:
+    from shoal.client.client import Client
+
+    leaves = max(1, leaves)
+    started = time.perf_counter()
+    with Client(n_workers=workers, threads_per_worker=1) as client:
+        ready = time.perf_counter()
+        graph, total_key = reduction_graph(leaves)
+        begin = time.perf_counter()
+        total = client.get(graph, total_key)
+        took = time.perf_counter() - begin
+        info = client.scheduler_info()
+    n = leaves * CHUNK
+    expected = (n - 1) * n * (2 * n - 1) // 6
+    status = "checked" if total == expected else f"WRONG, expected {expected}"
+    print(f"cluster: {len(info['workers'])} worker processes up in {ready - started:.2f} s")
+    print(f"graph:   {len(graph)} tasks, a tree reduction over {leaves} numpy chunks")
+    print(f"result:  sum of squares of 0..{n - 1} = {total} ({status})")
+    print(f"time:    {took * 1000:.1f} ms, {len(graph) / took:,.0f} tasks/s")
+    return 0 if total == expected else 1

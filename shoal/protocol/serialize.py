@@ -69,6 +69,48 @@ def typename_of(obj: object) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
+# Values made only of these types pickle the same with the standard pickler,
+# which is about four times faster than cloudpickle on small objects.
+_PLAIN_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_PLAIN_BUDGET = 64  # objects inspected before giving up and using cloudpickle
+
+
+def _is_plain(obj: object) -> bool:
+    """Whether `obj` is small plain data: scalars in tuples, lists and dicts."""
+    stack, budget = [obj], _PLAIN_BUDGET
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        budget -= 1
+        if budget < 0:
+            return False
+        if kind is tuple or kind is list:
+            stack.extend(item)  # type: ignore[arg-type]
+        elif kind is dict:
+            stack.extend(item.keys())  # type: ignore[attr-defined]
+            stack.extend(item.values())  # type: ignore[attr-defined]
+        elif kind in _PLAIN_WRAPPERS:
+            stack.extend(_PLAIN_WRAPPERS[kind](item))
+        else:
+            return False
+    return True
+
+
+# Classes whose instances are plain when what they hold is (registered by the
+# modules that define them, to keep this module free of their imports).
+_PLAIN_WRAPPERS: dict[type, object] = {}
+
+
+def register_plain(cls: type, parts: object) -> None:
+    """Declare `cls` plain when every object `parts(instance)` returns is plain.
+
+    `cls` must be importable by name on the receiving side.
+    """
+    _PLAIN_WRAPPERS[cls] = parts
+
+
 def serialize(obj: object, what: str = "object") -> Serialized:
     """Pickle `obj` (functions and lambdas by value) with its buffers out of band.
 
@@ -78,6 +120,11 @@ def serialize(obj: object, what: str = "object") -> Serialized:
     Raises:
         SerializationError: naming the type of `obj` and `what` it was.
     """
+    if _is_plain(obj):
+        try:
+            return Serialized(typename_of(obj), [pickle.dumps(obj, protocol=PICKLE_PROTOCOL)])
+        except RecursionError:
+            pass  # a deeply nested value: cloudpickle reports it below
     buffers: list[pickle.PickleBuffer] = []
     try:
         stream = cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)

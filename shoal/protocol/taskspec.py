@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shoal.protocol.serialize import register_plain
+
 
 class Ref:
     """The value of another task, `key`, resolved on the worker."""
@@ -73,6 +75,10 @@ class ArgSpec:
 
     def __repr__(self) -> str:
         return f"ArgSpec({self.args!r}, {self.kwargs!r}, walk={self.walk})"
+
+
+register_plain(Ref, lambda ref: (ref.key,))
+register_plain(ArgSpec, lambda spec: (spec.args, spec.kwargs))
 
 
 def resolve(obj: Any, values: Mapping[object, object]) -> Any:

@@ -1,0 +1,209 @@
+"""End-to-end benchmarks: shoal beside dask.distributed, same shape, same run.
+
+Each repetition starts a fresh process per system that builds a local cluster
+(scheduler in that process, two worker processes with one thread each, on
+127.0.0.1) and runs every workload in it. Systems alternate; the table shows
+medians with min..max and the shoal/dask ratio.
+
+    python -m benchmarks.e2e [--repeat 3] [--quick] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+SHAPES = {
+    "full": {"tasks": 20_000, "round_trips": 1_000, "leaves": 8_192},
+    "quick": {"tasks": 2_000, "round_trips": 200, "leaves": 1_024},
+}
+
+# metric -> (label, unit, higher is better)
+METRICS = {
+    "first_result_s": ("Client() to first result", "s", False),
+    "throughput_tasks_s": ("map+gather of trivial tasks", "tasks/s", True),
+    "latency_median_ms": ("submit->result latency, median", "ms", False),
+    "latency_p99_ms": ("submit->result latency, p99", "ms", False),
+    "tree_s": ("tree reduction", "s", False),
+    "tree_tasks_s": ("tree reduction rate", "tasks/s", True),
+}
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def tree_graph(leaves: int) -> tuple[dict[Any, tuple], Any]:
+    graph: dict[Any, tuple] = {("leaf", i): (inc, i) for i in range(leaves)}
+    names: list[Any] = [("leaf", i) for i in range(leaves)]
+    level = 0
+    while len(names) > 1:
+        level += 1
+        nxt = []
+        for j in range(0, len(names) - 1, 2):
+            key = (f"sum-{level}", j // 2)
+            graph[key] = (add, names[j], names[j + 1])
+            nxt.append(key)
+        if len(names) % 2:
+            nxt.append(names[-1])
+        names = nxt
+    return graph, names[0]
+
+
+def make_client(system: str) -> Any:
+    if system == "shoal":
+        from shoal.client.client import Client
+
+        return Client(n_workers=2, threads_per_worker=1)
+    from dask.distributed import Client as DaskClient
+
+    return DaskClient(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+def run_workloads(system: str, shape: dict[str, int]) -> dict[str, float]:
+    """Every workload on one fresh cluster of `system`; returns metric -> value."""
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    client = make_client(system)
+    try:
+        client.submit(inc, 1, pure=False).result()
+        out["first_result_s"] = time.perf_counter() - start
+
+        n = shape["tasks"]
+        begin = time.perf_counter()
+        results = client.gather(client.map(inc, range(n), pure=False))
+        took = time.perf_counter() - begin
+        assert results == list(range(1, n + 1))
+        out["throughput_tasks_s"] = n / took
+
+        samples = []
+        for i in range(shape["round_trips"]):
+            begin = time.perf_counter()
+            assert client.submit(inc, i, pure=False).result() == i + 1
+            samples.append(time.perf_counter() - begin)
+        samples.sort()
+        out["latency_median_ms"] = statistics.median(samples) * 1e3
+        out["latency_p99_ms"] = samples[int(len(samples) * 0.99) - 1] * 1e3
+
+        graph, top = tree_graph(shape["leaves"])
+        begin = time.perf_counter()
+        total = client.get(graph, top)
+        out["tree_s"] = time.perf_counter() - begin
+        out["tree_tasks_s"] = len(graph) / out["tree_s"]
+        leaves = shape["leaves"]
+        assert total == leaves * (leaves + 1) // 2, total
+    finally:
+        client.close()
+    return out
+
+
+def child(system: str, shape_name: str) -> None:
+    print(json.dumps(run_workloads(system, SHAPES[shape_name])), flush=True)
+
+
+def spawn(system: str, shape_name: str, timeout: float) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--child", system, "--shape", shape_name],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for metric in METRICS:
+        row = {}
+        for system, results in runs.items():
+            values = [r[metric] for r in results if metric in r]
+            if values:
+                row[system] = {
+                    "median": statistics.median(values),
+                    "min": min(values),
+                    "max": max(values),
+                }
+        if "shoal" in row and "dask" in row and row["dask"]["median"]:
+            row["ratio"] = row["shoal"]["median"] / row["dask"]["median"]
+        table[metric] = row
+    return table
+
+
+def print_table(table: dict[str, Any]) -> None:
+    columns = ("shoal median (min..max)", "dask median (min..max)")
+    head = f"{'metric':34} {columns[0]:>30} {columns[1]:>30} {'shoal/dask':>10}"
+    print(head)
+    print("-" * len(head))
+    for metric, row in table.items():
+        label, unit, _ = METRICS[metric]
+        cells = []
+        for system in ("shoal", "dask"):
+            cell = row.get(system)
+            cells.append(
+                f"{_fmt(cell['median'])} ({_fmt(cell['min'])}..{_fmt(cell['max'])})"
+                if cell
+                else "-"
+            )
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+        print(f"{label + ' [' + unit + ']':34} {cells[0]:>30} {cells[1]:>30} {ratio:>10}")
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small shapes, one repetition")
+    parser.add_argument("--systems", default="shoal,dask")
+    parser.add_argument("--out", help="also write the table as JSON here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="full", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.shape)
+        return 0
+    shape = "quick" if args.quick else "full"
+    repeat = 1 if args.quick else args.repeat
+    systems = [s for s in args.systems.split(",") if s and _available(s)]
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+    for rep in range(repeat):
+        for system in systems if rep % 2 == 0 else systems[::-1]:
+            runs[system].append(spawn(system, shape, timeout=300))
+            print(f"  rep {rep + 1}/{repeat} {system}: {runs[system][-1]}", file=sys.stderr)
+    table = summarize(runs)
+    print_table(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"shape": SHAPES[shape], "repeat": repeat, "table": table}, f, indent=2)
+    return 0
+
+
+def _available(system: str) -> bool:
+    module = {"shoal": "shoal", "dask": "distributed"}[system]
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"{system} is not installed; skipping it", file=sys.stderr)
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

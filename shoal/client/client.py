@@ -1,0 +1,451 @@
+"""Client: the user's session with a scheduler, synchronous or asynchronous.
+
+Owns the scheduler connection, its reader, the key table and the data pool.
+State changes only on the client's loop; user threads build messages and wait
+on the key table's Condition, and never touch the connection directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shoal.client import graph as graphs
+from shoal.client import nesting
+from shoal.client.futures import Future, Watch
+from shoal.client.link import SchedulerLink
+from shoal.client.loop import LoopThread
+from shoal.client.pool import DataPool
+from shoal.client.state import Key, KeyState, KeyTable, Status
+from shoal.errors import CommClosedError, FutureCancelled, GraphError, MessageTooLarge
+from shoal.protocol.messages import CancelKeys, ReleaseFutures
+from shoal.protocol.serialize import Serialized
+from shoal.protocol.tls import TLSConfig
+
+log = logging.getLogger(__name__)
+
+
+class Client:
+    """Connect to a scheduler (or start a LocalCluster) and compute on it.
+
+    With `asynchronous=False` (the default) the connection runs on an event
+    loop in a thread of its own and every method blocks; with
+    `asynchronous=True` it runs on the caller's loop, `await Client(...)` or
+    `async with Client(...)` starts it, and the methods that wait return
+    awaitables. Extra keyword arguments go to LocalCluster when `address` is None.
+
+    Raises:
+        OSError, TimeoutError: no scheduler answered at `address` within `timeout`.
+        HandshakeError: the scheduler refused the token or the protocol version.
+        CommClosedError: the scheduler closed the connection before registering us.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | bytes | None = None,
+        tls: TLSConfig | None = None,
+        timeout: float = 10.0,
+        asynchronous: bool = False,
+        name: str = "",
+        **cluster_kwargs: Any,
+    ) -> None:
+        self.address, self.token, self.tls = address, token, tls
+        self.timeout, self.asynchronous, self.name = timeout, asynchronous, name
+        self.status = "created"
+        self.client_id = ""
+        self.cluster: Any = None
+        self._cluster_kwargs = cluster_kwargs
+        self._keys = KeyTable(self._schedule_flush, self._run_callback)
+        self._funcs = graphs.FunctionCache()
+        self._pool = DataPool(token, tls, timeout, name)
+        self._link: SchedulerLink | None = None
+        self._callback_runner: ThreadPoolExecutor | None = None
+        self._thread: LoopThread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if not asynchronous:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        if self.address is None:
+            from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
+
+            self.cluster = LocalCluster(
+                asynchronous=False, token=self.token, **self._cluster_kwargs
+            )
+            self.address, self.token = self.cluster.scheduler_address, self.cluster.token
+            self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
+        self._thread = LoopThread(f"shoal-client {self.name}".strip())
+        self.loop = self._thread.loop
+        self._callback_runner = ThreadPoolExecutor(1, thread_name_prefix="shoal-callbacks")
+        try:
+            self._thread.run(self._start())
+        except BaseException:
+            self._stop_threads()
+            if self.cluster is not None:
+                self.cluster.close()
+            raise
+
+    async def _start(self) -> Client:
+        if self.status != "created":
+            return self
+        self.status = "starting"
+        self.loop = asyncio.get_running_loop()
+        if self.address is None:
+            from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
+
+            self.cluster = await LocalCluster(
+                asynchronous=True, token=self.token, **self._cluster_kwargs
+            )
+            self.address, self.token = self.cluster.scheduler_address, self.cluster.token
+            self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
+        self._link = SchedulerLink(self._keys, self.address, self.timeout)
+        await self._link.open(self.name, self.token, self.tls)
+        self.client_id = self._link.client_id
+        self.status = "running"
+        log.info("client %s connected to %s", self.client_id, self.address)
+        return self
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    # -- sending (loop thread) ----------------------------------------------------------
+
+    def _link_or_raise(self) -> SchedulerLink:
+        """The scheduler link.
+
+        Raises:
+            CommClosedError: the client never connected.
+        """
+        if self._link is None:
+            raise CommClosedError(f"the client is {self.status}: await it or use `async with`")
+        return self._link
+
+    def _send_graph(
+        self, submission: graphs.Submission, keys: list[Key], keepalive: object
+    ) -> None:
+        """Loop side of submit/map/compute. `keepalive` holds the Futures the
+        messages reference until they are queued, so none is released first."""
+        with self._keys.batch():
+            for key in keys:
+                state = self._keys.states.get(key)
+                if state is not None and state.status is Status.CANCELLED:
+                    state.reset()  # submitted again after a cancel: compute anew
+            # Bridges the user also holds Futures for stay wanted.
+            bridges = [k for k in submission.bridges if not self._keys.counts.get(k)]
+            release = [ReleaseFutures(keys=tuple(bridges))] if bridges else []
+            try:
+                self._link_or_raise().send(*submission.msgs, *release)
+            except (CommClosedError, MessageTooLarge) as exc:
+                for key in keys:
+                    self._keys.fail(key, type(exc), str(exc))
+
+    def _hand_over(self, submission: graphs.Submission, keys: list[Key], keepalive: object) -> None:
+        """Queue messages from any thread with one loop callback, without waiting."""
+        if self.status != "running":
+            raise CommClosedError(f"the client is {self.status}, not running")
+        if self._thread is None:
+            self._send_graph(submission, keys, keepalive)  # asynchronous: we are on the loop
+        else:
+            self._thread.call_soon(self._send_graph, submission, keys, keepalive)
+
+    # -- reference counts and callbacks (any thread) -------------------------------------
+
+    def _schedule_flush(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return  # no connection any more: nothing to release
+        try:
+            loop.call_soon_threadsafe(self._flush_releases)
+        except RuntimeError:  # the loop closed just now
+            return
+
+    def _flush_releases(self) -> None:
+        keys = self._keys.take_released()
+        if keys and self._link is not None and self._link.usable:
+            self._link.send(ReleaseFutures(keys=tuple(keys)))
+
+    def _run_callback(self, fn: Callable[[Future], object], future: Future) -> None:
+        runner = self._callback_runner
+        if runner is not None:
+            try:
+                runner.submit(_call_back, fn, future)
+            except RuntimeError:  # closed: run it here rather than drop it
+                _call_back(fn, future)
+        elif self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(_call_back, fn, future)
+
+    # -- blocking helpers ----------------------------------------------------------------
+
+    def _sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Awaitable when asynchronous; else run on the loop thread and block."""
+        if self.asynchronous:
+            return coro
+        assert self._thread is not None
+        return self._thread.run(coro)
+
+    async def _fetch_async(self, states: list[KeyState]) -> dict[Key, Serialized]:
+        return await self._pool.fetch(
+            {st.key: st.who_has for st in states}, self._link_or_raise().who_has
+        )
+
+    def _fetch(self, states: list[KeyState]) -> dict[Key, Serialized]:
+        assert self._thread is not None
+        return self._thread.run(self._fetch_async(states))
+
+    def _cancel_now(self, keys: list[Key]) -> None:
+        if self._thread is None or self._thread.in_thread:
+            self._cancel_keys(keys)
+        else:
+            self._thread.run(self._cancel_async(keys))
+
+    async def _cancel_async(self, keys: list[Key]) -> None:
+        self._cancel_keys(keys)
+
+    def _cancel_keys(self, keys: list[Key]) -> None:
+        with self._keys.batch():
+            for key in keys:
+                self._keys.cancel(key, FutureCancelled, f"{key!r} was cancelled by the client")
+        if keys and self._link is not None and self._link.usable:
+            self._link.send(CancelKeys(keys=tuple(keys)))
+
+    # -- public API ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        key: Key | None = None,
+        priority: int = 0,
+        resources: dict[str, float] | None = None,
+        workers: Iterable[str] | str | None = None,
+        retries: int = 0,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Run `fn(*args, **kwargs)` on the cluster; returns at once with its Future.
+
+        Futures anywhere in `args` and `kwargs` (inside lists, tuples and dict
+        values too) become dependencies and are replaced by their values.
+        `pure=True` names the task after its function and arguments, so equal
+        submissions share one result; `pure=False` always runs anew.
+
+        Raises:
+            SerializationError: `fn` or an argument cannot be pickled.
+            TypeError: `fn` is not callable or `key` is not a valid key.
+            CommClosedError: the client is not running.
+        """
+        row = graphs.call_row(fn, args, kwargs, self._funcs, key, pure)
+        options = graphs.TaskOptions(priority, resources, workers, retries)
+        future = Future(row.key, self)
+        submission = graphs.messages([row], [row.key], options)
+        self._hand_over(submission, [row.key], (args, kwargs))
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[Key] | None = None,
+        priority: int = 0,
+        resources: dict[str, float] | None = None,
+        workers: Iterable[str] | str | None = None,
+        retries: int = 0,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Run `fn` on each item (zipped across `iterables`); one Future per item.
+
+        `key` is a list of keys, one per item, or a str that replaces the
+        function's name in front of each generated key. All tasks travel in
+        one SubmitGraph (split in chunks when large).
+
+        Raises:
+            SerializationError: `fn` or an item cannot be pickled.
+            TypeError: `fn` is not callable or a key is not a valid key.
+            ValueError: `key` is a list of the wrong length.
+            CommClosedError: the client is not running.
+        """
+        items = list(zip(*iterables, strict=False))
+        keys: list[Key | None] = [None] * len(items)
+        name = key if isinstance(key, str) else None
+        if isinstance(key, list):
+            if len(key) != len(items):
+                raise ValueError(f"map got {len(key)} keys for {len(items)} items")
+            keys = list(key)
+        rows: dict[Key, graphs.Row] = {}
+        item_keys = []
+        for args, k in zip(items, keys, strict=True):
+            row = graphs.call_row(fn, args, kwargs, self._funcs, k, pure, name)
+            rows.setdefault(row.key, row)  # equal pure items share one task
+            item_keys.append(row.key)
+        futures = [Future(k, self) for k in item_keys]
+        options = graphs.TaskOptions(priority, resources, workers, retries)
+        task_keys = list(rows)
+        submission = graphs.messages(list(rows.values()), task_keys, options)
+        self._hand_over(submission, task_keys, (items, kwargs))
+        return futures
+
+    def compute(self, graph: dict[Any, Any], keys: Any, priority: int = 0) -> Any:
+        """Send a dict graph and return Futures for `keys`, in the nesting of `keys`.
+
+        A task is `(callable, *args)`; any other value is a literal. Arguments
+        name other keys of the graph (inside lists, tuples and dicts too) or
+        hold Futures. Only what `keys` needs is sent.
+
+        Raises:
+            GraphError: a cycle, a bad key, or a requested key not in the graph.
+            SerializationError: a function or an argument cannot be pickled.
+            CommClosedError: the client is not running.
+        """
+        leaves = nesting.key_leaves(keys)
+        wanted = list(dict.fromkeys(k for k in leaves if not isinstance(k, Future)))
+        for k in wanted:
+            if not graphs.is_key(k):
+                raise GraphError(f"bad requested key {k!r}: not a key of the graph nor a Future")
+        rows = graphs.graph_rows(graph, wanted, self._funcs)
+        made = {k: Future(k, self) for k in wanted}
+        submission = graphs.messages(rows, wanted, graphs.TaskOptions(priority))
+        self._hand_over(submission, wanted, graph)
+        return nesting.replace_keys(keys, lambda leaf: made.get(leaf, leaf))
+
+    def get(self, graph: dict[Any, Any], keys: Any, priority: int = 0) -> Any:
+        """compute() then gather(): the values of `keys`, in the nesting of `keys`.
+
+        Raises:
+            GraphError: as compute() does.
+            Exception: the first failing task's exception (see Future.result).
+        """
+        futures = self.compute(graph, keys, priority)
+        return self.gather(futures)
+
+    def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """Values of Futures in any nesting of lists, tuples, sets and dicts.
+
+        Small values came with the scheduler's report and need no round trip;
+        larger ones are fetched from the workers holding them. With
+        `errors="skip"`, failed futures are left out of their containers.
+
+        Raises:
+            Exception: with `errors="raise"`, the first failed future's exception
+                (FutureCancelled, GraphError and CommClosedError included).
+            FetchError: no worker could provide a value.
+            ValueError: an unknown `errors`.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        listed = nesting.futures_in(futures)
+        watch = Watch(listed)
+
+        def ready() -> bool:
+            return watch.pending == 0 or (errors == "raise" and watch.erred)
+
+        if self.asynchronous:
+            return self._gather_async(futures, listed, watch, ready, errors)
+        watch.block(ready, None)
+        states = nesting.settled(listed, errors)
+        fetch = [st for st in states if st.payload is None]
+        payloads = self._fetch(fetch) if fetch else {}
+        return nesting.assemble(futures, states, payloads)
+
+    async def _gather_async(self, futures: Any, listed: list[Future], watch: Watch,
+                            ready: Callable[[], bool], errors: str) -> Any:  # fmt: skip
+        await watch.until(ready, None)
+        states = nesting.settled(listed, errors)
+        fetch = [st for st in states if st.payload is None]
+        payloads = await self._fetch_async(fetch) if fetch else {}
+        return nesting.assemble(futures, states, payloads)
+
+    def cancel(self, futures: Any) -> Any:
+        """Cancel Futures (any nesting); they raise FutureCancelled from now on.
+
+        Raises:
+            CommClosedError: never for a lost connection: the local futures are
+                cancelled all the same.
+        """
+        keys = list(dict.fromkeys(f.key for f in nesting.futures_in(futures)))
+        return self._sync(self._cancel_async(keys))
+
+    def scheduler_info(self) -> Any:
+        """The cluster described by the scheduler, as a dict.
+
+        Raises:
+            CommClosedError: the scheduler connection is lost.
+            TimeoutError: no answer within the client's `timeout`.
+        """
+        return self._sync(self._link_or_raise().scheduler_info())
+
+    def wait_for_workers(self, n: int = 1, timeout: float | None = None) -> Any:
+        """Return once at least `n` workers are connected to the scheduler.
+
+        Raises:
+            TimeoutError: fewer than `n` workers after `timeout` seconds.
+            CommClosedError: the scheduler connection is lost.
+        """
+        return self._sync(self._link_or_raise().wait_for_workers(n, timeout))
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> Any:
+        """Close the connections (and the LocalCluster this client started).
+
+        Futures still pending fail with CommClosedError. Awaitable when asynchronous.
+        """
+        if self.asynchronous:
+            return self._close_async()
+        if self._thread is not None and not self._thread.loop.is_closed():
+            self._thread.run(self._close())
+        self._stop_threads()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+        return None
+
+    async def _close_async(self) -> None:
+        await self._close()
+        if self.cluster is not None:
+            await self.cluster.close()
+            self.cluster = None
+
+    async def _close(self) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        if self._link is not None:
+            await self._link.close(f"the client of the scheduler at {self.address} is closed")
+        await self._pool.close()
+        self.status = "closed"
+        log.info("client %s closed", self.client_id)
+
+    def _stop_threads(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+        if self._callback_runner is not None:
+            self._callback_runner.shutdown(wait=True)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return await self._start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close_async()
+
+    def __repr__(self) -> str:
+        workers = self._link.workers if self._link is not None else 0
+        return f"<Client {self.address} workers={workers} status={self.status}>"
+
+
+def _call_back(fn: Callable[[Future], object], future: Future) -> None:
+    try:
+        fn(future)
+    except Exception:  # the user's callback: report it, keep serving the others
+        log.error("done callback %r of %r failed", fn, future, exc_info=True)

@@ -1,0 +1,374 @@
+"""User input -> SubmitGraph messages: keys, references, validation, ordering, chunking.
+
+Pure: no I/O, no clock, no threads. Everything a graph can get wrong (a cycle,
+a missing key, a bad key) is refused here with GraphError, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from shoal.client.futures import Future
+from shoal.errors import GraphError
+from shoal.protocol.messages import SubmitGraph
+from shoal.protocol.serialize import Serialized, serialize
+from shoal.protocol.taskspec import ArgSpec, Call, Ref
+
+Key = str | tuple[str | int, ...]
+
+# Tasks per SubmitGraph: keeps each message far below the wire's batch limits
+# and lets the scheduler start on the first chunk while the next is in flight.
+MAX_TASKS_PER_MESSAGE = 10_000
+# Serialized functions kept per client; lambdas made in a loop must not pile up.
+FUNCTION_CACHE_SIZE = 512
+
+_NO_KEYS: frozenset[Key] = frozenset()
+
+
+def is_key(obj: object) -> bool:
+    """True for a str, or a non-empty tuple of str and int."""
+    if type(obj) is str:
+        return True
+    if type(obj) is tuple and obj:
+        return all(type(part) is str or type(part) is int for part in obj)
+    return False
+
+
+def check_key(obj: object) -> Key:
+    """Return `obj` if it is a valid key.
+
+    Raises:
+        TypeError: naming the bad key and what a key must be.
+    """
+    if not is_key(obj):
+        raise TypeError(f"bad key {obj!r}: a key is a str or a non-empty tuple of str and int")
+    return obj  # type: ignore[return-value]
+
+
+def funcname(func: Callable[..., object]) -> str:
+    """A short readable name for key prefixes: `add`, `lambda`, `partial-add`."""
+    inner = getattr(func, "func", None)  # functools.partial
+    if inner is not None and callable(inner):
+        return "partial-" + funcname(inner)
+    name = getattr(func, "__name__", None) or type(func).__name__
+    return name.strip("<>") or "task"
+
+
+class FunctionCache:
+    """Serialized functions by function object, least recently used dropped first.
+
+    Entries hold the function itself, so its id() cannot be reused while cached.
+    Safe to share between threads that submit at once.
+    """
+
+    def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[object, Serialized, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, func: Callable[..., object]) -> tuple[Serialized, bytes]:
+        """The function's payload and a digest of it, serialized on first use.
+
+        Raises:
+            SerializationError: the function cannot be pickled.
+        """
+        with self._lock:
+            entry = self._entries.get(id(func))
+            if entry is not None and entry[0] is func:
+                self._entries.move_to_end(id(func))
+                return entry[1], entry[2]
+        payload = serialize(func, "function")  # outside the lock: it may be slow
+        digest = _digest(payload.frames)
+        with self._lock:
+            self._entries[id(func)] = (func, payload, digest)
+            self._entries.move_to_end(id(func))
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return payload, digest
+
+
+def _digest(frames: Iterable[bytes | bytearray | memoryview], prefix: bytes = b"") -> bytes:
+    h = hashlib.blake2b(prefix, digest_size=16)
+    for frame in frames:
+        h.update(frame)
+    return h.digest()
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def convert(obj: Any, keys: Mapping[Key, object] | frozenset[Key], deps: dict[Key, None]) -> Any:
+    """`obj` with graph keys and Futures replaced by Ref and tasks by Call.
+
+    Lists, tuples and dicts (values) are walked. Keys referenced are added to
+    `deps` in first-seen order. Returns `obj` itself when nothing was replaced,
+    so `converted is obj` tells that no walk is needed on the worker.
+    """
+    kind = type(obj)
+    if kind is str:
+        if obj in keys:
+            deps[obj] = None
+            return Ref(obj)
+        return obj
+    if kind is tuple:
+        if obj and callable(obj[0]):
+            return Call(obj[0], _convert_items(obj[1:], keys, deps), {})
+        if keys and is_key(obj) and obj in keys:
+            deps[obj] = None
+            return Ref(obj)
+        items = _convert_items(obj, keys, deps)
+        return obj if items is obj else items
+    if kind is list:
+        items = _convert_items(obj, keys, deps)
+        return obj if items is obj else list(items)
+    if kind is dict:
+        changed = False
+        out = {}
+        for k, v in obj.items():
+            new = convert(v, keys, deps)
+            changed = changed or new is not v
+            out[k] = new
+        return out if changed else obj
+    if isinstance(obj, Future):
+        deps[obj.key] = None
+        return Ref(obj.key)
+    return obj
+
+
+def _convert_items(items: tuple | list, keys: Any, deps: dict[Key, None]) -> tuple | list:
+    """Converted items as a tuple, or `items` itself when none changed."""
+    out = [convert(item, keys, deps) for item in items]
+    if all(new is old for new, old in zip(out, items, strict=True)):
+        return items
+    return tuple(out)
+
+
+def arg_payload(args: tuple, kwargs: dict, keys: Any) -> tuple[Serialized, tuple[Key, ...]]:
+    """Serialized ArgSpec of one task and the keys it reads.
+
+    Raises:
+        SerializationError: an argument cannot be pickled.
+    """
+    deps: dict[Key, None] = {}
+    # The argument tuple itself is never a task, even when its first item is callable.
+    new_args = _convert_items(args, keys, deps)
+    new_kwargs = convert(kwargs, keys, deps)
+    walk = new_args is not args or new_kwargs is not kwargs
+    spec = ArgSpec(tuple(new_args), new_kwargs, walk)
+    return serialize(spec, "task arguments"), tuple(deps)
+
+
+# -- rows and messages ------------------------------------------------------------
+
+
+class Row:
+    """One task ready to send: its key, payloads and the keys it reads."""
+
+    __slots__ = ("args", "deps", "func", "key")
+
+    def __init__(self, key: Key, func: Serialized, args: Serialized, deps: tuple) -> None:
+        self.key, self.func, self.args, self.deps = key, func, args, deps
+
+    def __repr__(self) -> str:
+        return f"Row({self.key!r}, deps={self.deps!r})"
+
+
+class TaskOptions:
+    """What submit() and map() may ask of every task they make."""
+
+    __slots__ = ("priority", "resources", "restrict", "retries")
+
+    def __init__(
+        self,
+        priority: int = 0,
+        resources: dict[str, float] | None = None,
+        workers: Iterable[str] | str | None = None,
+        retries: int = 0,
+    ) -> None:
+        self.priority = priority
+        self.resources = dict(resources) if resources else None
+        if isinstance(workers, str):
+            workers = [workers]
+        self.restrict = tuple(workers) if workers else None
+        self.retries = retries
+
+
+def call_row(
+    func: Callable[..., object],
+    args: tuple,
+    kwargs: dict,
+    cache: FunctionCache,
+    key: Key | None = None,
+    pure: bool = True,
+    name: str | None = None,
+) -> Row:
+    """The row of one call `func(*args, **kwargs)`; Futures in the arguments are deps.
+
+    Without `key`: pure calls are named by a digest of both payloads (equal
+    submissions share a key), impure ones by a random uuid; `name` replaces
+    the function's name in front.
+
+    Raises:
+        SerializationError: the function or an argument cannot be pickled.
+        TypeError: `func` is not callable, or `key` is not a valid key.
+    """
+    if not callable(func):
+        raise TypeError(f"{func!r} is not callable")
+    fpayload, fdigest = cache.get(func)
+    apayload, deps = arg_payload(args, kwargs, _NO_KEYS)
+    if key is not None:
+        check_key(key)
+    elif pure:
+        key = f"{name or funcname(func)}-{_digest(apayload.frames, fdigest).hex()}"
+    else:
+        key = f"{name or funcname(func)}-{uuid.uuid4().hex}"
+    return Row(key, fpayload, apayload, deps)
+
+
+class Submission(NamedTuple):
+    """SubmitGraph messages to send in order, then the bridge keys to release.
+
+    The scheduler keeps only the tasks a message's `wanted` keys need, so a
+    task that only a later message reads is listed as wanted in its own
+    message (a bridge) and released once every message is sent.
+    """
+
+    msgs: list[SubmitGraph]
+    bridges: list[Key]
+
+
+def messages(
+    rows: list[Row], wanted: Iterable[Key], options: TaskOptions | None = None
+) -> Submission:
+    """Split rows (already dependencies first) into SubmitGraph messages.
+
+    A wanted key is listed in the message that defines it, so each message
+    references only keys in itself, in earlier messages, or already known.
+    """
+    options = options or TaskOptions()
+    want = set(wanted)
+    size = MAX_TASKS_PER_MESSAGE
+    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+    bridges: dict[Key, None] = {}
+    if len(chunks) > 1:
+        chunk_of = {row.key: i // size for i, row in enumerate(rows)}
+        for j, chunk in enumerate(chunks):
+            for row in chunk:
+                for dep in row.deps:
+                    if chunk_of.get(dep, j) < j and dep not in want:
+                        bridges[dep] = None
+    listed = want.union(bridges)
+    return Submission([_message(chunk, listed, options) for chunk in chunks], list(bridges))
+
+
+def _message(chunk: list[Row], want: set[Key], options: TaskOptions) -> SubmitGraph:
+    funcs: list[Serialized] = []
+    index: dict[int, int] = {}
+    func = []
+    for row in chunk:
+        i = index.get(id(row.func))
+        if i is None:
+            i = index[id(row.func)] = len(funcs)
+            funcs.append(row.func)
+        func.append(i)
+    n = len(chunk)
+    everyone = range(n)
+    return SubmitGraph(
+        keys=tuple(row.key for row in chunk),
+        funcs=tuple(funcs),
+        func=tuple(func),
+        args=tuple(row.args for row in chunk),
+        deps=tuple(row.deps for row in chunk),
+        wanted=tuple(row.key for row in chunk if row.key in want),
+        priority=(options.priority,) * n if options.priority else (),
+        resources={i: options.resources for i in everyone} if options.resources else {},
+        restrict={i: options.restrict for i in everyone} if options.restrict else {},
+        retries={i: options.retries for i in everyone} if options.retries else {},
+    )
+
+
+# -- dict graphs -------------------------------------------------------------------
+
+
+def graph_rows(
+    graph: Mapping[Hashable, object], requested: Iterable[Key], cache: FunctionCache
+) -> list[Row]:
+    """Rows of the tasks `requested` needs, dependencies first.
+
+    Tasks nothing requested reads are left out. `requested` are keys of the
+    graph; the caller resolves Futures before.
+
+    Raises:
+        GraphError: a bad key, a requested key not in the graph, or a cycle.
+        SerializationError: a function or an argument cannot be pickled.
+    """
+    for key in graph:
+        if not is_key(key):
+            raise GraphError(f"bad key {key!r}: a key is a str or a non-empty tuple of str and int")
+    roots = list(requested)
+    missing = [k for k in roots if k not in graph]
+    if missing:
+        raise GraphError(f"requested keys not in the graph: {missing[:10]!r}")
+    specs: dict[Key, tuple[Callable[..., object], Serialized, tuple[Key, ...]]] = {}
+    for key, value in graph.items():
+        specs[key] = _task_spec(value, graph)  # type: ignore[index]
+    order = topological_order(roots, {k: v[2] for k, v in specs.items()})
+    rows = []
+    for key in order:
+        func, args, deps = specs[key]
+        rows.append(Row(key, cache.get(func)[0], args, deps))
+    return rows
+
+
+def _task_spec(value: object, graph: Mapping) -> tuple[Callable[..., object], Serialized, tuple]:
+    if type(value) is tuple and value and callable(value[0]):
+        args, deps = arg_payload(value[1:], {}, graph)
+        return value[0], args, deps
+    # A literal computes as itself: getitem([value], 0) is a builtin, so the
+    # worker needs nothing from shoal.client to run it. The list keeps a
+    # callable literal from reading as a task.
+    args, deps = arg_payload(([value], 0), {}, graph)
+    return operator.getitem, args, deps
+
+
+def topological_order(roots: list[Key], deps_of: Mapping[Key, tuple[Key, ...]]) -> list[Key]:
+    """Keys reachable from `roots`, each after its dependencies (depth-first post-order).
+
+    Dependencies not in `deps_of` (keys of existing Futures) are skipped.
+
+    Raises:
+        GraphError: naming the keys of a cycle.
+    """
+    done: set[Key] = set()
+    order: list[Key] = []
+    for root in roots:
+        if root in done:
+            continue
+        stack = [(root, iter(deps_of[root]))]
+        depth = {root: 0}  # keys on the stack -> their position in it
+        while stack:
+            key, deps = stack[-1]
+            for dep in deps:
+                if dep in done or dep not in deps_of:
+                    continue
+                if dep in depth:
+                    cycle = [k for k, _ in stack[depth[dep] :]] + [dep]
+                    raise GraphError(f"the graph has a cycle: {' -> '.join(map(repr, cycle))}")
+                depth[dep] = len(stack)
+                stack.append((dep, iter(deps_of[dep])))
+                break
+            else:
+                stack.pop()
+                del depth[key]
+                done.add(key)
+                order.append(key)
+    return order

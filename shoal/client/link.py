@@ -1,0 +1,217 @@
+"""The client's connection to the scheduler: registration, the reader, requests.
+
+Owns the Comm, the one reader task (in its TaskGroup), request ids and the
+worker count. Applies key reports to the KeyTable in batches; never blocks
+and never runs user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from shoal.client.state import Key, KeyTable
+from shoal.errors import CommClosedError, FutureCancelled, GraphError
+from shoal.protocol.comm import Comm, connect
+from shoal.protocol.messages import (
+    ClientRegistered,
+    GetSchedulerInfo,
+    GraphRejected,
+    KeyErred,
+    KeyInMemory,
+    KeysCancelled,
+    RegisterClient,
+    SchedulerInfo,
+    WhoHas,
+    WhoHasAnswer,
+    WorkersChanged,
+)
+from shoal.protocol.schema import Message
+from shoal.protocol.tls import TLSConfig
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerLink:
+    """One registered connection to the scheduler, on the client's loop.
+
+    When the connection is lost, every pending key fails with CommClosedError
+    naming the scheduler, and so does every request and waiter.
+    """
+
+    def __init__(self, keys: KeyTable, address: str, timeout: float) -> None:
+        self.keys, self.address, self.timeout = keys, address, timeout
+        self.client_id = ""
+        self.workers = 0
+        self.lost: str | None = None
+        self.closing = False
+        self._comm: Comm | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._requests: dict[int, asyncio.Future[Message]] = {}
+        self._request_ids = itertools.count(1)
+        self._worker_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def open(self, name: str, token: str | bytes | None, tls: TLSConfig | None) -> None:
+        """Connect, register, and start reading.
+
+        Raises:
+            OSError, TimeoutError: no scheduler answered within the timeout.
+            HandshakeError: the scheduler refused the token or the version.
+            CommClosedError: the scheduler closed the connection or answered oddly.
+        """
+        comm = await connect(
+            self.address, role="client", name=name, token=token, tls=tls, timeout=self.timeout
+        )
+        try:
+            comm.send(RegisterClient(name=name))
+            async with asyncio.timeout(self.timeout):
+                first = await comm.read()
+            if not isinstance(first[0], ClientRegistered):
+                raise CommClosedError(f"{self.address} answered {first[0].op} to register-client")
+        except BaseException:
+            comm.abort("registration did not complete")
+            raise
+        self.client_id, self.workers = first[0].client_id, first[0].workers
+        self._comm = comm
+        with self.keys.batch():
+            for msg in first[1:]:
+                self._dispatch(msg)
+        self._runner = asyncio.create_task(self._serve(comm), name=f"client {self.address}")
+
+    async def _serve(self, comm: Comm) -> None:
+        """Own the background tasks: for now, the one reader of the connection."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._read(comm))
+
+    async def _read(self, comm: Comm) -> None:
+        try:
+            while True:
+                msgs = await comm.read()
+                with self.keys.batch():
+                    for msg in msgs:
+                        self._dispatch(msg)
+        except CommClosedError as exc:
+            if not self.closing:
+                log.warning("lost the connection to the scheduler at %s: %s", self.address, exc)
+            self._lose(f"connection to the scheduler at {self.address} lost: {exc}")
+        except Exception:  # shell boundary: our bug must not leave futures hanging
+            log.error("client reader for %s failed", self.address, exc_info=True)
+            comm.abort("client reader failed")
+            self._lose(f"the client's reader for the scheduler at {self.address} failed")
+
+    def _dispatch(self, msg: Message) -> None:
+        keys = self.keys
+        if isinstance(msg, KeyInMemory):
+            keys.finished(msg)
+        elif isinstance(msg, KeyErred):
+            keys.erred(msg)
+        elif isinstance(msg, KeysCancelled):
+            why = f": {msg.reason}" if msg.reason else ""
+            for key in msg.keys:
+                keys.cancel(key, FutureCancelled, f"{key!r} was cancelled{why}")
+        elif isinstance(msg, GraphRejected):
+            for key in msg.keys:
+                keys.fail(key, GraphError, msg.reason)
+        elif isinstance(msg, WorkersChanged):
+            self._workers_changed(msg.workers)
+        elif isinstance(msg, SchedulerInfo | WhoHasAnswer):
+            waiter = self._requests.get(msg.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+        else:
+            log.debug("ignoring %s from the scheduler", msg.op)
+
+    def _workers_changed(self, workers: int) -> None:
+        self.workers = workers
+        still = []
+        for n, waiter in self._worker_waiters:
+            if waiter.done():
+                continue
+            if workers >= n:
+                waiter.set_result(None)
+            else:
+                still.append((n, waiter))
+        self._worker_waiters = still
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is not None:
+            return
+        self.lost = reason
+        with self.keys.batch():
+            self.keys.fail_pending(CommClosedError, reason)
+        waiters = list(self._requests.values()) + [w for _, w in self._worker_waiters]
+        self._worker_waiters = []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(CommClosedError(reason))
+
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and self._comm is not None and not self._comm.closed
+
+    def send(self, *msgs: Message) -> None:
+        """Queue messages for the scheduler (this tick's batch).
+
+        Raises:
+            CommClosedError: the connection is gone.
+            MessageTooLarge: a message is over the scheduler's limits.
+        """
+        if self.lost is not None or self._comm is None:
+            raise CommClosedError(self.lost or "the client is not connected")
+        self._comm.send(*msgs)
+
+    async def request(self, make: Callable[[int], Message]) -> Any:
+        """Send `make(request_id)` and return the answer carrying that id.
+
+        Raises:
+            CommClosedError: the connection is lost first.
+            TimeoutError: no answer within the timeout.
+        """
+        request_id = next(self._request_ids)
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = waiter
+        try:
+            self.send(make(request_id))
+            async with asyncio.timeout(self.timeout):
+                return await waiter
+        finally:
+            del self._requests[request_id]
+
+    async def who_has(self, keys: list[Key]) -> dict[Key, tuple[str, ...]]:
+        answer = await self.request(lambda rid: WhoHas(keys=tuple(keys), request_id=rid))
+        return answer.who_has
+
+    async def scheduler_info(self) -> dict[str, Any]:
+        answer = await self.request(lambda rid: GetSchedulerInfo(request_id=rid))
+        return answer.info
+
+    async def wait_for_workers(self, n: int, timeout: float | None) -> None:
+        """Return once the scheduler reported at least `n` workers.
+
+        Raises:
+            TimeoutError: not within `timeout` seconds.
+            CommClosedError: the connection is lost first.
+        """
+        if self.lost is not None:
+            raise CommClosedError(self.lost)
+        if self.workers >= n:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._worker_waiters.append((n, waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise TimeoutError(f"{self.workers} of {n} workers after {timeout} s") from None
+
+    async def close(self, reason: str) -> None:
+        """Close the connection, wait for the reader, fail what still waits."""
+        self.closing = True
+        if self._comm is not None:
+            await self._comm.close("client closing")
+        if self._runner is not None:
+            await self._runner
+        self._lose(reason)

@@ -1,0 +1,92 @@
+"""Nested structures of futures and keys: finding the leaves, rebuilding the shape.
+
+No I/O and no state of its own. gather() walks lists, tuples, sets and dict
+values; compute() walks lists only, since there a tuple is a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shoal.client.futures import Future
+from shoal.client.state import Key, KeyState, Status
+from shoal.protocol.serialize import Serialized, deserialize
+
+# Returned by a leaf function to drop the leaf from its container.
+SKIP = object()
+
+
+def futures_in(obj: Any) -> list[Future]:
+    """Every Future in `obj`, depth first, in container order (with repeats)."""
+    found: list[Future] = []
+    _collect(obj, found)
+    return found
+
+
+def _collect(obj: Any, found: list[Future]) -> None:
+    if isinstance(obj, Future):
+        found.append(obj)
+    elif type(obj) in (list, tuple, set, frozenset):
+        for item in obj:
+            _collect(item, found)
+    elif type(obj) is dict:
+        for item in obj.values():
+            _collect(item, found)
+
+
+def replace_futures(obj: Any, leaf: Callable[[Future], Any]) -> Any:
+    """`obj` with each Future replaced by `leaf(future)`; SKIP drops it."""
+    if isinstance(obj, Future):
+        return leaf(obj)
+    kind = type(obj)
+    if kind in (list, tuple, set, frozenset):
+        items = [replace_futures(item, leaf) for item in obj]
+        return kind(item for item in items if item is not SKIP)
+    if kind is dict:
+        out = {}
+        for k, v in obj.items():
+            new = replace_futures(v, leaf)
+            if new is not SKIP:
+                out[k] = new
+        return out
+    return obj
+
+
+def key_leaves(keys: Any) -> list[Any]:
+    """The keys and Futures of a compute() request: a key, or nested lists of them."""
+    if type(keys) is list:
+        return [leaf for item in keys for leaf in key_leaves(item)]
+    return [keys]
+
+
+def replace_keys(keys: Any, leaf: Callable[[Any], Any]) -> Any:
+    """The nesting of `keys` with each leaf replaced by `leaf(it)`."""
+    if type(keys) is list:
+        return [replace_keys(item, leaf) for item in keys]
+    return leaf(keys)
+
+
+def settled(listed: list[Future], errors: str) -> list[KeyState]:
+    """States of the finished futures, one per key.
+
+    Raises:
+        Exception: with `errors="raise"`, the first done-but-failed future's exception.
+    """
+    states: dict[Key, KeyState] = {}
+    for future in listed:
+        state = future._state
+        if state.status is Status.FINISHED:
+            states[state.key] = state
+        elif errors == "raise" and state.done:
+            raise state.exception()  # type: ignore[misc]
+    return list(states.values())
+
+
+def assemble(structure: Any, states: list[KeyState], fetched: dict[Key, Serialized]) -> Any:
+    """`structure` with each Future replaced by its value; failed ones dropped."""
+    values: dict[Key, Any] = {}
+    for state in states:
+        payload = state.payload if state.payload is not None else fetched[state.key]
+        values[state.key] = deserialize(payload, f"result of {state.key!r}")
+    return replace_futures(structure, lambda f: values.get(f.key, SKIP))

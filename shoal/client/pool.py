@@ -1,0 +1,156 @@
+"""Fetching values from workers: one pooled connection per request, per worker address.
+
+Owns the client's data connections (role "client") and the retry rule: a key
+a worker lacks is looked up once more with the scheduler. Never touches the
+scheduler connection itself; it is handed a `who_has` coroutine for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from shoal.errors import CommClosedError, FetchError
+from shoal.protocol.comm import Comm, connect
+from shoal.protocol.messages import DataSent, GetData
+from shoal.protocol.serialize import Serialized
+from shoal.protocol.tls import TLSConfig
+
+log = logging.getLogger(__name__)
+
+Key = str | tuple[str | int, ...]
+WhoHasFn = Callable[[list[Key]], Awaitable[dict[Key, tuple[str, ...]]]]
+
+# Idle connections kept per worker; more concurrent fetches open more, then close them.
+IDLE_PER_WORKER = 2
+
+
+class DataPool:
+    """Connections to workers' data servers, reused between fetches."""
+
+    def __init__(
+        self, token: str | bytes | None, tls: TLSConfig | None, timeout: float, name: str = ""
+    ) -> None:
+        self._token, self._tls, self._timeout, self._name = token, tls, timeout, name
+        self._idle: dict[str, list[Comm]] = {}
+        self._busy: set[Comm] = set()
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    async def _acquire(self, address: str) -> Comm:
+        idle = self._idle.get(address)
+        while idle:
+            comm = idle.pop()
+            if not comm.closed:
+                self._busy.add(comm)
+                return comm
+        comm = await connect(
+            address, role="client", name=self._name, token=self._token, tls=self._tls,
+            timeout=self._timeout,
+        )  # fmt: skip
+        self._busy.add(comm)
+        return comm
+
+    def _give_back(self, address: str, comm: Comm) -> None:
+        self._busy.discard(comm)
+        idle = self._idle.setdefault(address, [])
+        if self._closed or comm.closed or len(idle) >= IDLE_PER_WORKER:
+            comm.abort("not needed any more")
+        else:
+            idle.append(comm)
+
+    async def get_data(self, address: str, keys: list[Key]) -> DataSent:
+        """Ask the worker at `address` for `keys`.
+
+        Raises:
+            OSError, TimeoutError, CommClosedError: the worker could not be reached.
+            HandshakeError: the worker refused the connection.
+        """
+        comm = await self._acquire(address)
+        reply = None
+        try:
+            request_id = next(self._ids)
+            comm.send(GetData(keys=tuple(keys), request_id=request_id))
+            while reply is None:
+                for msg in await comm.read():
+                    if isinstance(msg, DataSent) and msg.request_id == request_id:
+                        reply = msg
+                    else:
+                        log.debug("ignoring %s from worker %s", msg.op, address)
+        finally:
+            if reply is None:  # cancelled or failed midway: the stream is not reusable
+                self._busy.discard(comm)
+                comm.abort("fetch did not complete")
+            else:
+                self._give_back(address, comm)
+        return reply
+
+    async def fetch(
+        self, holders: dict[Key, tuple[str, ...]], who_has: WhoHasFn
+    ) -> dict[Key, Serialized]:
+        """Values of keys from the workers holding them.
+
+        Each holder is tried in turn; keys none of them gave are looked up once
+        with `who_has` and tried again.
+
+        Raises:
+            FetchError: naming the keys no worker could provide.
+            CommClosedError: the scheduler connection was lost during the lookup.
+        """
+        values, missing = await self._fetch_round(holders)
+        if missing:
+            fresh = await who_has(missing)
+            more, missing = await self._fetch_round({k: fresh.get(k, ()) for k in missing})
+            values.update(more)
+        if missing:
+            raise FetchError(f"no worker could provide the values of {missing[:10]!r}")
+        return values
+
+    async def _fetch_round(
+        self, holders: dict[Key, tuple[str, ...]]
+    ) -> tuple[dict[Key, Serialized], list[Key]]:
+        holders = dict(holders)  # narrowed below as holders turn out to lack keys
+        values: dict[Key, Serialized] = {}
+        missing: list[Key] = []
+        todo = {key: list(addresses) for key, addresses in holders.items()}
+        while todo:
+            by_address: dict[str, list[Key]] = {}
+            for key, addresses in todo.items():
+                if addresses:
+                    by_address.setdefault(addresses[0], []).append(key)
+                else:
+                    missing.append(key)
+            async with asyncio.TaskGroup() as group:
+                asks = {a: group.create_task(self._ask(a, ks)) for a, ks in by_address.items()}
+            todo = {}
+            for address, task in asks.items():
+                got = task.result()
+                values.update(got)
+                for key in _lacking(by_address[address], got):
+                    todo[key] = holders_left = [a for a in holders[key] if a != address]
+                    holders[key] = tuple(holders_left)
+        return values, missing
+
+    async def _ask(self, address: str, keys: list[Key]) -> dict[Key, Serialized]:
+        """What the worker gave of `keys`; nothing when it cannot be reached."""
+        try:
+            reply = await self.get_data(address, keys)
+        except (OSError, TimeoutError, CommClosedError) as exc:
+            log.warning("fetching %d keys from worker %s failed: %s", len(keys), address, exc)
+            return {}
+        return reply.data
+
+    async def close(self) -> None:
+        """Close every connection, idle or in use."""
+        self._closed = True
+        comms = [c for idle in self._idle.values() for c in idle] + list(self._busy)
+        self._idle.clear()
+        self._busy.clear()
+        for comm in comms:
+            await comm.close("client closing")
+
+
+def _lacking(keys: Iterable[Key], got: dict[Key, Serialized]) -> list[Key]:
+    return [key for key in keys if key not in got]

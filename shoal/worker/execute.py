@@ -1,0 +1,254 @@
+"""Running tasks: one task on the calling thread (`Executor`), and the thread pool that
+runs them off the event loop (`ThreadPool`). User code failing here is data, reported
+as TaskErred. Nothing here decides what runs, or touches a socket or the core's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from queue import SimpleQueue
+
+from shoal.errors import SerializationError
+from shoal.protocol import taskspec
+from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
+from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
+from shoal.worker.state import NO_OBJECT, Execute, ExecutionDone, Key, Value
+
+log = logging.getLogger(__name__)
+
+# The same function arrives with thousands of tasks: unpickle each one once.
+FUNCTION_CACHE_SIZE = 1_000
+
+
+class FunctionCache:
+    """Unpickled functions by the bytes of their payload, least recently used dropped."""
+
+    def __init__(self, maxsize: int = FUNCTION_CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[bytes, Callable[..., object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, payload: Serialized) -> Callable[..., object]:
+        """The function in `payload`.
+
+        Raises:
+            SerializationError: it does not unpickle.
+        """
+        if len(payload.frames) != 1:  # a function with out-of-band buffers: rare, not cached
+            return deserialize(payload, "function")
+        stream = payload.frames[0]
+        blob = stream if type(stream) is bytes else bytes(stream)
+        with self._lock:
+            func = self._entries.get(blob)
+            if func is not None:
+                self._entries.move_to_end(blob)
+                self.hits += 1
+                return func
+        func = deserialize(payload, "function")  # outside the lock: it runs user code
+        with self._lock:
+            self.misses += 1
+            self._entries[blob] = func
+            if len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        return func
+
+
+class Executor:
+    """Runs one task on the calling thread and turns the outcome into a report."""
+
+    def __init__(self, functions: FunctionCache | None = None) -> None:
+        self.functions = functions if functions is not None else FunctionCache()
+        self._locks_guard = threading.Lock()
+
+    def run(
+        self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
+    ) -> tuple[TaskFinished | TaskErred, Value | None]:
+        """Unpickle, call, pickle the result. Never raises for what user code does."""
+        start = time.perf_counter()
+        try:
+            function = self.functions.get(func)
+            spec = deserialize(args, f"arguments of task {key!r}")
+            values = {dep: self.load(dep, value) for dep, value in deps}
+            result = taskspec.run(function, spec, values)
+            payload = serialize(result, f"result of task {key!r}")
+        # User code failing is data (STYLE 5.1), SystemExit from a task included.
+        except BaseException as exc:
+            return task_erred(key, exc, time.perf_counter() - start), None
+        small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
+        finished = TaskFinished(
+            key=key,
+            nbytes=payload.nbytes,
+            typename=typename_of(result),
+            duration=time.perf_counter() - start,
+            value=payload if small else None,
+        )
+        return finished, Value(payload, result)
+
+    def load(self, key: Key, value: Value) -> object:
+        """The object of a held value, unpickled once however many tasks ask at once.
+
+        Raises:
+            SerializationError: the payload does not unpickle.
+        """
+        obj = value.obj
+        if obj is not NO_OBJECT:
+            return obj
+        with self._locks_guard:
+            if value.lock is None:
+                value.lock = threading.Lock()
+        with value.lock:
+            if value.obj is NO_OBJECT:
+                assert value.payload is not None
+                value.obj = deserialize(value.payload, f"value of {key!r}")
+            return value.obj
+
+
+def task_erred(key: Key, exc: BaseException, duration: float) -> TaskErred:
+    """The report of a task that raised `exc`."""
+    cls = type(exc)
+    try:
+        message = str(exc)
+    except Exception as str_exc:  # a broken __str__ must not lose the report
+        message = f"<str() of the exception failed: {str_exc!r}>"
+    return TaskErred(
+        key=key,
+        typename=f"{cls.__module__}.{cls.__qualname__}",
+        message=message,
+        traceback="".join(traceback.format_exception(exc)),
+        duration=duration,
+        exception=_pickled_exception(exc),
+    )
+
+
+def _pickled_exception(exc: BaseException) -> Serialized | None:
+    """The exception as a payload, only if it also unpickles: the client rebuilds it."""
+    try:
+        payload = serialize(exc, "exception")
+        deserialize(payload, "exception")
+    except SerializationError:
+        return None
+    return payload
+
+
+class ThreadPool:
+    """`nthreads` named daemon threads running Execute commands from one queue.
+
+    Completions reach the loop in bursts: threads append to a deque and only the first
+    completion of a burst schedules `on_done`, since a task can take a few microseconds
+    and one loop wake-up per task would cost more than the task.
+    """
+
+    def __init__(
+        self,
+        nthreads: int,
+        on_done: Callable[[list[ExecutionDone]], None],
+        *,
+        executor: Executor | None = None,
+        name: str = "shoal-worker",
+    ) -> None:
+        self.executor = executor if executor is not None else Executor()
+        self._loop = asyncio.get_running_loop()
+        self._on_done = on_done
+        self._queue: SimpleQueue[Execute | None] = SimpleQueue()
+        self._done: deque[ExecutionDone] = deque()
+        self._armed = False  # a _deliver is scheduled and has not started draining
+        self._closing = False
+        self._running: dict[str, Key] = {}  # thread name -> key it runs now
+        self._exited = 0
+        self._all_exited: asyncio.Future[None] | None = None
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(nthreads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    def submit(self, command: Execute) -> None:
+        """Queue a task; its ExecutionDone reaches `on_done` on the loop."""
+        if self._closing:
+            raise RuntimeError("the thread pool is closed")
+        self._queue.put(command)
+
+    def _work(self) -> None:
+        me = threading.current_thread().name
+        try:
+            while True:
+                command = self._queue.get()
+                if command is None or self._closing:
+                    return
+                self._running[me] = command.key
+                outcome, value = self._run(command)
+                del self._running[me]
+                self._done.append(ExecutionDone(command.key, outcome, value))
+                # _deliver clears _armed before draining, so a completion appended
+                # while it drains is either drained now or finds _armed false.
+                if not self._armed:
+                    self._armed = True
+                    self._call_on_loop(self._deliver)
+        finally:
+            self._call_on_loop(self._thread_exited)
+
+    def _run(self, command: Execute) -> tuple[TaskFinished | TaskErred, Value | None]:
+        try:
+            return self.executor.run(command.key, command.func, command.args, command.deps)
+        except Exception as exc:  # our bug, not the task's: log it, and still answer
+            log.error("running task %r failed inside shoal", command.key, exc_info=True)
+            return task_erred(command.key, exc, 0.0), None
+
+    def _call_on_loop(self, callback: Callable[[], None]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.debug("event loop closed; %s dropped", callback.__name__)
+
+    def _deliver(self) -> None:
+        self._armed = False
+        done = self._done
+        batch = [done.popleft() for _ in range(len(done))]
+        if batch and not self._closing:
+            self._on_done(batch)
+
+    def _thread_exited(self) -> None:
+        self._exited += 1
+        fut = self._all_exited
+        if self._exited == len(self._threads) and fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Drop queued tasks, let running ones finish for up to `timeout` seconds, join.
+
+        A task still running then is left to its daemon thread, with a WARNING naming it.
+        """
+        if self._all_exited is not None:
+            await asyncio.wait({self._all_exited}, timeout=timeout)
+            return
+        self._closing = True
+        self._all_exited = self._loop.create_future()
+        if self._exited == len(self._threads):
+            self._all_exited.set_result(None)
+        for _ in self._threads:
+            self._queue.put(None)
+        await asyncio.wait({self._all_exited}, timeout=timeout)
+        if not self._all_exited.done():
+            running = dict(self._running)  # one atomic copy: threads change it
+            tasks = ", ".join(f"{key!r} on {name}" for name, key in sorted(running.items()))
+            log.warning(
+                "threads still busy after %.1f s, left behind: %s", timeout, tasks or "none"
+            )
+            return
+        for thread in self._threads:
+            thread.join(timeout)  # each has returned already: this only reaps it

@@ -1,0 +1,437 @@
+"""The worker's asyncio shell: the scheduler link, the peer data server, fetches from peers.
+
+Messages in -> `WorkerState.handle` -> commands out: every decision is the core's.
+One TaskGroup owns the background tasks; user code never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shoal.errors import CommClosedError, MessageTooLarge, RegistrationError, ShoalError
+from shoal.protocol.address import Address, parse_address
+from shoal.protocol.comm import Comm, Listener, connect, listen
+from shoal.protocol.messages import (
+    ComputeTask,
+    DataSent,
+    FreeKeys,
+    GetData,
+    RegisterWorker,
+    RegistrationRefused,
+    WorkerLeaving,
+    WorkerRegistered,
+)
+from shoal.protocol.schema import Message
+from shoal.protocol.serialize import Serialized, serialize
+from shoal.protocol.tls import TLSConfig
+from shoal.worker.execute import ThreadPool
+from shoal.worker.state import (
+    Command,
+    Execute,
+    ExecutionDone,
+    Fetch,
+    FetchDone,
+    FetchFailed,
+    Key,
+    SendToScheduler,
+    Value,
+    WorkerState,
+)
+
+log = logging.getLogger(__name__)
+
+# How long close() lets running tasks finish before leaving them to their threads.
+THREAD_JOIN_TIMEOUT_S = 5.0
+# Tasks queued in the thread pool per thread, beyond the one each thread runs.
+PREFETCH_PER_THREAD = 8
+_UNSPECIFIED_HOSTS = ("0.0.0.0", "::", "")
+_worker_numbers = itertools.count(1)
+
+
+class _Stop(Exception):
+    """Raised in the TaskGroup's body to cancel every background task on purpose."""
+
+
+class _Link:
+    """One connection to a peer worker and the GetData requests it has not answered."""
+
+    __slots__ = ("comm", "pending")
+
+    def __init__(self) -> None:
+        self.comm: Comm | None = None
+        self.pending: dict[int, tuple[Key, ...]] = {}
+
+
+class PeerFetcher:
+    """Fetches values from peer workers: one connection per address, requests matched to
+    answers by request_id. Outcomes go to `on_event` as FetchDone or FetchFailed."""
+
+    def __init__(
+        self,
+        group: asyncio.TaskGroup,
+        on_event: Callable[[FetchDone | FetchFailed], None],
+        connect_options: dict[str, Any],
+    ) -> None:
+        self._group = group
+        self._on_event = on_event
+        self._connect_options = connect_options
+        self._links: dict[str, _Link] = {}
+        self._request_ids = itertools.count(1)
+        self.closing = False
+
+    def fetch(self, address: str, keys: tuple[Key, ...]) -> None:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link()
+            self._group.create_task(self._serve_link(address, link), name=f"fetch {address}")
+        request_id = next(self._request_ids)
+        link.pending[request_id] = keys
+        if link.comm is not None:
+            self._request(link.comm, request_id, keys)
+
+    @staticmethod
+    def _request(comm: Comm, request_id: int, keys: tuple[Key, ...]) -> None:
+        try:
+            comm.send(GetData(keys=keys, request_id=request_id))
+        except CommClosedError:
+            log.debug("request %d not sent: the reader reports the closed connection", request_id)
+
+    async def _serve_link(self, address: str, link: _Link) -> None:
+        try:
+            reason = await self._connect_and_read(address, link)
+        finally:
+            if self._links.get(address) is link:
+                del self._links[address]
+            if link.comm is not None:
+                link.comm.abort("fetcher done with it")
+        # Not reached when cancelled: a worker shutting down reports nothing.
+        if link.pending and not self.closing:
+            log.warning("fetching from %s failed: %s", address, reason)
+            for keys in link.pending.values():
+                self._on_event(FetchFailed(address, keys, reason))
+
+    async def _connect_and_read(self, address: str, link: _Link) -> str:
+        """Connect, send what is pending, deliver answers; return why the link ended."""
+        try:
+            link.comm = await connect(address, role="worker", **self._connect_options)
+        except (OSError, TimeoutError, ValueError, ShoalError) as exc:
+            return f"cannot connect: {exc}"
+        for request_id, keys in list(link.pending.items()):
+            self._request(link.comm, request_id, keys)
+        return await self._read_answers(address, link, link.comm)
+
+    async def _read_answers(self, address: str, link: _Link, comm: Comm) -> str:
+        """Deliver answers until the connection ends; return why it ended."""
+        while True:
+            try:
+                msgs = await comm.read()
+            except CommClosedError as exc:
+                return str(exc)
+            for msg in msgs:
+                if type(msg) is not DataSent:
+                    return f"unexpected {msg.op} from a peer worker"
+                keys = link.pending.pop(msg.request_id, None)
+                if keys is None:
+                    log.warning("%s answered unknown request %d", address, msg.request_id)
+                    continue
+                self._on_event(FetchDone(address, keys, msg.data))
+
+
+class Worker:
+    """A worker: registers with the scheduler, runs the tasks it is sent on `nthreads`
+    threads, and serves the values it holds to peers at `address`.
+
+    Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
+    """
+
+    def __init__(
+        self,
+        scheduler: str,
+        *,
+        name: str | None = None,
+        nthreads: int = 1,
+        memory_limit: int = 0,
+        resources: dict[str, float] | None = None,
+        token: str | bytes | None = None,
+        tls: TLSConfig | None = None,
+        listen: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.scheduler_address = scheduler
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
+        self.nthreads, self.memory_limit = nthreads, memory_limit
+        self.resources = dict(resources or {})
+        self.address = ""
+        self.state = WorkerState(nthreads, prefetch=PREFETCH_PER_THREAD * nthreads)
+        self._token, self._tls, self._listen = token, tls, listen
+        self._connect_timeout = connect_timeout
+        self._scheduler: Comm | None = None
+        self._listener: Listener | None = None
+        self._pool: ThreadPool | None = None
+        self._fetcher: PeerFetcher | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._leave_reason: str | None = None  # set by close(): leaving on purpose
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} {self.address or 'not started'}>"
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> Worker:
+        """Listen for peers, connect and register with the scheduler.
+
+        Raises:
+            RegistrationError: the scheduler refused this worker.
+            HandshakeError: a wrong or missing token, or incompatible versions.
+            OSError / TimeoutError: the scheduler did not answer in `connect_timeout`.
+            PermissionError: listening beyond loopback without a token.
+        """
+        if self._main is not None:
+            raise RuntimeError(f"worker {self.name} was started already")
+        comm = await connect(self.scheduler_address, role="worker", **self._connect_options())
+        try:
+            self._listener = await listen(
+                self._listen_address(),
+                self._serve_peer,
+                role="worker",
+                name=self.name,
+                token=self._token,
+                tls=self._tls,
+            )
+            self.address = _advertised(self._listener.address, comm)
+            leftover = await self._register(comm)
+        except BaseException:
+            comm.abort("worker start failed")
+            if self._listener is not None:
+                await self._listener.close()
+            raise
+        self._scheduler = comm
+        self._pool = ThreadPool(self.nthreads, self._on_executed, name=f"shoal-{self.name}")
+        self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
+        log.info("worker %s serves data at %s", self.name, self.address)
+        return self
+
+    async def finished(self) -> None:
+        """Return once the worker has stopped (close(), or the scheduler was lost).
+
+        Raises:
+            Exception: the internal error that stopped the worker, if one did.
+        """
+        if self._main is None:
+            raise RuntimeError(f"worker {self.name} was not started")
+        await asyncio.wait({self._main})
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self, reason: str = "") -> None:
+        """Tell the scheduler we leave, close every connection, join the threads.
+
+        Idempotent; returns once everything is closed.
+        """
+        if self._main is None:
+            return
+        if self._leave_reason is None:
+            self._leave_reason = reason
+        self._stop.set()
+        await asyncio.wait({self._main})
+
+    async def __aenter__(self) -> Worker:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "token": self._token,
+            "tls": self._tls,
+            "timeout": self._connect_timeout,
+        }
+
+    def _listen_address(self) -> str:
+        if self._listen is not None:
+            return self._listen
+        addr = parse_address(self.scheduler_address)
+        if addr.scheme == "inproc":
+            return "inproc://"
+        return f"{addr.scheme}://{'127.0.0.1' if addr.is_loopback else '0.0.0.0'}:0"
+
+    async def _register(self, comm: Comm) -> list[Message]:
+        """Send RegisterWorker; return what arrived after WorkerRegistered."""
+        comm.send(
+            RegisterWorker(
+                name=self.name,
+                address=self.address,
+                nthreads=self.nthreads,
+                memory_limit=self.memory_limit,
+                resources=self.resources,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+            )
+        )
+        async with asyncio.timeout(self._connect_timeout):
+            while True:
+                msgs = await comm.read()
+                for i, msg in enumerate(msgs):
+                    if type(msg) is WorkerRegistered:
+                        self.name = msg.name
+                        return msgs[i + 1 :]
+                    if type(msg) is RegistrationRefused:
+                        raise RegistrationError(
+                            f"the scheduler at {self.scheduler_address} refused worker "
+                            f"{self.name}: {msg.reason}"
+                        )
+                    log.warning("ignoring %s from the scheduler before registration", msg.op)
+
+    async def _run(self, leftover: list[Message]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._fetcher = PeerFetcher(group, self._on_event, self._connect_options())
+                self._on_messages(leftover)
+                group.create_task(self._read_scheduler(), name=f"worker {self.name} reader")
+                await self._stop.wait()
+                self._fetcher.closing = True
+                raise _Stop
+        except* _Stop:
+            pass
+        except* Exception as failure:
+            log.error("worker %s stopped by an internal error", self.name, exc_info=failure)
+            self._failure = failure
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        comm = self._scheduler
+        if comm is not None and not comm.closed:
+            if self._leave_reason is not None:
+                self._send(WorkerLeaving(reason=self._leave_reason))
+            await comm.close(self._leave_reason or "")
+        if self._listener is not None:
+            await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close(THREAD_JOIN_TIMEOUT_S)
+        log.info("worker %s stopped", self.name)
+
+    # -- the scheduler link -------------------------------------------------------
+
+    async def _read_scheduler(self) -> None:
+        assert self._scheduler is not None
+        while True:
+            try:
+                msgs = await self._scheduler.read()
+            except CommClosedError as exc:
+                if self._leave_reason is None:
+                    log.warning("worker %s lost the scheduler, stopping: %s", self.name, exc)
+                self._stop.set()
+                return
+            self._on_messages(msgs)
+
+    def _on_messages(self, msgs: list[Message]) -> None:
+        now = time.monotonic()
+        for msg in msgs:
+            if type(msg) is ComputeTask or type(msg) is FreeKeys:
+                self._dispatch(self.state.handle(msg, now))
+            else:
+                log.warning("ignoring unexpected %s from the scheduler", msg.op)
+
+    def _on_event(self, event: FetchDone | FetchFailed) -> None:
+        self._dispatch(self.state.handle(event, time.monotonic()))
+
+    def _on_executed(self, batch: list[ExecutionDone]) -> None:
+        """Completions from the thread pool, delivered on the loop, one call per burst."""
+        if self._stop.is_set():
+            return  # stopping: the scheduler hears WorkerLeaving, not these
+        try:
+            now = time.monotonic()
+            for event in batch:
+                self._dispatch(self.state.handle(event, now))
+        except Exception as exc:  # shell boundary: a core bug stops the worker, loudly
+            log.error("worker %s failed handling completed tasks", self.name, exc_info=True)
+            self._failure = exc
+            self._stop.set()
+
+    def _dispatch(self, commands: list[Command]) -> None:
+        for command in commands:
+            kind = type(command)
+            if kind is SendToScheduler:
+                self._send(command.msg)  # type: ignore[union-attr]
+            elif kind is Execute:
+                assert self._pool is not None
+                self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind is Fetch:
+                assert self._fetcher is not None
+                self._fetcher.fetch(command.address, command.keys)  # type: ignore[union-attr]
+            else:
+                raise TypeError(f"unknown command {command!r}")
+
+    def _send(self, msg: Message) -> None:
+        assert self._scheduler is not None
+        try:
+            self._scheduler.send(msg)
+        except CommClosedError:
+            log.debug("%s not sent: the scheduler link is closed", msg.op)
+
+    # -- the data server ----------------------------------------------------------
+
+    async def _serve_peer(self, comm: Comm) -> None:
+        """Listener handler: answer each GetData with the values held here."""
+        while True:
+            for msg in await comm.read():
+                if type(msg) is not GetData:
+                    log.warning(
+                        "closing connection from %s: unexpected %s", comm.peer_address, msg.op
+                    )
+                    return
+                answer = self._data_for(msg)
+                try:
+                    comm.send(answer)
+                except MessageTooLarge as exc:
+                    log.warning(
+                        "cannot send %d values to %s: %s", len(answer.data), comm.peer_address, exc
+                    )
+                    missing = answer.missing + tuple(answer.data)
+                    comm.send(DataSent(data={}, request_id=msg.request_id, missing=missing))
+
+    def _data_for(self, msg: GetData) -> DataSent:
+        data: dict[Key, Serialized] = {}
+        missing: list[Key] = []
+        for key in msg.keys:
+            value = self.state.value_of(key)
+            payload = _payload_of(key, value) if value is not None else None
+            if payload is None:
+                missing.append(key)
+            else:
+                data[key] = payload
+        return DataSent(data=data, request_id=msg.request_id, missing=tuple(missing))
+
+
+def _payload_of(key: Key, value: Value) -> Serialized | None:
+    """The value's payload, made now if it has none; None if it cannot be pickled."""
+    if value.payload is None:
+        try:
+            value.payload = serialize(value.obj, f"value of {key!r}")
+        except ShoalError as exc:
+            log.warning("cannot serve %r: %s", key, exc)
+            return None
+    return value.payload
+
+
+def _advertised(listening: str, comm: Comm) -> str:
+    """Where peers reach the listener: a wildcard host becomes the address this host
+    uses toward the scheduler, which peers on the scheduler's network can reach."""
+    addr = parse_address(listening)
+    if addr.host not in _UNSPECIFIED_HOSTS:
+        return listening
+    local = parse_address(comm.local_address)
+    return str(Address(addr.scheme, local.host, addr.port))

@@ -1,0 +1,563 @@
+"""The worker's decisions, SANS-IO: which keys it holds, fetches, runs and reports.
+
+`WorkerState.handle(event, now)` returns commands for the shell. It never awaits,
+reads a clock, touches a socket or a thread, or opens a user payload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import deque
+from collections.abc import Callable, Hashable
+from enum import StrEnum
+from typing import Any
+
+from shoal.errors import InvalidTransition
+from shoal.protocol.messages import (
+    INLINE_VALUE_BYTES,
+    ComputeTask,
+    FreeKeys,
+    TaskErred,
+    TaskFinished,
+)
+from shoal.protocol.schema import Message
+from shoal.protocol.serialize import Serialized
+
+Key = Hashable
+FETCH_ERROR = "shoal.errors.FetchError"
+
+# Sentinel: a Value whose object has not been unpickled yet.
+NO_OBJECT: Any = type("NoObject", (), {"__repr__": lambda self: "NO_OBJECT"})()
+
+
+class Status(StrEnum):
+    """Where a key stands on this worker. RELEASED and FORGOTTEN bracket a record's life."""
+
+    RELEASED = "released"  # just made, not yet placed
+    FETCH = "fetch"  # a value a task here needs, to be asked of a holder
+    FLIGHT = "flight"  # asked of `fetching_from`, answer pending
+    WAITING = "waiting"  # a task here, some dependencies not in memory yet
+    READY = "ready"  # a task with every dependency here, queued for a thread
+    EXECUTING = "executing"  # running; its outcome is owed to the scheduler
+    CANCELLED = "cancelled"  # running, but freed: nothing is owed for it
+    MEMORY = "memory"  # the value is here
+    FORGOTTEN = "forgotten"  # the record is dropped
+
+
+S = Status
+_HOLDS_DEPS = frozenset({S.WAITING, S.READY, S.EXECUTING, S.CANCELLED})
+_RUNNING = frozenset({S.EXECUTING, S.CANCELLED})
+_OWES_REPORT = frozenset({S.WAITING, S.READY, S.EXECUTING})
+
+
+class Value:
+    """A value held here: its payload and, once unpickled, the object.
+
+    The core only routes it. The executor fills `obj` (once, under `lock`, which it
+    makes) the first time a task needs it; results arrive with both filled.
+    """
+
+    __slots__ = ("lock", "obj", "payload")
+
+    def __init__(self, payload: Serialized | None, obj: object = NO_OBJECT) -> None:
+        self.payload, self.obj = payload, obj
+        self.lock: Any = None
+
+    def __repr__(self) -> str:
+        loaded = "loaded" if self.obj is not NO_OBJECT else "not loaded"
+        return f"<Value {self.payload!r} {loaded}>"
+
+
+# -- events the shell observes (the scheduler's ComputeTask and FreeKeys are events too) --
+
+
+@dataclasses.dataclass(slots=True)
+class ExecutionDone:
+    """A task ran; `value` holds the result when `outcome` is a TaskFinished."""
+
+    key: Key
+    outcome: TaskFinished | TaskErred
+    value: Value | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class FetchDone:
+    """A peer answered a Fetch: `data` holds what it had of `keys`."""
+
+    address: str
+    keys: tuple[Key, ...]
+    data: dict[Key, Serialized]
+
+
+@dataclasses.dataclass(slots=True)
+class FetchFailed:
+    """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
+
+    address: str
+    keys: tuple[Key, ...]
+    reason: str
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class SendToScheduler:
+    msg: Message
+
+
+@dataclasses.dataclass(slots=True)
+class Execute:
+    """Run `key` on a thread; `deps` pairs each dependency with its Value."""
+
+    key: Key
+    func: Serialized
+    args: Serialized
+    deps: tuple[tuple[Key, Value], ...]
+
+
+@dataclasses.dataclass(slots=True)
+class Fetch:
+    """Ask the worker at `address` for the values of `keys` (one GetData)."""
+
+    address: str
+    keys: tuple[Key, ...]
+
+
+Command = SendToScheduler | Execute | Fetch
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class KeyState:
+    """Everything known about one key. Only `WorkerState._move` assigns `status`."""
+
+    key: Key
+    status: Status = S.RELEASED
+    wanted: bool = False  # the scheduler asked for this key and has not freed it
+    func: Serialized | None = dataclasses.field(default=None, repr=False)
+    args: Serialized | None = dataclasses.field(default=None, repr=False)
+    priority: tuple[int, ...] = ()
+    queued: int = 0  # arrival number of its live entry in the ready heap
+    deps: tuple[Key, ...] = ()
+    # deps not in memory yet, and tasks here that need this value (ordered sets)
+    missing: dict[Key, None] = dataclasses.field(default_factory=dict, repr=False)
+    dependents: dict[Key, None] = dataclasses.field(default_factory=dict, repr=False)
+    # workers not yet asked, in the scheduler's order; "address (reason)" of each that failed
+    holders: list[str] = dataclasses.field(default_factory=list)
+    tried: list[str] = dataclasses.field(default_factory=list)
+    fetching_from: str | None = None
+    value: Value | None = None
+    finished: TaskFinished | None = None
+
+
+def _check(ok: object, what: str) -> None:
+    if not ok:
+        raise AssertionError(f"worker state invariant broken: {what}")
+
+
+class WorkerState:
+    """What one worker holds, fetches and runs. Feed events, carry out the commands."""
+
+    def __init__(self, nthreads: int, *, prefetch: int = 0, history_size: int = 10_000) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, not {nthreads}")
+        self.nthreads = nthreads
+        # Tasks handed to the thread pool beyond one per thread: a thread that
+        # finishes a short task starts the next at once, without waiting for a
+        # trip through the event loop.
+        self.slots = nthreads + prefetch
+        self.keys: dict[Key, KeyState] = {}
+        self.executing: dict[Key, None] = {}  # EXECUTING and CANCELLED keys
+        self.to_fetch: dict[Key, None] = {}  # FETCH keys
+        self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
+        self.history: deque[tuple[Key, str, str, str, float]] = deque(maxlen=history_size)
+        self._ready: list[tuple[tuple[int, ...], int, Key]] = []  # lazy deletion heap
+        self._arrivals = 0
+        self._events = 0
+        self._stimulus = ""
+        self._now = 0.0
+        self._out: list[Command] = []
+
+    # -- entry points ---------------------------------------------------------
+
+    def handle(self, event: object, now: float) -> list[Command]:
+        """Apply one event; return the commands it calls for, in order.
+
+        Raises:
+            TypeError: an event of a kind this core does not know.
+            InvalidTransition: our own bug; never to be caught and ignored.
+        """
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"the worker core cannot handle {type(event).__name__}")
+        self._events += 1
+        self._stimulus = f"{type(event).__name__}-{self._events}"
+        self._now = now
+        handler(self, event)
+        self._request_fetches()
+        self._start_ready()
+        out, self._out = self._out, []
+        return out
+
+    def value_of(self, key: Key) -> Value | None:
+        """The value of `key` when it is in memory here, else None."""
+        rec = self.keys.get(key)
+        return rec.value if rec is not None and rec.status is S.MEMORY else None
+
+    # -- events ---------------------------------------------------------------
+
+    def _on_compute(self, msg: ComputeTask) -> None:
+        rec = self.keys.get(msg.key)
+        if rec is not None and self._compute_known(rec):
+            return
+        deps = tuple(d for d in dict.fromkeys(msg.deps) if d != msg.key)
+        for dep in deps:
+            if dep not in self.keys and dep not in msg.values and not msg.who_has.get(dep):
+                self._send(_fetch_error(msg.key, dep, []))
+                return
+        if rec is None:
+            rec = self.keys[msg.key] = KeyState(msg.key)
+        rec.func, rec.args, rec.priority, rec.deps = msg.func, msg.args, msg.priority, deps
+        rec.wanted = True
+        for dep in deps:
+            self._attach(rec, dep, msg)
+        self._move(rec, S.WAITING if rec.missing else S.READY)
+
+    def _compute_known(self, rec: KeyState) -> bool:
+        """A ComputeTask for a key with a record: True when nothing more is to be done."""
+        if rec.status is S.MEMORY:
+            rec.wanted = True
+            if rec.finished is None:
+                rec.finished = _finished_from_payload(rec)
+            self._send(rec.finished)
+            return True
+        if rec.status is S.CANCELLED:
+            rec.wanted = True  # the run under way is reported after all
+            self._move(rec, S.EXECUTING)
+            return True
+        # WAITING, READY, EXECUTING: a report is owed already. FLIGHT: compute it here.
+        return rec.status in _OWES_REPORT
+
+    def _attach(self, rec: KeyState, dep_key: Key, msg: ComputeTask) -> None:
+        dep = self.keys.get(dep_key)
+        if dep is None:
+            dep = self.keys[dep_key] = KeyState(dep_key)
+        payload = msg.values.get(dep_key)
+        if payload is not None and dep.status in (S.RELEASED, S.FLIGHT):
+            dep.value = Value(payload)
+            self._move(dep, S.MEMORY)
+        else:
+            for holder in msg.who_has.get(dep_key, ()):
+                if holder not in dep.holders and holder != dep.fetching_from:
+                    dep.holders.append(holder)
+            if dep.status is S.RELEASED:
+                self._move(dep, S.FETCH)
+        dep.dependents[rec.key] = None
+        if dep.status is not S.MEMORY:
+            rec.missing[dep_key] = None
+
+    def _on_free(self, msg: FreeKeys) -> None:
+        for key in msg.keys:
+            rec = self.keys.get(key)
+            if rec is None or not rec.wanted:
+                continue  # unknown, or a copy that only tasks here hold
+            rec.wanted = False
+            if rec.status is S.EXECUTING:
+                self._move(rec, S.CANCELLED)
+            elif rec.status in (S.WAITING, S.READY) and rec.dependents:
+                self._fall_back(rec)
+            else:
+                self._release_if_unneeded(rec)
+
+    def _on_executed(self, event: ExecutionDone) -> None:
+        rec = self.keys.get(event.key)
+        if rec is None or rec.status not in _RUNNING:
+            status = rec.status if rec is not None else "unknown"
+            raise InvalidTransition(event.key, status, "done", self._stimulus, self._tail())
+        owed = rec.status is S.EXECUTING
+        if owed:
+            self._send(event.outcome)
+        if type(event.outcome) is TaskFinished and (owed or rec.dependents):
+            rec.value, rec.finished = event.value, event.outcome
+            self._move(rec, S.MEMORY)
+        elif rec.dependents:  # it failed, and tasks here still need its value
+            rec.wanted = False
+            self._fall_back(rec)
+        else:
+            rec.wanted = False
+            self._move(rec, S.FORGOTTEN)
+
+    def _on_fetched(self, event: FetchDone) -> None:
+        for key in event.keys:
+            rec = self._in_flight_from(event.address, key)
+            if rec is None:
+                continue  # no longer wanted from there: a late answer
+            payload = event.data.get(key)
+            if payload is None:
+                self._fetch_missed(rec, f"{event.address} (does not hold it)")
+            else:
+                rec.value = Value(payload)
+                self._move(rec, S.MEMORY)
+
+    def _on_fetch_failed(self, event: FetchFailed) -> None:
+        for key in event.keys:
+            rec = self._in_flight_from(event.address, key)
+            if rec is not None:
+                self._fetch_missed(rec, f"{event.address} ({event.reason})")
+
+    # -- helpers --------------------------------------------------------------
+
+    def _in_flight_from(self, address: str, key: Key) -> KeyState | None:
+        rec = self.keys.get(key)
+        if rec is None or rec.status is not S.FLIGHT or rec.fetching_from != address:
+            return None
+        return rec
+
+    def _fetch_missed(self, rec: KeyState, why: str) -> None:
+        rec.tried.append(why)
+        self._fall_back(rec)
+
+    def _fall_back(self, rec: KeyState) -> None:
+        """Tasks here need `rec`'s value and it will not be made here: fetch it from the
+        next holder, or, with none left, drop it and fail every task that needs it."""
+        if rec.holders:
+            self._move(rec, S.FETCH)
+            return
+        dependents, tried = list(rec.dependents), rec.tried
+        rec.dependents.clear()
+        self._move(rec, S.FORGOTTEN)
+        for key in dependents:
+            task = self.keys.get(key)
+            if task is None or task.status is not S.WAITING:
+                continue  # failed already, through another dependency
+            self._send(_fetch_error(key, rec.key, tried))
+            task.wanted = False
+            if task.dependents:  # tasks here wait on this one in turn
+                self._fall_back(task)
+            else:
+                self._move(task, S.FORGOTTEN)
+
+    def _release_if_unneeded(self, rec: KeyState) -> None:
+        if rec.wanted or rec.dependents or rec.status is S.CANCELLED:
+            return
+        self._move(rec, S.CANCELLED if rec.status is S.EXECUTING else S.FORGOTTEN)
+
+    def _release_deps(self, rec: KeyState) -> None:
+        deps, rec.deps, rec.missing = rec.deps, (), {}
+        rec.func = rec.args = None
+        for key in deps:
+            dep = self.keys.get(key)
+            if dep is not None:  # None: dropped as unobtainable just before
+                del dep.dependents[rec.key]
+                self._release_if_unneeded(dep)
+
+    def _request_fetches(self) -> None:
+        """One Fetch per holder address for every key waiting to be fetched."""
+        if not self.to_fetch:
+            return
+        batches: dict[str, list[Key]] = {}
+        for key in list(self.to_fetch):
+            rec = self.keys[key]
+            rec.fetching_from = rec.holders.pop(0)
+            self._move(rec, S.FLIGHT)
+            batches.setdefault(rec.fetching_from, []).append(key)
+        for address, keys in batches.items():
+            self._out.append(Fetch(address, tuple(keys)))
+
+    def _start_ready(self) -> None:
+        ready = self._ready
+        while ready and len(self.executing) < self.slots:
+            _, arrival, key = heapq.heappop(ready)
+            rec = self.keys.get(key)
+            if rec is not None and rec.status is S.READY and rec.queued == arrival:
+                self._move(rec, S.EXECUTING)
+
+    def _send(self, msg: Message) -> None:
+        self._out.append(SendToScheduler(msg))
+
+    def _tail(self) -> list[tuple[Key, str, str, str, float]]:
+        return list(self.history)[-10:]
+
+    # -- transitions ----------------------------------------------------------
+
+    def _move(self, rec: KeyState, to: Status) -> None:
+        start = rec.status
+        step = _TRANSITIONS.get((start, to))
+        if step is None:
+            raise InvalidTransition(rec.key, start, to, self._stimulus, self._tail())
+        self.history.append((rec.key, start, to, self._stimulus, self._now))
+        if start is S.FETCH:
+            del self.to_fetch[rec.key]
+        elif start is S.FLIGHT:
+            self._unflight(rec)
+        elif start in _RUNNING and to not in _RUNNING:
+            del self.executing[rec.key]
+        rec.status = to
+        step(self, rec)
+        if start in _HOLDS_DEPS and to not in _HOLDS_DEPS:
+            self._release_deps(rec)
+
+    def _unflight(self, rec: KeyState) -> None:
+        address = rec.fetching_from
+        assert address is not None
+        keys = self.in_flight[address]
+        del keys[rec.key]
+        if not keys:
+            del self.in_flight[address]
+        rec.fetching_from = None
+
+    def _enter_fetch(self, rec: KeyState) -> None:
+        self.to_fetch[rec.key] = None
+
+    def _enter_flight(self, rec: KeyState) -> None:
+        assert rec.fetching_from is not None
+        self.in_flight.setdefault(rec.fetching_from, {})[rec.key] = None
+
+    def _nothing(self, rec: KeyState) -> None:
+        """WAITING is indexed by its dependencies' `dependents`; EXECUTING <-> CANCELLED
+        changes only what is owed, while the thread runs on."""
+
+    def _enter_ready(self, rec: KeyState) -> None:
+        self._arrivals += 1
+        rec.queued = self._arrivals
+        heapq.heappush(self._ready, (rec.priority, rec.queued, rec.key))
+
+    def _start(self, rec: KeyState) -> None:
+        self.executing[rec.key] = None
+        assert rec.func is not None and rec.args is not None
+        deps = tuple((key, self._held(key)) for key in rec.deps)
+        self._out.append(Execute(rec.key, rec.func, rec.args, deps))
+
+    def _held(self, key: Key) -> Value:
+        value = self.keys[key].value
+        assert value is not None, f"dependency {key!r} is not in memory"
+        return value
+
+    def _enter_memory(self, rec: KeyState) -> None:
+        for key in tuple(rec.dependents):
+            task = self.keys[key]
+            if task.status is S.WAITING:
+                del task.missing[rec.key]
+                if not task.missing:
+                    self._move(task, S.READY)
+
+    def _forget(self, rec: KeyState) -> None:
+        del self.keys[rec.key]
+        rec.value = None
+
+    # -- validation -----------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every invariant tying the records and indexes together.
+
+        Raises:
+            AssertionError: naming the broken invariant.
+        """
+        by_status: dict[Status, list[Key]] = {}
+        for key, rec in self.keys.items():
+            _check(rec.key == key, f"{key!r} is filed under another key")
+            by_status.setdefault(rec.status, []).append(key)
+            self._validate_key(rec)
+        running = by_status.get(S.EXECUTING, []) + by_status.get(S.CANCELLED, [])
+        _check(set(self.executing) == set(running), "executing index")
+        _check(len(self.executing) <= self.slots, "more tasks running than slots")
+        _check(set(self.to_fetch) == set(by_status.get(S.FETCH, [])), "to_fetch index")
+        flying = {(a, k) for a, keys in self.in_flight.items() for k in keys}
+        _check(all(self.in_flight.values()), "an empty in_flight entry")
+        expected = {(self.keys[k].fetching_from, k) for k in by_status.get(S.FLIGHT, [])}
+        _check(flying == expected, "in_flight index")
+        queued = {(k, arrival) for _, arrival, k in self._ready}
+        ready = by_status.get(S.READY, [])
+        _check(all((k, self.keys[k].queued) in queued for k in ready), "ready heap")
+        _check(not ready or len(self.executing) == self.slots, "ready task, idle slot")
+        _check(not self.to_fetch, "a key left to fetch with no Fetch issued")
+
+    def _validate_key(self, rec: KeyState) -> None:
+        st, key = rec.status, rec.key
+        _check(st not in (S.RELEASED, S.FORGOTTEN), f"{key!r} is {st}")
+        if st in _OWES_REPORT:
+            _check(rec.wanted, f"{key!r} is {st} but not wanted")
+        elif st is not S.MEMORY:
+            _check(not rec.wanted, f"{key!r} is {st} but wanted")
+        _check((rec.value is not None) == (st is S.MEMORY), f"{key!r} value vs {st}")
+        _check(st is not S.MEMORY or rec.wanted or rec.dependents, f"{key!r} held for nobody")
+        _check(st not in (S.FETCH, S.FLIGHT) or rec.dependents, f"{key!r} fetched for nobody")
+        _check(st is not S.FETCH or rec.holders, f"{key!r} to fetch with no holder")
+        _check((rec.fetching_from is not None) == (st is S.FLIGHT), f"{key!r} fetching_from")
+        if st in _HOLDS_DEPS:
+            for dep in rec.deps:
+                _check(key in self.keys[dep].dependents, f"{dep!r} misses dependent {key!r}")
+            missing = {d for d in rec.deps if self.keys[d].status is not S.MEMORY}
+            _check(set(rec.missing) == missing, f"{key!r} missing deps")
+            _check((st is S.WAITING) == bool(missing), f"{key!r} is {st} with missing={missing}")
+        else:
+            _check(not rec.deps and not rec.missing, f"{key!r} is {st} but holds deps")
+        for dep_key in rec.dependents:
+            task = self.keys.get(dep_key)
+            _check(task is not None and key in task.deps, f"{dep_key!r} does not need {key!r}")
+
+
+def _finished_from_payload(rec: KeyState) -> TaskFinished:
+    """The report for a value that arrived here rather than being computed here."""
+    assert rec.value is not None and rec.value.payload is not None
+    payload = rec.value.payload
+    small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
+    return TaskFinished(
+        key=rec.key,
+        nbytes=payload.nbytes,
+        typename=payload.typename,
+        duration=0.0,
+        value=payload if small else None,
+    )
+
+
+def _fetch_error(key: Key, dep: Key, tried: list[str]) -> TaskErred:
+    where = f"tried {', '.join(tried)}" if tried else "no worker holds it"
+    return TaskErred(
+        key=key,
+        typename=FETCH_ERROR,
+        message=f"could not get dependency {dep!r} of task {key!r}: {where}",
+        traceback="",
+    )
+
+
+_HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
+    ComputeTask: WorkerState._on_compute,
+    FreeKeys: WorkerState._on_free,
+    ExecutionDone: WorkerState._on_executed,
+    FetchDone: WorkerState._on_fetched,
+    FetchFailed: WorkerState._on_fetch_failed,
+}
+
+W = WorkerState
+# The one table of allowed moves: (from, to) -> what entering `to` does.
+_TRANSITIONS: dict[tuple[Status, Status], Callable[[WorkerState, KeyState], None]] = {
+    (S.RELEASED, S.FETCH): W._enter_fetch,
+    (S.RELEASED, S.MEMORY): W._enter_memory,
+    (S.RELEASED, S.WAITING): W._nothing,
+    (S.RELEASED, S.READY): W._enter_ready,
+    (S.FETCH, S.FLIGHT): W._enter_flight,
+    (S.FETCH, S.FORGOTTEN): W._forget,
+    (S.FLIGHT, S.MEMORY): W._enter_memory,
+    (S.FLIGHT, S.FETCH): W._enter_fetch,
+    (S.FLIGHT, S.WAITING): W._nothing,
+    (S.FLIGHT, S.READY): W._enter_ready,
+    (S.FLIGHT, S.FORGOTTEN): W._forget,
+    (S.WAITING, S.READY): W._enter_ready,
+    (S.WAITING, S.FETCH): W._enter_fetch,
+    (S.WAITING, S.FORGOTTEN): W._forget,
+    (S.READY, S.EXECUTING): W._start,
+    (S.READY, S.FETCH): W._enter_fetch,
+    (S.READY, S.FORGOTTEN): W._forget,
+    (S.EXECUTING, S.MEMORY): W._enter_memory,
+    (S.EXECUTING, S.CANCELLED): W._nothing,
+    (S.EXECUTING, S.FETCH): W._enter_fetch,
+    (S.EXECUTING, S.FORGOTTEN): W._forget,
+    (S.CANCELLED, S.EXECUTING): W._nothing,
+    (S.CANCELLED, S.MEMORY): W._enter_memory,
+    (S.CANCELLED, S.FETCH): W._enter_fetch,
+    (S.CANCELLED, S.FORGOTTEN): W._forget,
+    (S.MEMORY, S.FORGOTTEN): W._forget,
+}
+TRANSITIONS = frozenset(_TRANSITIONS)

@@ -1,0 +1,435 @@
+"""The worker core without I/O: feed events, assert the exact commands, validate() after
+every step, and check that the scenarios together walk every allowed transition."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.errors import InvalidTransition
+from shoal.protocol.messages import ComputeTask, FreeKeys, TaskErred, TaskFinished
+from shoal.protocol.serialize import serialize
+from shoal.protocol.taskspec import ArgSpec
+from shoal.worker.state import (
+    FETCH_ERROR,
+    TRANSITIONS,
+    Execute,
+    ExecutionDone,
+    Fetch,
+    FetchDone,
+    FetchFailed,
+    SendToScheduler,
+    Status,
+    Value,
+    WorkerState,
+)
+
+S = Status
+FUNC = serialize(len)
+ARGS = serialize(ArgSpec((), {}, False))
+LIVE: list[WorkerState] = []  # every core made since the last clear: for transition coverage
+
+
+class Core:
+    """A WorkerState driven by a fake clock, validated after every event."""
+
+    def __init__(self, nthreads: int = 1) -> None:
+        self.state = WorkerState(nthreads, history_size=100_000)
+        self.now = 0.0
+        LIVE.append(self.state)
+
+    def __call__(self, event: object) -> list:
+        self.now += 1.0
+        out = self.state.handle(event, self.now)
+        self.state.validate()
+        return out
+
+    def status(self, key: object) -> Status | None:
+        rec = self.state.keys.get(key)
+        return rec.status if rec is not None else None
+
+
+def compute(key, deps=(), values=None, who_has=None, priority=()) -> ComputeTask:
+    return ComputeTask(
+        key=key,
+        func=FUNC,
+        args=ARGS,
+        deps=tuple(deps),
+        values=values or {},
+        who_has=who_has or {},
+        priority=priority,
+    )
+
+
+def done(key, obj: object = 1) -> ExecutionDone:
+    payload = serialize(obj)
+    msg = TaskFinished(key=key, nbytes=payload.nbytes, typename="int", duration=0.5, value=payload)
+    return ExecutionDone(key, msg, Value(payload, obj))
+
+
+def failed(key) -> ExecutionDone:
+    return ExecutionDone(key, TaskErred(key=key, typename="builtins.E", message="m", traceback=""))
+
+
+def sent(commands: list) -> list:
+    return [c.msg for c in commands if type(c) is SendToScheduler]
+
+
+def ran(commands: list) -> list:
+    return [c.key for c in commands if type(c) is Execute]
+
+
+def fetched(commands: list) -> list:
+    return [(c.address, c.keys) for c in commands if type(c) is Fetch]
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def test_task_without_deps_runs_then_stays_in_memory() -> None:
+    core = Core()
+    assert core(compute("x")) == [Execute("x", FUNC, ARGS, ())]
+    event = done("x")
+    assert core(event) == [SendToScheduler(event.outcome)]
+    assert core.status("x") is S.MEMORY
+    assert core.state.value_of("x") is event.value
+
+
+def test_dependency_held_here_is_used_in_place() -> None:
+    core = Core()
+    core(compute("a"))
+    event = done("a", [1, 2])
+    core(event)
+    (cmd,) = core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    assert type(cmd) is Execute
+    assert cmd.deps == (("a", event.value),) and cmd.deps[0][1] is event.value
+    core(done("b"))
+    assert core.status("a") is S.MEMORY  # still wanted by the scheduler
+
+
+def test_inline_dependency_is_stored_and_dropped_after_use() -> None:
+    core = Core()
+    payload = serialize(41)
+    (cmd,) = core(compute("b", deps=["a"], values={"a": payload}))
+    assert cmd.deps[0][0] == "a" and cmd.deps[0][1].payload is payload
+    assert core.status("a") is S.MEMORY
+    core(done("b"))
+    assert core.status("a") is None  # a copy held for b only
+    assert core.state.value_of("a") is None
+
+
+def test_dependencies_from_one_peer_come_in_one_fetch() -> None:
+    core = Core(nthreads=2)
+    w1, w2 = "tcp://w1:1", "tcp://w2:2"
+    out = core(compute("c", deps=["a", "b", "z"], who_has={"a": (w1,), "b": (w1, w2), "z": (w2,)}))
+    assert fetched(out) == [(w1, ("a", "b")), (w2, ("z",))]
+    assert core.status("c") is S.WAITING
+    assert core(FetchDone(w1, ("a", "b"), {"a": serialize(1), "b": serialize(2)})) == []
+    out = core(FetchDone(w2, ("z",), {"z": serialize(3)}))
+    assert ran(out) == ["c"]
+    assert [k for k, _ in out[0].deps] == ["a", "b", "z"]
+
+
+def test_failed_fetch_tries_the_next_holder() -> None:
+    core = Core()
+    w1, w2 = "tcp://w1:1", "tcp://w2:2"
+    core(compute("t", deps=["a", "b"], who_has={"a": (w1, w2), "b": (w1, w2)}))
+    assert fetched(core(FetchFailed(w1, ("a", "b"), "refused"))) == [(w2, ("a", "b"))]
+    # an answer lacking a key counts as a miss from that holder
+    out = core(FetchDone(w2, ("a", "b"), {"a": serialize(1)}))
+    assert sent(out) == [
+        TaskErred(
+            key="t",
+            typename=FETCH_ERROR,
+            message=(
+                f"could not get dependency 'b' of task 't': tried {w1} (refused), "
+                f"{w2} (does not hold it)"
+            ),
+            traceback="",
+        )
+    ]
+    assert core.state.keys == {}
+
+
+def test_every_holder_failing_errs_the_task_and_drops_the_rest() -> None:
+    core = Core()
+    w1, w2 = "tcp://w1:1", "tcp://w2:2"
+    core(compute("t", deps=["a", "b"], who_has={"a": (w1, w2), "b": (w1,)}))
+    out = core(FetchFailed(w1, ("a", "b"), "connection lost"))
+    (err,) = sent(out)
+    assert err.key == "t" and err.typename == FETCH_ERROR
+    assert "'b'" in err.message and w1 in err.message
+    assert fetched(out) == []  # a is no longer needed: not fetched from w2
+    assert core.state.keys == {}
+    assert core(FetchDone(w2, ("a",), {"a": serialize(1)})) == []  # a late answer
+
+
+def test_dependency_nobody_holds_errs_at_once() -> None:
+    core = Core()
+    (err,) = sent(core(compute("t", deps=["a"])))
+    assert err.typename == FETCH_ERROR and "no worker holds it" in err.message
+    assert core.state.keys == {}
+
+
+def test_ready_tasks_run_by_priority_then_arrival() -> None:
+    core = Core(nthreads=1)
+    assert ran(core(compute("block"))) == ["block"]
+    for key, prio in [("x", (2,)), ("y", (1, 5)), ("z", (1, 5)), ("w", (0,))]:
+        assert core(compute(key, priority=prio)) == []
+    order = []
+    for key in ["block", "w", "y", "z", "x"]:
+        order += ran(core(done(key)))
+    assert order == ["w", "y", "z", "x"]
+
+
+def test_at_most_nthreads_run_at_once() -> None:
+    core = Core(nthreads=2)
+    started = []
+    for i in range(5):
+        started += ran(core(compute(f"t{i}")))
+    assert started == ["t0", "t1"]
+    assert ran(core(done("t1"))) == ["t2"]
+    assert len(core.state.executing) == 2
+
+
+# -- freeing ---------------------------------------------------------------------------
+
+
+def test_free_in_memory_drops_the_value() -> None:
+    core = Core()
+    core(compute("x"))
+    core(done("x"))
+    assert core(FreeKeys(keys=("x", "unknown"))) == []
+    assert core.state.keys == {}
+
+
+def test_free_waiting_task_drops_its_fetch() -> None:
+    core = Core()
+    core(compute("t", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    assert core(FreeKeys(keys=("t",))) == []
+    assert core.state.keys == {}
+    assert core(FetchDone("tcp://w1:1", ("a",), {"a": serialize(1)})) == []
+
+
+def test_free_ready_task_never_runs() -> None:
+    core = Core(nthreads=1)
+    core(compute("block"))
+    core(compute("t"))
+    assert core.status("t") is S.READY
+    core(FreeKeys(keys=("t",)))
+    assert core.status("t") is None
+    assert ran(core(done("block"))) == []
+
+
+def test_free_executing_task_discards_its_result() -> None:
+    core = Core(nthreads=1)
+    core(compute("t"))
+    core(compute("next"))
+    assert core(FreeKeys(keys=("t",))) == []
+    assert core.status("t") is S.CANCELLED
+    assert core(compute("t2")) == []  # the thread is still busy with t
+    out = core(done("t"))
+    assert sent(out) == [] and ran(out) == ["next"]
+    assert core.status("t") is None
+
+
+def test_freed_then_recomputed_while_running_reports_once() -> None:
+    core = Core()
+    core(compute("t"))
+    core(FreeKeys(keys=("t",)))
+    assert core(compute("t")) == []  # the run under way counts
+    assert core.status("t") is S.EXECUTING
+    event = done("t")
+    assert core(event) == [SendToScheduler(event.outcome)]
+
+
+def test_cancelled_task_needed_here_is_kept_silently() -> None:
+    core = Core(nthreads=2)
+    core(compute("a"))
+    core(FreeKeys(keys=("a",)))
+    core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(done("a"))
+    assert sent(out) == [] and ran(out) == ["b"]
+    core(done("b"))
+    assert core.state.keys.keys() == {"b"}
+
+
+def test_cancelled_task_failing_is_fetched_for_its_dependents() -> None:
+    core = Core(nthreads=2)
+    core(compute("a"))
+    core(FreeKeys(keys=("a",)))
+    core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(failed("a"))
+    assert sent(out) == [] and fetched(out) == [("tcp://w1:1", ("a",))]
+
+
+def test_cancelled_task_failing_unneeded_is_forgotten() -> None:
+    core = Core()
+    core(compute("a"))
+    core(FreeKeys(keys=("a",)))
+    assert core(failed("a")) == []
+    assert core.state.keys == {}
+
+
+def test_free_copy_keeps_it_for_tasks_here() -> None:
+    core = Core(nthreads=1)
+    core(compute("block"))
+    core(compute("b", deps=["a"], values={"a": serialize(1)}))
+    assert core(FreeKeys(keys=("a",))) == []
+    assert core.status("a") is S.MEMORY
+
+
+@pytest.mark.parametrize("ready", [False, True])
+def test_freed_pending_task_with_dependents_here_is_fetched_instead(ready: bool) -> None:
+    core = Core(nthreads=1)
+    core(compute("block"))
+    deps = {} if ready else {"deps": ["z"], "who_has": {"z": ("tcp://w9:9",)}}
+    core(compute("a", **deps))
+    assert core.status("a") is (S.READY if ready else S.WAITING)
+    core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(FreeKeys(keys=("a",)))
+    assert fetched(out) == [("tcp://w1:1", ("a",))]
+    assert core.status("z") is None
+
+
+def test_freed_pending_task_with_no_other_holder_fails_its_dependents() -> None:
+    core = Core(nthreads=1)
+    core(compute("block"))
+    core(compute("a"))
+    core(compute("b", deps=["a"], who_has={}))  # a is known here: no holder needed
+    core(compute("c", deps=["b"]))
+    errs = sent(core(FreeKeys(keys=("a",))))
+    # c waited on b, which now fails without a holder to fetch from: c fails too
+    assert [(e.key, e.typename) for e in errs] == [("b", FETCH_ERROR), ("c", FETCH_ERROR)]
+    assert "'b'" in errs[1].message
+    assert core.state.keys.keys() == {"block"}
+
+
+# -- other paths -----------------------------------------------------------------------
+
+
+def test_compute_for_key_in_memory_answers_again() -> None:
+    core = Core()
+    core(compute("x"))
+    event = done("x")
+    core(event)
+    assert core(compute("x")) == [SendToScheduler(event.outcome)]
+
+
+def test_compute_for_copy_reports_from_its_payload() -> None:
+    core = Core(nthreads=1)
+    core(compute("block"))
+    payload = serialize("small")
+    core(compute("b", deps=["a"], values={"a": payload}))
+    (msg,) = sent(core(compute("a")))
+    assert msg == TaskFinished(
+        key="a", nbytes=payload.nbytes, typename="str", duration=0.0, value=payload
+    )
+    core(FreeKeys(keys=("a",)))
+    assert core.status("a") is S.MEMORY  # b still needs it
+
+
+def test_duplicate_compute_is_answered_once() -> None:
+    core = Core()
+    core(compute("t", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    assert core(compute("t", deps=["a"], who_has={"a": ("tcp://w1:1",)})) == []
+    core(FetchDone("tcp://w1:1", ("a",), {"a": serialize(1)}))
+    assert core(compute("t")) == []
+    assert len(sent(core(done("t")))) == 1
+
+
+def test_key_being_fetched_is_computed_when_asked() -> None:
+    core = Core(nthreads=2)
+    w1 = "tcp://w1:1"
+    core(compute("b", deps=["a"], who_has={"a": (w1,)}))
+    core(compute("c", deps=["x"], who_has={"x": (w1,)}))
+    assert ran(core(compute("a"))) == ["a"]  # FLIGHT -> READY
+    out = core(compute("x", deps=["z"], who_has={"z": (w1,)}))  # FLIGHT -> WAITING
+    assert fetched(out) == [(w1, ("z",))]
+    assert core(FetchDone(w1, ("a", "x"), {"a": serialize(0), "x": serialize(0)})) == []
+    assert ran(core(done("a"))) == ["b"]
+
+
+def test_failed_task_needed_here_is_fetched_from_a_holder() -> None:
+    core = Core(nthreads=2)
+    core(compute("a"))
+    core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(failed("a"))
+    assert [m.key for m in sent(out)] == ["a"]
+    assert fetched(out) == [("tcp://w1:1", ("a",))]
+    assert ran(core(FetchDone("tcp://w1:1", ("a",), {"a": serialize(2)}))) == ["b"]
+
+
+def test_failed_task_is_reported_and_forgotten() -> None:
+    core = Core()
+    core(compute("a"))
+    event = failed("a")
+    assert core(event) == [SendToScheduler(event.outcome)]
+    assert core.state.keys == {}
+
+
+def test_inline_value_arriving_while_fetching_is_taken() -> None:
+    core = Core(nthreads=2)
+    core(compute("b", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(compute("c", deps=["a"], values={"a": serialize(5)}))
+    assert ran(out) == ["b", "c"]
+    assert core(FetchDone("tcp://w1:1", ("a",), {"a": serialize(5)})) == []
+
+
+def test_bugs_raise() -> None:
+    core = Core()
+    with pytest.raises(TypeError):
+        core.state.handle(object(), 0.0)
+    with pytest.raises(InvalidTransition):
+        core.state.handle(done("never-sent"), 0.0)
+    core(compute("x"))
+    core(done("x"))
+    with pytest.raises(InvalidTransition, match="memory -> executing"):
+        core.state._move(core.state.keys["x"], S.EXECUTING)
+
+
+def test_history_is_bounded_and_explains() -> None:
+    state = WorkerState(1, history_size=3)
+    state.handle(compute("x"), 7.0)
+    state.handle(done("x"), 8.0)
+    assert list(state.history) == [
+        ("x", S.RELEASED, S.READY, "ComputeTask-1", 7.0),
+        ("x", S.READY, S.EXECUTING, "ComputeTask-1", 7.0),
+        ("x", S.EXECUTING, S.MEMORY, "ExecutionDone-2", 8.0),
+    ]
+    state.handle(FreeKeys(keys=("x",)), 9.0)
+    assert len(state.history) == 3
+
+
+def test_same_events_same_commands() -> None:
+    def run() -> list[str]:
+        core = Core(nthreads=2)
+        events = [
+            compute("c", deps=["a", "b"], who_has={"a": ("w1", "w2"), "b": ("w2",)}),
+            compute("d", priority=(3,)),
+            compute("e", priority=(1,)),
+            compute("f", priority=(1,)),
+            FetchFailed("w1", ("a",), "x"),
+            FetchDone("w2", ("a", "b"), {"a": serialize(1), "b": serialize(2)}),
+            done("d"),
+            FreeKeys(keys=("f", "c")),
+            done("e"),
+        ]
+        return [repr(core(event)) for event in events]
+
+    first = run()
+    assert run() == first
+
+
+def test_every_transition_is_exercised() -> None:
+    LIVE.clear()
+    for name, test in list(globals().items()):
+        if name.startswith("test_") and test is not test_every_transition_is_exercised:
+            params = getattr(test, "pytestmark", [])
+            if params:
+                for ready in (False, True):
+                    test(ready)
+            else:
+                test()
+    seen = {(entry[1], entry[2]) for state in LIVE for entry in state.history}
+    assert not TRANSITIONS - seen, sorted(TRANSITIONS - seen)
+    assert seen <= TRANSITIONS
