@@ -1,4 +1,4 @@
-"""The event-loop thread behind a synchronous Client.
+"""The event-loop thread behind a synchronous Client (and a synchronous LocalCluster).
 
 Owns one thread running one asyncio loop; hands coroutines and callbacks to
 it from other threads. Never runs user code of its own accord.

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Generator
 from typing import Any
 
-from shoal.deploy.loop import LoopThread
+from shoal.client.loop import LoopThread
 from shoal.scheduler.server import Scheduler
 from shoal.worker.server import Worker
 
