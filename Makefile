@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-protocol lint clean
+.PHONY: test demo bench bench-protocol bench-e2e lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ demo: $(VENV)/.installed-test
 bench-protocol: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.protocol $(BENCH_ARGS)
 
-bench: bench-protocol
+bench-e2e: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.e2e $(BENCH_ARGS)
+
+bench: bench-protocol bench-e2e
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check shoal tests benchmarks
