@@ -35,7 +35,9 @@ payloads = st.one_of(
 
 # Plain msgpack data, as a field typed Any carries it (arrays decode as tuples).
 plain_data = st.recursive(
-    st.one_of(st.none(), st.booleans(), small_ints, st.floats(allow_nan=False), st.text(max_size=10)),
+    st.one_of(
+        st.none(), st.booleans(), small_ints, st.floats(allow_nan=False), st.text(max_size=10)
+    ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3).map(tuple),
         st.dictionaries(st.text(max_size=5), inner, max_size=3),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ProtocolError
@@ -36,7 +36,8 @@ def test_catalogue_names_follow_the_house_rules() -> None:
 
 
 @pytest.mark.parametrize("cls", sorted(REGISTRY.values(), key=lambda c: c.op), ids=lambda c: c.op)
-@settings(max_examples=40, deadline=None)
+# Messages with many payload columns (submit-graph) draw large examples by design.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
 @given(data=st.data())
 def test_every_message_type_roundtrips(cls, data) -> None:
     msg = data.draw(message_strategy(cls))
@@ -45,7 +46,7 @@ def test_every_message_type_roundtrips(cls, data) -> None:
     assert back == msg
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
 @given(msgs=st.lists(any_message, min_size=1, max_size=8))
 def test_batches_of_mixed_messages_roundtrip(msgs) -> None:
     assert roundtrip(msgs) == msgs

@@ -74,6 +74,7 @@ class SchedulerState:
         self._stimulus = ""
         self._out: list[Command] = []
         self._free: dict[WorkerInfo, list[object]] = {}
+        self._refill: dict[WorkerInfo, None] = {}  # workers whose tasks were taken back
         self._handlers: dict[tuple[str, type[Message]], Callable[[str, Any], None]] = {
             ("worker", m.TaskFinished): self._task_finished,
             ("worker", m.TaskErred): self._task_erred,
@@ -129,6 +130,10 @@ class SchedulerState:
         self._out = []
 
     def _end(self) -> list[Command]:
+        while self._refill:  # slots freed by taking tasks back go to queued tasks
+            ws = next(iter(self._refill))
+            del self._refill[ws]
+            self._fill(ws)
         if self._free:
             for ws, keys in self._free.items():
                 if not ws.gone:
@@ -176,16 +181,17 @@ class SchedulerState:
         del self.workers[ws.peer]
         self.placement.remove_worker(ws)
         self._free.pop(ws, None)
-        for ts in list(ws.processing):
-            self._move(ts, W)
         lost = []
         for ts in ws.has_what:
             del ts.who_has[ws]
             if not ts.who_has and ts.value is None:
                 lost.append(ts)
         ws.has_what = {}
+        # Values first: a task moved off this worker must not be re-sent to fetch them here.
         for ts in lost:
             self._data_lost(ts)
+        for ts in list(ws.processing):
+            self._move(ts, W)
         self._workers_changed()
 
     def _data_lost(self, ts: TaskState) -> None:
@@ -210,11 +216,11 @@ class SchedulerState:
         ws = self.workers[peer]
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
-            if ts is not None and ts.status is M:
-                if ws not in ts.who_has:
-                    self._add_replica(ts, ws)  # a second copy of a value is still good
-            else:
-                self._free.setdefault(ws, []).append(msg.key)  # stale: drop it
+            if ts is not None and ts.status is M and ws in ts.who_has:
+                return  # a repeat from a holder
+            # Stale: sent before a FreeKeys reached the worker, which then dropped
+            # the value or will; saying so again costs nothing and settles it.
+            self._free.setdefault(ws, []).append(msg.key)
             return
         if self.placement.observe(msg.duration):
             for other in self.placement.idle_workers():
@@ -287,7 +293,9 @@ class SchedulerState:
         again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
         again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
         self._recompute([ts for ts in again if ts not in created])
-        for ts in new:
+        # Highest priority first, so that the first free slots go to it. Activating a
+        # task before its dependencies is fine: it counts them as not in memory.
+        for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
             self._activate(ts)
 
     def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
@@ -535,6 +543,7 @@ class SchedulerState:
             self.placement.touch(ws)
             if free:
                 self._free.setdefault(ws, []).append(ts.key)
+                self._refill[ws] = None
 
     def _to_memory(self, ts: TaskState, ws: WorkerInfo, msg: m.TaskFinished) -> None:
         self._unassign(ts, free=False)

@@ -1,0 +1,168 @@
+"""Which worker runs which task: resources, restrictions, load, and the queue of ready tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.protocol import messages as m
+from shoal.scheduler.model import Status
+from tests.scheduler_harness import Harness, computed
+
+GPU = {"GPU": 1.0}
+
+
+def test_gpu_tasks_go_only_to_the_gpu_worker() -> None:
+    h = Harness()
+    cpu = h.worker("cpu", nthreads=8)
+    gpu = h.worker("gpu", nthreads=1, resources=GPU)
+    c = h.client()
+    out = h.submit(c, {"g": [], "u": [], "h": ["u"]}, resources={"g": GPU, "h": GPU})
+    assert computed(out, gpu) == ["g"] and computed(out, cpu) == ["u"]
+    out = h.finish("u")
+    assert computed(out, cpu) == [] and h.status("h") == "queued"
+
+
+def test_resources_are_counted_while_a_task_runs() -> None:
+    h = Harness()
+    cpu = h.worker("cpu", nthreads=1)
+    gpu = h.worker("gpu", nthreads=2, resources=GPU)
+    c = h.client()
+    out = h.submit(c, {"g1": [], "g2": []}, resources={"g1": GPU, "g2": GPU})
+    assert computed(out) == ["g1"] and h.status("g2") == "queued"
+    assert h.state.workers[gpu].free == {"GPU": 0.0}
+    # gpu has free slots for work without resources meanwhile (cpu is busier by then).
+    out = h.submit(c, {"u1": [], "u2": [], "u3": []})
+    assert computed(out, cpu) == ["u1", "u3"] and computed(out, gpu) == ["u2"]
+    out = h.finish("g1")
+    assert computed(out, gpu) == ["g2"]
+    assert h.state.workers[gpu].free == {"GPU": 0.0}
+    h.finish("g2")
+    assert h.state.workers[gpu].free == {"GPU": 1.0}
+    assert computed(h.log, cpu) == ["u1", "u3"]
+
+
+def test_a_task_needing_more_than_any_worker_has_waits() -> None:
+    h = Harness()
+    h.worker("one-gpu", resources=GPU)
+    c = h.client()
+    h.submit(c, {"big": []}, resources={"big": {"GPU": 2.0}})
+    assert h.status("big") == "queued"
+    w = h.worker("two-gpus", resources={"GPU": 2.0})
+    assert computed(h.out, w) == ["big"]
+
+
+@pytest.mark.parametrize("by", ["name", "address"])
+def test_restrictions_by_name_or_address(by: str) -> None:
+    h = Harness()
+    h.worker("a", nthreads=4)
+    b = h.worker("b", nthreads=1, address="tcp://10.0.0.2:7000")
+    c = h.client()
+    where = ("b",) if by == "name" else ("tcp://10.0.0.2:7000",)
+    out = h.submit(c, {"x": [], "y": [], "z": []}, restrict={"x": where, "y": where, "z": where})
+    assert computed(out, b) == ["x", "y"] and h.status("z") == "queued"
+    assert computed(h.finish("x"), b) == ["z"]
+
+
+def test_the_least_loaded_worker_is_chosen_relative_to_its_threads() -> None:
+    h = Harness()
+    w1 = h.worker("a", nthreads=1)  # 2 slots
+    w4 = h.worker("b", nthreads=4)  # 8 slots
+    c = h.client()
+    out = h.submit(c, {f"t{i}": [] for i in range(11)})
+    # load = processing / nthreads; ties go to the worker that registered first.
+    assert computed(out, w1) == ["t0", "t5"]
+    assert computed(out, w4) == ["t1", "t2", "t3", "t4", "t6", "t7", "t8", "t9"]
+    assert h.status("t10") == "queued"
+    assert computed(h.finish("t5"), w1) == ["t10"]
+
+
+def test_ties_go_to_the_worker_registered_first() -> None:
+    h = Harness()
+    peers = [h.worker(name) for name in ("zed", "alpha", "mid")]
+    c = h.client()
+    out = h.submit(c, {"x": [], "y": [], "z": []})
+    assert [computed(out, p) for p in peers] == [["x"], ["y"], ["z"]]
+    # Constrained tasks break ties the same way.
+    out = h.submit(c, {"r": []}, restrict={"r": ("alpha", "mid")})
+    assert computed(out) == ["r"] and h.on("r") == "w:alpha"
+
+
+@pytest.mark.parametrize("constraint", ["resources", "restrict"])
+def test_a_task_no_worker_can_run_waits_for_one_to_join(constraint: str) -> None:
+    h = Harness()
+    cpu = h.worker("cpu", nthreads=4)
+    c = h.client()
+    kwargs = (
+        {"resources": {"x": GPU}} if constraint == "resources" else {"restrict": {"x": ("late",)}}
+    )
+    out = h.submit(c, {"x": [], "after": ["x"]}, **kwargs)
+    assert computed(out) == [] and h.status("x") == "queued"
+    assert h.state.workers[cpu].processing == {}
+    late = h.worker("late", resources=GPU)
+    assert computed(h.out, late) == ["x"]
+    assert computed(h.finish("x"), cpu) == ["after"]  # no constraint: the idler worker
+
+
+def test_a_restricted_task_whose_worker_leaves_waits_for_it_to_return() -> None:
+    h = Harness()
+    h.worker("cpu")
+    special = h.worker("special")
+    c = h.client()
+    h.submit(c, {"x": []}, restrict={"x": ("special",)})
+    assert h.on("x") == special
+    out = h.handle(special, m.WorkerLeaving())
+    assert computed(out) == [] and h.status("x") == "queued"
+    h.lose(special)
+    again = h.worker("special")
+    assert computed(h.out, again) == ["x"]
+
+
+def test_depth_follows_task_durations() -> None:
+    h = Harness()
+    w1, w2 = h.worker("a"), h.worker("b")
+    c = h.client()
+    h.submit(c, {f"t{i}": [] for i in range(100)})
+    assert h.state.placement.depth == 2
+    assert [len(h.processing(w)) for w in (w1, w2)] == [2, 2]
+    # Tasks much shorter than a round trip: more in flight, idle workers filled at once.
+    out = h.finish("t0", duration=1e-6)
+    assert h.state.placement.depth == 16
+    assert [len(computed(out, w)) for w in (w1, w2)] == [15, 14]
+    assert [len(h.processing(w)) for w in (w1, w2)] == [16, 16]
+    # Long tasks: one per thread; nothing more is sent until the backlog drains below it.
+    out = h.finish("t2", duration=10.0)
+    assert h.state.placement.depth == 1 and computed(out) == []
+
+
+def test_root_tasks_are_queued_not_flooded() -> None:
+    n = 10_000
+    h = Harness()
+    w1, w2 = h.worker("a"), h.worker("b")
+    c = h.client()
+    keys = [f"t{i}" for i in range(n)]
+    priority = {key: i % 3 for i, key in enumerate(keys)}
+    out = h.submit(c, dict.fromkeys(keys, ()), priority=priority)
+    depth = h.state.placement.depth
+    assert len(computed(out, w1)) == len(computed(out, w2)) == 1 * depth == 2
+    assert len(h.keys_in(Status.QUEUED)) == n - 4
+    running = set(computed(out))
+    # Queued: highest priority first, then submission order.
+    order = {key: i for i, key in enumerate(keys)}
+    expected = sorted(set(keys) - running, key=lambda k: (-priority[k], order[k]))
+    for step in range(30):  # each step validates 10,000 tasks
+        key = min(running, key=order.__getitem__)
+        worker = h.on(key)
+        out = h.finish(key)
+        assert [type(cmd.msg) for cmd in out] == [m.KeyInMemory, m.ComputeTask], step
+        assert computed(out, worker) == [expected[step]], step
+        running.discard(key)
+        running.add(expected[step])
+        assert len(h.state.workers[w1].processing) == len(h.state.workers[w2].processing) == 2
+
+
+def test_the_first_wave_of_a_submission_follows_priority() -> None:
+    h = Harness()
+    w = h.worker("a")  # 2 slots
+    c = h.client()
+    out = h.submit(c, {f"t{i}": [] for i in range(6)}, priority={"t5": 10, "t4": 5})
+    assert computed(out, w) == ["t5", "t4"]
