@@ -148,6 +148,11 @@ class Client:
         """Queue messages from any thread with one loop callback, without waiting."""
         if self.status != "running":
             raise CommClosedError(f"the client is {self.status}, not running")
+        with self._keys.batch():  # before returning: result() must not see an old cancel
+            for key in keys:
+                state = self._keys.states.get(key)
+                if state is not None and state.status is Status.CANCELLED:
+                    state.reset()
         if self._thread is None:
             self._send_graph(submission, keys, keepalive)  # asynchronous: we are on the loop
         else:

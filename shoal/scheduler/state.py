@@ -339,8 +339,12 @@ class SchedulerState:
             if ts.status in ACTIVE or ts.status is R:
                 stack.extend(ts.dependents)
         cancelled = [ts for ts in seen if client in ts.wanted_by]
-        if cancelled:
-            self._send(peer, m.KeysCancelled(keys=tuple(ts.key for ts in cancelled)))
+        # The client knows about the keys it named; it hears of the others. (An
+        # echo of its own keys could arrive after it submitted one of them anew.)
+        named = set(msg.keys)
+        others = tuple(ts.key for ts in cancelled if ts.key not in named)
+        if others:
+            self._send(peer, m.KeysCancelled(keys=others))
         for ts in cancelled:
             self._unwant(client, ts)
 
