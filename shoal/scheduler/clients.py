@@ -1,0 +1,173 @@
+"""The scheduler core's answers to clients: graphs, releases, cancels, questions.
+
+A mixin of SchedulerState (shoal.scheduler.state), split out to keep each
+module readable; it uses the core's transitions and never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from shoal.protocol import messages as m
+from shoal.scheduler.ingest import Plan, plan_graph
+from shoal.scheduler.model import ACTIVE, ClientInfo, Status, TaskState
+
+M, E, R = Status.MEMORY, Status.ERRED, Status.RELEASED
+
+
+class ClientRequests:
+    """Handlers of client messages and reports to clients (see SchedulerState)."""
+
+    def _register_client(self, peer: str, msg: m.RegisterClient) -> None:
+        client = ClientInfo(peer, f"client-{next(self._client_ids)}", msg.name)
+        self.clients[peer] = client
+        self._send(peer, m.ClientRegistered(client_id=client.client_id, workers=len(self.workers)))
+
+    def _remove_client(self, client: ClientInfo) -> None:
+        for ts in list(client.wants):
+            self._unwant(client, ts)
+
+    def _unwant(self, client: ClientInfo, ts: TaskState) -> None:
+        del client.wants[ts]
+        del ts.wanted_by[client]
+        self._check_release(ts)
+
+    def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        client = self.clients[peer]
+        plan = plan_graph(msg, self.tasks)
+        if isinstance(plan, str):
+            self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
+            return
+        new = self._create_tasks(msg, plan)
+        for key in msg.wanted:
+            ts = self.tasks[key]
+            if client not in ts.wanted_by:
+                ts.wanted_by[client] = None
+                client.wants[ts] = None
+            if ts.status is M:
+                self._report_memory(ts, (client,))
+            elif ts.status is E:
+                self._report_error(ts, (client,))
+        # Existing tasks that were let go but are needed again: recompute them first.
+        created = set(new)
+        again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
+        again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
+        self._recompute([ts for ts in again if ts not in created])
+        # Highest priority first, so that the first free slots go to it. Activating a
+        # task before its dependencies is fine: it counts them as not in memory.
+        for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
+            self._activate(ts)
+
+    def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
+        tasks = self.tasks
+        funcs, prio = msg.funcs, msg.priority
+        new = []
+        for i in plan.order:
+            key = msg.keys[i]
+            ts = TaskState(key, funcs[msg.func[i]], msg.args[i], (-prio[i] if prio else 0, 0))
+            ts.priority = (ts.priority[0], next(self._order))
+            ts.resources = msg.resources.get(i)
+            ts.restrict = msg.restrict.get(i)
+            ts.retries = msg.retries.get(i, 0)
+            deps = []
+            for dep_key in dict.fromkeys(msg.deps[i]):
+                dep = tasks[dep_key]
+                deps.append(dep)
+                dep.dependents[ts] = None
+            ts.deps = tuple(deps)
+            tasks[key] = ts
+            new.append(ts)
+        return new
+
+    def _release_futures(self, peer: str, msg: m.ReleaseFutures) -> None:
+        client = self.clients[peer]
+        for key in msg.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and client in ts.wanted_by:
+                self._unwant(client, ts)
+
+    def _cancel_keys(self, peer: str, msg: m.CancelKeys) -> None:
+        """Drop this client's interest in the keys and in everything pending on them."""
+        client = self.clients[peer]
+        stack = [ts for key in msg.keys if (ts := self.tasks.get(key)) is not None]
+        seen: dict[TaskState, None] = {}
+        while stack:
+            ts = stack.pop()
+            if ts in seen:
+                continue
+            seen[ts] = None
+            if ts.status in ACTIVE or ts.status is R:
+                stack.extend(ts.dependents)
+        cancelled = [ts for ts in seen if client in ts.wanted_by]
+        # The client knows about the keys it named; it hears of the others. (An
+        # echo of its own keys could arrive after it submitted one of them anew.)
+        named = set(msg.keys)
+        others = tuple(ts.key for ts in cancelled if ts.key not in named)
+        if others:
+            self._send(peer, m.KeysCancelled(keys=others))
+        for ts in cancelled:
+            self._unwant(client, ts)
+
+    def _who_has(self, peer: str, msg: m.WhoHas) -> None:
+        answer = {}
+        for key in msg.keys:
+            ts = self.tasks.get(key)
+            answer[key] = tuple(ws.address for ws in ts.who_has) if ts is not None else ()
+        self._send(peer, m.WhoHasAnswer(who_has=answer, request_id=msg.request_id))
+
+    def _scheduler_info(self, peer: str, msg: m.GetSchedulerInfo) -> None:
+        self._send(peer, m.SchedulerInfo(info=self.info(), request_id=msg.request_id))
+
+    def info(self) -> dict[str, Any]:
+        """The cluster as plain data."""
+        counts: dict[str, int] = {}
+        for ts in self.tasks.values():
+            counts[ts.status] = counts.get(ts.status, 0) + 1
+        workers = {
+            ws.name: {
+                "address": ws.address,
+                "nthreads": ws.nthreads,
+                "memory_limit": ws.memory_limit,
+                "resources": dict(ws.resources),
+                "processing": len(ws.processing),
+                "keys": len(ws.has_what),
+                "nbytes": ws.nbytes,
+                "pid": ws.pid,
+                "host": ws.host,
+            }
+            for ws in self.placement.workers.values()
+        }
+        return {
+            "address": self.address,
+            "workers": workers,
+            "clients": len(self.clients),
+            "tasks": counts,
+        }
+
+    # -- reports to clients --------------------------------------------------------
+
+    def _report_memory(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
+        msg = m.KeyInMemory(
+            key=ts.key,
+            nbytes=ts.nbytes,
+            typename=ts.typename,
+            who_has=tuple(ws.address for ws in ts.who_has),
+            value=ts.value,
+        )
+        for client in clients:
+            self._send(client.peer, msg)
+
+    def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
+        assert ts.error is not None
+        typename, message, traceback, exception, blame = ts.error
+        msg = m.KeyErred(
+            key=ts.key,
+            typename=typename,
+            message=message,
+            traceback=traceback,
+            exception=exception,
+            blame=blame,
+        )
+        for client in clients:
+            self._send(client.peer, msg)
