@@ -643,7 +643,8 @@ def test_tasks_of_a_lost_worker_are_not_sent_to_fetch_from_it() -> None:
     h.finish("a")
     w2 = h.worker("b")
     out = h.lose(w1)
-    # b is sent to w2 to fetch a from the departed a, then freed again in the same batch.
+    # a is lost with w1 and recomputed on w2 first; b waits for it, so no ComputeTask
+    # ever names the departed worker as a holder.
     assert computed(out, w2) == ["a"]
 
 

@@ -131,11 +131,9 @@ class Client:
         """Loop side of submit/map/compute. `keepalive` holds the Futures the
         messages reference until they are queued, so none is released first."""
         with self._keys.batch():
-            for key in keys:
-                state = self._keys.states.get(key)
-                if state is not None and state.status is Status.CANCELLED:
-                    state.reset()  # submitted again after a cancel: compute anew
-            # Bridges the user also holds Futures for stay wanted.
+            # (A key submitted again after a cancel was reset by _hand_over already;
+            # a cancel made since then stands.) Bridges the user also holds Futures
+            # for stay wanted.
             bridges = [k for k in submission.bridges if not self._keys.counts.get(k)]
             release = [ReleaseFutures(keys=tuple(bridges))] if bridges else []
             try:
@@ -148,7 +146,9 @@ class Client:
         """Queue messages from any thread with one loop callback, without waiting."""
         if self.status != "running":
             raise CommClosedError(f"the client is {self.status}, not running")
-        with self._keys.batch():  # before returning: result() must not see an old cancel
+        # Submitted again after a cancel: compute anew. Done here, before returning,
+        # so that a result() called next cannot see the old cancel.
+        with self._keys.batch():
             for key in keys:
                 state = self._keys.states.get(key)
                 if state is not None and state.status is Status.CANCELLED:

@@ -97,8 +97,10 @@ def _tls(args: argparse.Namespace) -> TLSConfig | None:
     return TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
-async def _until_signalled(stop: asyncio.Event, finished: asyncio.Future[None]) -> str:
+async def _until_signalled(finished: asyncio.Future[None]) -> str:
+    """Wait for SIGINT/SIGTERM or for `finished`; the signal's name, or "" if none."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     got: list[str] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: (got.append(s.name), stop.set()))
@@ -128,7 +130,7 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     gc.freeze()  # import-time objects never die: keep them out of collections
     print(f"shoal scheduler listening at {scheduler.address}", flush=True)
     finished = asyncio.ensure_future(scheduler.finished())
-    why = await _until_signalled(asyncio.Event(), finished)
+    why = await _until_signalled(finished)
     log.info("scheduler stopping (%s)", why or "closed")
     await scheduler.close()
     return 0
@@ -154,9 +156,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
         flush=True,
     )
     finished = asyncio.ensure_future(worker.finished())
-    why = await _until_signalled(asyncio.Event(), finished)
+    why = await _until_signalled(finished)
     await worker.close(f"received {why}" if why else "scheduler gone")
-    return 0 if why or finished.done() else 1
+    return 0 if why else 1  # stopped on request, or lost its scheduler
 
 
 def main(argv: list[str] | None = None) -> int:
