@@ -100,7 +100,8 @@ def test_a_task_no_worker_can_run_waits_for_one_to_join(constraint: str) -> None
     assert h.state.workers[cpu].processing == {}
     late = h.worker("late", resources=GPU)
     assert computed(h.out, late) == ["x"]
-    assert computed(h.finish("x"), cpu) == ["after"]  # no constraint: the idler worker
+    # no constraint, both idle: the worker holding its input
+    assert computed(h.finish("x"), late) == ["after"]
 
 
 def test_a_restricted_task_whose_worker_leaves_waits_for_it_to_return() -> None:
@@ -166,3 +167,81 @@ def test_the_first_wave_of_a_submission_follows_priority() -> None:
     c = h.client()
     out = h.submit(c, {f"t{i}": [] for i in range(6)}, priority={"t5": 10, "t4": 5})
     assert computed(out, w) == ["t5", "t4"]
+
+
+# -- data locality ------------------------------------------------------------------------
+
+
+def placed_on(h: Harness, key: object) -> str:
+    return h.state.tasks[key].processing_on.name
+
+
+def with_data(sizes: dict[str, tuple[str, int]], workers: str = "abc", **options):
+    """Workers named by the letters of `workers`; each key made on the worker named."""
+    h = Harness(**options)
+    for name in workers:
+        h.worker(name, nthreads=2, resources={"GPU": 1.0} if name == "c" else None)
+    c = h.client()
+    for key, (where, nbytes) in sizes.items():
+        h.submit(c, {key: []}, restrict={key: (where,)})
+        h.finish(key, nbytes=nbytes, duration=0.0015)
+    return h, c
+
+
+def test_the_worker_holding_most_input_bytes_runs_the_task() -> None:
+    h, c = with_data({"x": ("b", 50_000_000), "y": ("c", 1_000_000), "z": ("c", 1_000_000)})
+    h.submit(c, {"t": ["x", "y", "z"]})
+    assert placed_on(h, "t") == "b"
+    h.submit(c, {"u": ["y", "z"]})
+    assert placed_on(h, "u") == "c"
+
+
+def test_resources_and_restrictions_beat_locality() -> None:
+    h, c = with_data({"x": ("b", 50_000_000)})
+    h.submit(c, {"g": ["x"], "r": ["x"]}, resources={"g": GPU}, restrict={"r": ("a",)})
+    assert placed_on(h, "g") == "c" and placed_on(h, "r") == "a"
+
+
+def test_equal_bytes_go_to_the_worker_that_joined_first() -> None:
+    h, c = with_data({"x": ("c", 1_000), "y": ("b", 1_000)})
+    h.submit(c, {"t": ["x", "y"]})
+    assert placed_on(h, "t") == "b"
+
+
+def test_a_busy_holder_loses_small_inputs_and_keeps_large_ones() -> None:
+    h, c = with_data({"small": ("a", 1_000), "big": ("a", 500_000_000)}, workers="ab")
+    h.state.placement.mean_duration = 1.0  # tasks take a second
+    h.submit(c, {"busy": []}, restrict={"busy": ("a",)})  # a: 1 task per thread
+    h.submit(c, {"t": ["small"]})
+    assert placed_on(h, "t") == "b"  # 1 KB moves faster than half a task waits
+    h.submit(c, {"u": ["big"]})
+    assert placed_on(h, "u") == "a"  # 5 s of transfer at 100 MB/s: a is sooner
+
+
+def test_a_queued_task_goes_to_the_holder_of_its_inputs_when_it_frees_a_slot() -> None:
+    h = Harness()
+    wa, wb = h.worker("a"), h.worker("b")
+    c = h.client()
+    h.submit(c, {"x": []}, restrict={"x": ("a",)})
+    h.finish("x", nbytes=50_000_000)
+    h.submit(c, {f"f{i}": [] for i in range(4)})  # both workers full (2 slots each)
+    h.submit(c, {"hi": []}, priority={"hi": 5})
+    h.submit(c, {"t": ["x"]})
+    assert h.status("t") == h.status("hi") == "queued"
+    out = h.finish(h.processing(wa)[0])
+    assert computed(out, wa) == ["t"]  # its own input beats a higher priority elsewhere
+    out = h.finish(h.processing(wb)[0])
+    assert computed(out, wb) == ["hi"]
+
+
+def test_an_idle_worker_takes_queued_work_whatever_its_affinity() -> None:
+    h = Harness()
+    h.worker("a")
+    wb = h.worker("b")
+    c = h.client()
+    h.submit(c, {"x": []}, restrict={"x": ("a",)})
+    h.finish("x", nbytes=50_000_000)
+    h.submit(c, {f"f{i}": [] for i in range(4)})
+    h.submit(c, {"t": ["x"]})
+    out = h.finish(h.processing(wb)[0])
+    assert computed(out, wb) == ["t"]

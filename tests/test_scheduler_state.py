@@ -180,6 +180,7 @@ def test_compute_task_names_holders_on_other_workers_and_inline_values() -> None
                 values={"tiny": tiny},
                 who_has={"big": ("tcp://a:1",)},
                 priority=(0, 4),
+                nbytes={"big": 10_000},
             ),
         )
     ]
@@ -774,6 +775,8 @@ def test_scheduler_info_is_plain_data() -> None:
 
 
 def test_every_transition_in_the_table_is_exercised() -> None:
+    import tests.test_scheduler_data  # noqa: F401  (its scenarios join SCENARIOS)
+
     with recording() as seen:
         for test in SCENARIOS:
             test()

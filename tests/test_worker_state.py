@@ -6,12 +6,21 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import InvalidTransition
-from shoal.protocol.messages import ComputeTask, FreeKeys, TaskErred, TaskFinished
+from shoal.protocol.messages import (
+    AcquireKeys,
+    ComputeTask,
+    DataFetched,
+    DataMissing,
+    FreeKeys,
+    KeysAcquired,
+    TaskErred,
+    TaskFinished,
+)
 from shoal.protocol.serialize import serialize
 from shoal.protocol.taskspec import ArgSpec
 from shoal.worker.state import (
-    FETCH_ERROR,
     TRANSITIONS,
+    DataPut,
     Execute,
     ExecutionDone,
     Fetch,
@@ -32,8 +41,8 @@ LIVE: list[WorkerState] = []  # every core made since the last clear: for transi
 class Core:
     """A WorkerState driven by a fake clock, validated after every event."""
 
-    def __init__(self, nthreads: int = 1) -> None:
-        self.state = WorkerState(nthreads, history_size=100_000)
+    def __init__(self, nthreads: int = 1, **options: int) -> None:
+        self.state = WorkerState(nthreads, history_size=100_000, **options)
         self.now = 0.0
         LIVE.append(self.state)
 
@@ -48,7 +57,7 @@ class Core:
         return rec.status if rec is not None else None
 
 
-def compute(key, deps=(), values=None, who_has=None, priority=()) -> ComputeTask:
+def compute(key, deps=(), values=None, who_has=None, priority=(), nbytes=None) -> ComputeTask:
     return ComputeTask(
         key=key,
         func=FUNC,
@@ -57,6 +66,7 @@ def compute(key, deps=(), values=None, who_has=None, priority=()) -> ComputeTask
         values=values or {},
         who_has=who_has or {},
         priority=priority,
+        nbytes=nbytes or {},
     )
 
 
@@ -136,38 +146,128 @@ def test_failed_fetch_tries_the_next_holder() -> None:
     assert fetched(core(FetchFailed(w1, ("a", "b"), "refused"))) == [(w2, ("a", "b"))]
     # an answer lacking a key counts as a miss from that holder
     out = core(FetchDone(w2, ("a", "b"), {"a": serialize(1)}))
-    assert sent(out) == [
-        TaskErred(
-            key="t",
-            typename=FETCH_ERROR,
-            message=(
-                f"could not get dependency 'b' of task 't': tried {w1} (refused), "
-                f"{w2} (does not hold it)"
-            ),
-            traceback="",
-        )
-    ]
+    assert sent(out) == [DataMissing(key="b", tried=(w1, w2), tasks=("t",))]
     assert core.state.keys == {}
 
 
-def test_every_holder_failing_errs_the_task_and_drops_the_rest() -> None:
+def test_every_holder_failing_drops_the_task_and_tells_the_scheduler() -> None:
     core = Core()
     w1, w2 = "tcp://w1:1", "tcp://w2:2"
     core(compute("t", deps=["a", "b"], who_has={"a": (w1, w2), "b": (w1,)}))
     out = core(FetchFailed(w1, ("a", "b"), "connection lost"))
-    (err,) = sent(out)
-    assert err.key == "t" and err.typename == FETCH_ERROR
-    assert "'b'" in err.message and w1 in err.message
+    assert sent(out) == [DataMissing(key="b", tried=(w1,), tasks=("t",))]
     assert fetched(out) == []  # a is no longer needed: not fetched from w2
     assert core.state.keys == {}
     assert core(FetchDone(w2, ("a",), {"a": serialize(1)})) == []  # a late answer
 
 
-def test_dependency_nobody_holds_errs_at_once() -> None:
+def test_dependency_nobody_holds_is_reported_at_once() -> None:
     core = Core()
-    (err,) = sent(core(compute("t", deps=["a"])))
-    assert err.typename == FETCH_ERROR and "no worker holds it" in err.message
+    assert sent(core(compute("t", deps=["a"]))) == [DataMissing(key="a", tried=(), tasks=("t",))]
     assert core.state.keys == {}
+
+
+def test_fetches_are_bounded_in_number_and_bytes() -> None:
+    core = Core(max_fetches=2, fetch_bytes=100)
+    w1, w2, w3 = "tcp://w1:1", "tcp://w2:2", "tcp://w3:3"
+    who_has = {"a": (w1,), "b": (w1,), "c": (w1,), "d": (w2,), "e": (w3,)}
+    nbytes = {"a": 60, "b": 60, "c": 30, "d": 10, "e": 10}
+    out = core(compute("t", deps=list(who_has), who_has=who_has, nbytes=nbytes))
+    # a and c fit one request to w1 (b would pass 100 bytes); only two requests at once
+    assert fetched(out) == [(w1, ("a", "c")), (w1, ("b",))]
+    assert core.status("d") is S.FETCH and core.status("e") is S.FETCH
+    out = core(FetchDone(w1, ("b",), {"b": serialize(2)}))
+    assert fetched(out) == [(w2, ("d",))]
+    out = core(FetchFailed(w2, ("d",), "refused"))
+    assert sent(out) == [DataMissing(key="d", tried=(w2,), tasks=("t",))]
+    assert fetched(out) == [] and core.status("e") is None  # t is dropped: e is not needed
+    assert core(FetchDone(w1, ("a", "c"), {})) == []  # a late answer closes its request
+    assert core.state.requests == {} and core.state.keys == {}
+
+
+def test_the_least_busy_holder_is_asked() -> None:
+    core = Core(nthreads=2)
+    w1, w2 = "tcp://w1:1", "tcp://w2:2"
+    core(compute("s", deps=["a"], who_has={"a": (w1,)}))
+    out = core(compute("t", deps=["b"], who_has={"b": (w1, w2)}))
+    assert fetched(out) == [(w2, ("b",))]
+
+
+def test_large_fetches_report_their_bandwidth() -> None:
+    core = Core()
+    big = serialize(bytes(2**21))
+    core(compute("t", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+    out = core(FetchDone("tcp://w1:1", ("a",), {"a": big}))  # one second later
+    assert sent(out) == [DataFetched(nbytes=big.nbytes, duration=1.0)]
+
+
+# -- replication and scatter -------------------------------------------------------------
+
+
+def test_acquired_keys_are_fetched_held_and_reported() -> None:
+    core = Core()
+    w1 = "tcp://w1:1"
+    core(compute("block"))
+    core(done("block"))
+    out = core(AcquireKeys(who_has={"a": (w1,), "block": (w1,)}, nbytes={"a": 8}))
+    assert fetched(out) == [(w1, ("a",))]
+    assert sent(out) == [KeysAcquired(keys=("block",))]  # held here already
+    assert core.status("a") is S.FLIGHT
+    out = core(FetchDone(w1, ("a",), {"a": serialize(1)}))
+    assert sent(out) == [KeysAcquired(keys=("a",))]
+    assert core.state.value_of("a") is not None
+    core(FreeKeys(keys=("a", "block")))
+    assert core.state.keys == {}
+
+
+def test_acquiring_a_key_no_holder_gives_is_reported() -> None:
+    core = Core()
+    out = core(AcquireKeys(who_has={"a": ("tcp://w1:1",)}))
+    out = core(FetchFailed("tcp://w1:1", ("a",), "refused"))
+    assert sent(out) == [DataMissing(key="a", tried=("tcp://w1:1",), tasks=())]
+    assert sent(core(AcquireKeys(who_has={"b": ()}))) == [DataMissing(key="b", tried=())]
+    assert core.state.keys == {}
+
+
+def test_acquire_freed_in_flight_drops_the_key() -> None:
+    core = Core()
+    core(AcquireKeys(who_has={"a": ("tcp://w1:1",)}))
+    assert core(FreeKeys(keys=("a",))) == []
+    assert core.state.keys == {}
+    assert core(FetchDone("tcp://w1:1", ("a",), {"a": serialize(1)})) == []
+
+
+def test_put_values_are_held_until_freed_and_serve_tasks() -> None:
+    core = Core()
+    core(DataPut({"x": serialize(3)}))
+    assert core.status("x") is S.MEMORY and core.state.value_of("x") is not None
+    assert ran(core(compute("t", deps=["x"]))) == ["t"]  # no holder needed: it is here
+    core(done("t"))
+    core(FreeKeys(keys=("x", "t")))
+    assert core.state.keys == {}
+
+
+def test_put_completes_a_fetch_waiting_its_turn() -> None:
+    core = Core(max_fetches=1)
+    w1 = "tcp://w1:1"
+    core(compute("s", deps=["a"], who_has={"a": (w1,)}))
+    core(AcquireKeys(who_has={"b": (w1,)}))
+    core(compute("t", deps=["c"], who_has={"c": (w1,)}))
+    assert core.status("b") is S.FETCH and core.status("c") is S.FETCH
+    out = core(DataPut({"b": serialize(1), "c": serialize(2)}))
+    assert sent(out) == [KeysAcquired(keys=("b",))]
+    assert ran(out) == ["t"]
+    assert core.status("b") is S.MEMORY and core.status("c") is S.MEMORY
+
+
+def test_compute_for_a_key_waiting_to_be_fetched_runs_it_here() -> None:
+    for deps in ({}, {"deps": ["z"], "who_has": {"z": ("tcp://w9:9",)}}):
+        core = Core(max_fetches=1)
+        core(compute("s", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
+        core(compute("t", deps=["b"], who_has={"b": ("tcp://w1:1",)}))
+        assert core.status("b") is S.FETCH
+        core(compute("b", **deps))
+        assert core.status("b") is (S.WAITING if deps else S.EXECUTING)
 
 
 def test_ready_tasks_run_by_priority_then_arrival() -> None:
@@ -297,10 +397,11 @@ def test_freed_pending_task_with_no_other_holder_fails_its_dependents() -> None:
     core(compute("a"))
     core(compute("b", deps=["a"], who_has={}))  # a is known here: no holder needed
     core(compute("c", deps=["b"]))
-    errs = sent(core(FreeKeys(keys=("a",))))
-    # c waited on b, which now fails without a holder to fetch from: c fails too
-    assert [(e.key, e.typename) for e in errs] == [("b", FETCH_ERROR), ("c", FETCH_ERROR)]
-    assert "'b'" in errs[1].message
+    # c waited on b, which now has no holder to fetch from: both are dropped
+    assert sent(core(FreeKeys(keys=("a",)))) == [
+        DataMissing(key="b", tried=(), tasks=("c",)),
+        DataMissing(key="a", tried=(), tasks=("b",)),
+    ]
     assert core.state.keys.keys() == {"block"}
 
 

@@ -104,6 +104,23 @@ class DataSent(Message):
     missing: tuple[Key, ...] = ()
 
 
+@message("put-data")
+class PutData(Message):
+    """A client hands a worker values to hold (scatter); answered by DataStored."""
+
+    data: dict[Key, Serialized]
+    request_id: int = 0
+
+
+@message("data-stored")
+class DataStored(Message):
+    """The worker holds the values of `keys`; `refused` are keys it is busy making."""
+
+    keys: tuple[Key, ...]
+    request_id: int = 0
+    refused: tuple[Key, ...] = ()
+
+
 # -- scheduler <-> worker ------------------------------------------------------
 #
 # A worker connects to the scheduler, sends RegisterWorker, and is answered
@@ -146,7 +163,7 @@ class ComputeTask(Message):
     `func` and `args` are the client's payloads, routed unopened. `deps` lists
     the keys whose values the task needs: a value small enough to travel with
     the task is in `values`; otherwise `who_has` names the workers holding it,
-    unless this worker holds it already.
+    unless this worker holds it already, and `nbytes` its size.
     """
 
     key: Key
@@ -156,6 +173,7 @@ class ComputeTask(Message):
     values: dict[Key, Serialized] = dataclasses.field(default_factory=dict)
     who_has: dict[Key, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     priority: tuple[int, ...] = ()
+    nbytes: dict[Key, int] = dataclasses.field(default_factory=dict)
 
 
 @message("task-finished")
@@ -190,6 +208,43 @@ class FreeKeys(Message):
     """Drop these keys: their values, and their tasks if not finished."""
 
     keys: tuple[Key, ...]
+
+
+@message("acquire-keys")
+class AcquireKeys(Message):
+    """Fetch these values from the workers named and hold them (replication).
+
+    Answered by KeysAcquired, or DataMissing for a key no holder gave.
+    """
+
+    who_has: dict[Key, tuple[str, ...]]
+    nbytes: dict[Key, int] = dataclasses.field(default_factory=dict)
+
+
+@message("keys-acquired")
+class KeysAcquired(Message):
+    """The worker now holds these keys, as AcquireKeys asked."""
+
+    keys: tuple[Key, ...]
+
+
+@message("data-missing")
+class DataMissing(Message):
+    """No worker in `tried` gave the value of `key`: each had vanished, refused
+    or did not hold it. `tasks` are the tasks here that needed it; the worker
+    dropped them, and the scheduler places them again."""
+
+    key: Key
+    tried: tuple[str, ...]
+    tasks: tuple[Key, ...] = ()
+
+
+@message("data-fetched")
+class DataFetched(Message):
+    """One fetch from a peer moved `nbytes` in `duration` seconds (for bandwidth)."""
+
+    nbytes: int
+    duration: float
 
 
 @message("worker-leaving")
@@ -239,6 +294,33 @@ class SubmitGraph(Message):
     resources: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     restrict: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retries: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+@message("add-data")
+class AddData(Message):
+    """The client put these values on workers itself (scatter): `who_has` names
+    the workers' data addresses. The client now holds futures for the keys."""
+
+    who_has: dict[Key, tuple[str, ...]]
+    nbytes: dict[Key, int]
+    typenames: dict[Key, str] = dataclasses.field(default_factory=dict)
+
+
+@message("replicate")
+class Replicate(Message):
+    """Keep `n` copies of each key (0: one on every worker); answered by Replicated."""
+
+    keys: tuple[Key, ...]
+    n: int = 0
+    request_id: int = 0
+
+
+@message("replicated")
+class Replicated(Message):
+    """The copies a Replicate asked for are made; `copies` counts each key's holders."""
+
+    copies: dict[Key, int]
+    request_id: int = 0
 
 
 @message("graph-rejected")

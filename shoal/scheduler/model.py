@@ -56,12 +56,13 @@ class TaskState:
     def __init__(
         self,
         key: object,
-        func: Serialized,
-        args: Serialized,
+        func: Serialized | None,
+        args: Serialized | None,
         priority: tuple[int, int],
     ) -> None:
         self.key = key
         self.status = Status.RELEASED
+        # None for a scattered value: it has no lineage to recompute it from.
         self.func = func
         self.args = args
         self.priority = priority

@@ -1,8 +1,11 @@
-"""Which worker runs which task: worker load, the ready queues, in-flight depth.
+"""Which worker runs which task: worker load, data locality, the ready queues, depth.
 
 Pure and synchronous like the rest of the core. Ready tasks wait in priority
 heaps until a worker has a free slot; workers are found through a heap of
-their loads, so choosing one is O(log workers) for unconstrained tasks.
+their loads, so choosing one is O(log workers) for unconstrained tasks. A task
+whose inputs are held by workers (rather than travelling with it) also
+considers those holders, weighing the bytes it would have to fetch against
+their load.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from shoal.scheduler.model import Status, TaskState, WorkerInfo
 
 # A signature groups tasks with the same needs: (sorted resources, restriction).
 Signature = tuple[tuple[tuple[str, float], ...], tuple[str, ...]]
+Heap = list[tuple[tuple[int, int], int, TaskState]]
+
+# Assumed worker-to-worker bandwidth until fetches have been measured, bytes/s.
+DEFAULT_BANDWIDTH = 100e6
 
 
 def signature_of(ts: TaskState) -> Signature:
@@ -44,15 +51,24 @@ class Placement:
     to a busy worker while another is idle.
     """
 
-    def __init__(self, initial_depth: int, max_depth: int, round_trip_s: float) -> None:
+    def __init__(
+        self,
+        initial_depth: int,
+        max_depth: int,
+        round_trip_s: float,
+        bandwidth: float = DEFAULT_BANDWIDTH,
+    ) -> None:
         self.workers: dict[str, WorkerInfo] = {}  # by name, in joining order
         self.depth = initial_depth
         self.max_depth = max_depth
         self.round_trip_s = round_trip_s
         self.mean_duration: float | None = None
+        self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
-        self._queue: list[tuple[tuple[int, int], int, TaskState]] = []
-        self._constrained: dict[Signature, list[tuple[tuple[int, int], int, TaskState]]] = {}
+        self._queue: Heap = []
+        self._constrained: dict[Signature, Heap] = {}
+        # Queued tasks whose inputs mostly sit on one worker, by that worker.
+        self._affinity: dict[WorkerInfo, Heap] = {}
         self._pushes = itertools.count()
 
     # -- workers ---------------------------------------------------------------
@@ -64,6 +80,7 @@ class Placement:
     def remove_worker(self, ws: WorkerInfo) -> None:
         ws.gone = True
         del self.workers[ws.name]
+        self._affinity.pop(ws, None)
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
         return len(ws.processing) < ws.nthreads * self.depth
@@ -80,9 +97,38 @@ class Placement:
             heapq.heapify(self._loads)
 
     def pick(self, ts: TaskState) -> WorkerInfo | None:
-        """The least loaded worker that may run `ts` now, or None."""
-        if ts.resources or ts.restrict:
-            return self._pick_constrained(signature_of(ts))
+        """The worker that may run `ts` now and would start it soonest, or None.
+
+        Without inputs to fetch, that is the least loaded one. Otherwise each
+        holder of its inputs competes with the least loaded worker: the cost of
+        a worker is its queue (tasks per thread times the mean task duration)
+        plus the bytes it lacks over the observed bandwidth. Ties go to the
+        worker that joined first.
+        """
+        sig = signature_of(ts) if ts.resources or ts.restrict else None
+        best = self._least_loaded() if sig is None else self._pick_constrained(sig)
+        if not ts.deps:
+            return best
+        held, total = held_bytes(ts)
+        if not held:
+            return best
+        best_rank = (self._cost(best, held, total), best.index) if best is not None else None
+        for ws in held:
+            if ws is best or not self.has_capacity(ws):
+                continue
+            if sig is not None and not (can_run(ws, sig) and has_room(ws, sig)):
+                continue
+            rank = (self._cost(ws, held, total), ws.index)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = ws, rank
+        return best
+
+    def _cost(self, ws: WorkerInfo, held: dict[WorkerInfo, int], total: int) -> float:
+        """Seconds until `ws` could start a task whose inputs are `held` where they are."""
+        queue = len(ws.processing) / ws.nthreads * (self.mean_duration or 0.0)
+        return queue + (total - held.get(ws, 0)) / self.bandwidth
+
+    def _least_loaded(self) -> WorkerInfo | None:
         loads = self._loads
         while loads:
             load, _, version, ws = loads[0]
@@ -109,14 +155,32 @@ class Placement:
     # -- ready queues ----------------------------------------------------------
 
     def enqueue(self, ts: TaskState) -> None:
+        """Queue a ready task. When its inputs sit on workers, the one holding the
+        most bytes of them will also find it in its own affinity queue."""
         entry = (ts.priority, next(self._pushes), ts)
         if ts.resources or ts.restrict:
             heapq.heappush(self._constrained.setdefault(signature_of(ts), []), entry)
         else:
             heapq.heappush(self._queue, entry)
+        if ts.deps:
+            held, _ = held_bytes(ts)
+            if held:
+                # max() keeps the first of equals: the holder of the earliest input
+                ws = max(held, key=held.__getitem__)
+                heapq.heappush(self._affinity.setdefault(ws, []), entry)
 
     def next_for(self, ws: WorkerInfo) -> TaskState | None:
-        """Take the highest-priority queued task that `ws` can run now, or None."""
+        """Take a queued task that `ws` can run now, or None: the first of its own
+        affinity queue, else the highest-priority one it may run."""
+        mine = self._affinity.get(ws)
+        if mine is not None:
+            while _top(mine):
+                ts = mine[0][2]
+                if not (ts.resources or ts.restrict) or self._fits(ws, signature_of(ts)):
+                    return heapq.heappop(mine)[2]
+                break  # its resources are busy here: take other work meanwhile
+            else:
+                del self._affinity[ws]
         best_heap = _top(self._queue) and self._queue
         for sig, heap in list(self._constrained.items()):
             if not _top(heap):
@@ -130,6 +194,14 @@ class Placement:
             return None
         return heapq.heappop(best_heap)[2]
 
+    def _fits(self, ws: WorkerInfo, sig: Signature) -> bool:
+        return can_run(ws, sig) and has_room(ws, sig)
+
+    def observe_transfer(self, nbytes: int, duration: float) -> None:
+        """Learn the bandwidth from one fetch between workers."""
+        if duration > 0:
+            self.bandwidth += 0.25 * (nbytes / duration - self.bandwidth)
+
     def observe(self, duration: float) -> bool:
         """Learn from one task's run time; True when the depth grew."""
         mean = self.mean_duration
@@ -142,7 +214,21 @@ class Placement:
         return grew
 
 
-def _top(heap: list[tuple[tuple[int, int], int, TaskState]]) -> bool:
+def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
+    """Bytes of `ts`'s inputs each worker holds, and their total. Inputs kept by
+    the scheduler travel with the task and count for nobody."""
+    held: dict[WorkerInfo, int] = {}
+    total = 0
+    for dep in ts.deps:
+        if dep.value is not None:
+            continue
+        total += dep.nbytes
+        for ws in dep.who_has:
+            held[ws] = held.get(ws, 0) + dep.nbytes
+    return held, total
+
+
+def _top(heap: Heap) -> bool:
     """Drop stale entries (tasks no longer queued); whether any entry is left."""
     while heap:
         if heap[0][2].status is Status.QUEUED:

@@ -28,6 +28,7 @@ from shoal.scheduler.model import (
     WorkerInfo,
 )
 from shoal.scheduler.placement import Placement
+from shoal.scheduler.replicas import DataRequests, Replication
 
 R, W, Q, P, M, E, F = (
     Status.RELEASED,
@@ -40,7 +41,7 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests):
+class SchedulerState(ClientRequests, DataRequests):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -63,6 +64,9 @@ class SchedulerState(ClientRequests):
         self.placement = Placement(initial_depth, max_depth, round_trip_s)
         self.roles: dict[str, str] = {}  # peer -> role, from connected()
         self.workers: dict[str, WorkerInfo] = {}  # by peer
+        self.by_address: dict[str, WorkerInfo] = {}  # by data address
+        # Copies asked for by Replicate and not yet confirmed, by (key, worker).
+        self.replications: dict[tuple[object, WorkerInfo], list[Replication]] = {}
         self.clients: dict[str, ClientInfo] = {}  # by peer
         self.history: deque[tuple[object, str, str, str, float]] = deque(maxlen=history)
         self.transitions_done = 0
@@ -79,6 +83,11 @@ class SchedulerState(ClientRequests):
             ("worker", m.TaskFinished): self._task_finished,
             ("worker", m.TaskErred): self._task_erred,
             ("worker", m.WorkerLeaving): self._worker_leaving,
+            ("worker", m.DataMissing): self._data_missing,
+            ("worker", m.KeysAcquired): self._keys_acquired,
+            ("worker", m.DataFetched): self._data_fetched,
+            ("client", m.AddData): self._add_data,
+            ("client", m.Replicate): self._replicate,
             ("client", m.SubmitGraph): self._submit_graph,
             ("client", m.ReleaseFutures): self._release_futures,
             ("client", m.CancelKeys): self._cancel_keys,
@@ -168,6 +177,7 @@ class SchedulerState(ClientRequests):
         )
         ws.pid, ws.host = msg.pid, msg.host
         self.workers[peer] = ws
+        self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
         self._send(peer, m.WorkerRegistered(name=ws.name))
         self._workers_changed()
@@ -179,6 +189,8 @@ class SchedulerState(ClientRequests):
     def _remove_worker(self, ws: WorkerInfo) -> None:
         """Move a departed worker's work elsewhere; recompute values only it held."""
         del self.workers[ws.peer]
+        if self.by_address.get(ws.address) is ws:
+            del self.by_address[ws.address]
         self.placement.remove_worker(ws)
         self._free.pop(ws, None)
         lost = []
@@ -192,6 +204,8 @@ class SchedulerState(ClientRequests):
             self._data_lost(ts)
         for ts in list(ws.processing):
             self._move(ts, W)
+        for key, holder in [copy for copy in self.replications if copy[1] is ws]:
+            self._copy_settled(key, holder)
         self._workers_changed()
 
     def _data_lost(self, ts: TaskState) -> None:
@@ -281,6 +295,9 @@ class SchedulerState(ClientRequests):
 
     def _activate(self, ts: TaskState) -> None:
         """A released task that is needed starts waiting (or errs with its dependency)."""
+        if ts.func is None:
+            self._lost_for_good(ts)
+            return
         for dep in ts.deps:
             if dep.status is E:
                 assert dep.error is not None
@@ -361,7 +378,7 @@ class SchedulerState(ClientRequests):
             for name, amount in ts.resources.items():
                 ws.free[name] -= amount
         self.placement.touch(ws)
-        values, who_has = {}, {}
+        values, who_has, nbytes = {}, {}, {}
         for dep in ts.deps:
             if ws in dep.who_has:
                 continue
@@ -369,6 +386,7 @@ class SchedulerState(ClientRequests):
                 values[dep.key] = dep.value
             else:
                 who_has[dep.key] = tuple(w.address for w in dep.who_has)
+                nbytes[dep.key] = dep.nbytes
         msg = m.ComputeTask(
             key=ts.key,
             func=ts.func,
@@ -377,6 +395,7 @@ class SchedulerState(ClientRequests):
             values=values,
             who_has=who_has,
             priority=ts.priority,
+            nbytes=nbytes,
         )
         self._send(ws.peer, msg)
 
@@ -473,6 +492,7 @@ class SchedulerState(ClientRequests):
 TRANSITIONS: dict[tuple[Status, Status], Callable[..., None]] = {
     (R, W): SchedulerState._to_waiting,
     (R, E): SchedulerState._to_erred,
+    (R, M): SchedulerState._scattered,
     (R, F): SchedulerState._to_forgotten,
     (W, Q): SchedulerState._to_queued,
     (W, P): SchedulerState._to_processing,

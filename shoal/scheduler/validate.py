@@ -34,6 +34,12 @@ def validate_state(state: SchedulerState) -> None:
             assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
         assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"
     assert len(state.placement.workers) == len(state.workers)
+    by_address = {ws.address: ws for ws in state.workers.values()}
+    assert state.by_address == by_address, "by_address does not match the workers"
+    for (key, ws), requests in state.replications.items():
+        assert state.workers.get(ws.peer) is ws, f"a copy of {key!r} owed by departed {ws}"
+        for request in requests:
+            assert (key, ws) in request.pending, f"replication of {key!r} misfiled"
     for client in state.clients.values():
         for ts in client.wants:
             assert client in ts.wanted_by, f"{client} wants {ts} but is not in wanted_by"
@@ -79,3 +85,4 @@ def _validate_task(state: SchedulerState, ts: TaskState) -> None:
         assert not ts.needed, f"{ts} needed but released"
     if status in ACTIVE:
         assert ts.needed, f"{ts} is {status} but nothing needs it"
+        assert ts.func is not None, f"{ts} is {status} but has no lineage (scattered)"

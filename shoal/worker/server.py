@@ -19,10 +19,13 @@ from shoal.errors import CommClosedError, MessageTooLarge, RegistrationError, Sh
 from shoal.protocol.address import Address, parse_address
 from shoal.protocol.comm import Comm, Listener, connect, listen
 from shoal.protocol.messages import (
+    AcquireKeys,
     ComputeTask,
     DataSent,
+    DataStored,
     FreeKeys,
     GetData,
+    PutData,
     RegisterWorker,
     RegistrationRefused,
     WorkerLeaving,
@@ -34,6 +37,7 @@ from shoal.protocol.tls import TLSConfig
 from shoal.worker.execute import ThreadPool
 from shoal.worker.state import (
     Command,
+    DataPut,
     Execute,
     ExecutionDone,
     Fetch,
@@ -340,7 +344,8 @@ class Worker:
     def _on_messages(self, msgs: list[Message]) -> None:
         now = time.monotonic()
         for msg in msgs:
-            if type(msg) is ComputeTask or type(msg) is FreeKeys:
+            kind = type(msg)
+            if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
                 self._dispatch(self.state.handle(msg, now))
             else:
                 log.warning("ignoring unexpected %s from the scheduler", msg.op)
@@ -385,9 +390,16 @@ class Worker:
     # -- the data server ----------------------------------------------------------
 
     async def _serve_peer(self, comm: Comm) -> None:
-        """Listener handler: answer each GetData with the values held here."""
+        """Listener handler: answer each GetData with the values held here, and take
+        the values of each PutData into memory."""
         while True:
             for msg in await comm.read():
+                if type(msg) is PutData:
+                    self._dispatch(self.state.handle(DataPut(msg.data), time.monotonic()))
+                    refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
+                    stored = tuple(k for k in msg.data if k not in refused)
+                    comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
+                    continue
                 if type(msg) is not GetData:
                     log.warning(
                         "closing connection from %s: unexpected %s", comm.peer_address, msg.op

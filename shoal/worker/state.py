@@ -16,8 +16,12 @@ from typing import Any
 from shoal.errors import InvalidTransition
 from shoal.protocol.messages import (
     INLINE_VALUE_BYTES,
+    AcquireKeys,
     ComputeTask,
+    DataFetched,
+    DataMissing,
     FreeKeys,
+    KeysAcquired,
     TaskErred,
     TaskFinished,
 )
@@ -25,7 +29,14 @@ from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
 
 Key = Hashable
-FETCH_ERROR = "shoal.errors.FetchError"
+
+# Fetch requests in flight at once, to all peers together.
+MAX_FETCHES = 16
+# Keys asked of one peer in one request, up to this many bytes (one key may be larger).
+FETCH_BYTES = 64 * 2**20
+# Fetches at least this large are reported to the scheduler, which learns the
+# bandwidth from them; smaller ones measure latency rather than bandwidth.
+MEASURED_FETCH_BYTES = 2**20
 
 # Sentinel: a Value whose object has not been unpickled yet.
 NO_OBJECT: Any = type("NoObject", (), {"__repr__": lambda self: "NO_OBJECT"})()
@@ -91,6 +102,13 @@ class FetchDone:
 
 
 @dataclasses.dataclass(slots=True)
+class DataPut:
+    """A client handed this worker values to hold (scatter)."""
+
+    data: dict[Key, Serialized]
+
+
+@dataclasses.dataclass(slots=True)
 class FetchFailed:
     """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
 
@@ -119,7 +137,8 @@ class Execute:
 
 @dataclasses.dataclass(slots=True)
 class Fetch:
-    """Ask the worker at `address` for the values of `keys` (one GetData)."""
+    """Ask the worker at `address` for the values of `keys` (one GetData). Exactly one
+    FetchDone or FetchFailed with the same address and keys must follow."""
 
     address: str
     keys: tuple[Key, ...]
@@ -134,16 +153,19 @@ class KeyState:
 
     key: Key
     status: Status = S.RELEASED
-    wanted: bool = False  # the scheduler asked for this key and has not freed it
+    # The scheduler asked for this key (to compute, to acquire, or a client put it
+    # here) and has not freed it.
+    wanted: bool = False
     func: Serialized | None = dataclasses.field(default=None, repr=False)
     args: Serialized | None = dataclasses.field(default=None, repr=False)
     priority: tuple[int, ...] = ()
     queued: int = 0  # arrival number of its live entry in the ready heap
     deps: tuple[Key, ...] = ()
+    nbytes: int = 0  # size of the value, when the scheduler said
     # deps not in memory yet, and tasks here that need this value (ordered sets)
     missing: dict[Key, None] = dataclasses.field(default_factory=dict, repr=False)
     dependents: dict[Key, None] = dataclasses.field(default_factory=dict, repr=False)
-    # workers not yet asked, in the scheduler's order; "address (reason)" of each that failed
+    # workers not yet asked, in the scheduler's order; those that did not give it
     holders: list[str] = dataclasses.field(default_factory=list)
     tried: list[str] = dataclasses.field(default_factory=list)
     fetching_from: str | None = None
@@ -159,10 +181,19 @@ def _check(ok: object, what: str) -> None:
 class WorkerState:
     """What one worker holds, fetches and runs. Feed events, carry out the commands."""
 
-    def __init__(self, nthreads: int, *, prefetch: int = 0, history_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        nthreads: int,
+        *,
+        prefetch: int = 0,
+        max_fetches: int = MAX_FETCHES,
+        fetch_bytes: int = FETCH_BYTES,
+        history_size: int = 10_000,
+    ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
         self.nthreads = nthreads
+        self.max_fetches, self.fetch_bytes = max_fetches, fetch_bytes
         # Tasks handed to the thread pool beyond one per thread: a thread that
         # finishes a short task starts the next at once, without waiting for a
         # trip through the event loop.
@@ -171,6 +202,9 @@ class WorkerState:
         self.executing: dict[Key, None] = {}  # EXECUTING and CANCELLED keys
         self.to_fetch: dict[Key, None] = {}  # FETCH keys
         self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
+        # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
+        self.requests: dict[tuple[str, tuple[Key, ...]], tuple[float, int]] = {}
+        self._acquired: list[Key] = []  # keys to report in one KeysAcquired
         self.history: deque[tuple[Key, str, str, str, float]] = deque(maxlen=history_size)
         self._ready: list[tuple[tuple[int, ...], int, Key]] = []  # lazy deletion heap
         self._arrivals = 0
@@ -197,6 +231,9 @@ class WorkerState:
         handler(self, event)
         self._request_fetches()
         self._start_ready()
+        if self._acquired:
+            self._send(KeysAcquired(keys=tuple(self._acquired)))
+            self._acquired = []
         out, self._out = self._out, []
         return out
 
@@ -214,7 +251,7 @@ class WorkerState:
         deps = tuple(d for d in dict.fromkeys(msg.deps) if d != msg.key)
         for dep in deps:
             if dep not in self.keys and dep not in msg.values and not msg.who_has.get(dep):
-                self._send(_fetch_error(msg.key, dep, []))
+                self._send(DataMissing(key=dep, tried=(), tasks=(msg.key,)))
                 return
         if rec is None:
             rec = self.keys[msg.key] = KeyState(msg.key)
@@ -236,7 +273,7 @@ class WorkerState:
             rec.wanted = True  # the run under way is reported after all
             self._move(rec, S.EXECUTING)
             return True
-        # WAITING, READY, EXECUTING: a report is owed already. FLIGHT: compute it here.
+        # WAITING, READY, EXECUTING: a report is owed already. FETCH, FLIGHT: compute it here.
         return rec.status in _OWES_REPORT
 
     def _attach(self, rec: KeyState, dep_key: Key, msg: ComputeTask) -> None:
@@ -244,18 +281,62 @@ class WorkerState:
         if dep is None:
             dep = self.keys[dep_key] = KeyState(dep_key)
         payload = msg.values.get(dep_key)
-        if payload is not None and dep.status in (S.RELEASED, S.FLIGHT):
-            dep.value = Value(payload)
-            self._move(dep, S.MEMORY)
+        if payload is not None and dep.status in (S.RELEASED, S.FETCH, S.FLIGHT):
+            self._arrived(dep, payload)
         else:
-            for holder in msg.who_has.get(dep_key, ()):
-                if holder not in dep.holders and holder != dep.fetching_from:
-                    dep.holders.append(holder)
+            self._add_holders(dep, msg.who_has.get(dep_key, ()))
+            dep.nbytes = msg.nbytes.get(dep_key, dep.nbytes)
             if dep.status is S.RELEASED:
                 self._move(dep, S.FETCH)
         dep.dependents[rec.key] = None
         if dep.status is not S.MEMORY:
             rec.missing[dep_key] = None
+
+    def _add_holders(self, rec: KeyState, holders: tuple[str, ...]) -> None:
+        for holder in holders:
+            if holder not in rec.holders and holder != rec.fetching_from:
+                rec.holders.append(holder)
+
+    def _arrived(self, rec: KeyState, payload: Serialized) -> None:
+        """The value of a key that was not in memory here arrived."""
+        if rec.wanted:  # acquired for the scheduler, which hears of it
+            self._acquired.append(rec.key)
+        rec.value = Value(payload)
+        self._move(rec, S.MEMORY)
+
+    def _on_acquire(self, msg: AcquireKeys) -> None:
+        for key, holders in msg.who_has.items():
+            rec = self.keys.get(key)
+            if rec is None:
+                rec = self.keys[key] = KeyState(key)
+            if rec.status is S.MEMORY:
+                rec.wanted = True
+                self._acquired.append(key)
+                continue
+            if rec.status not in (S.RELEASED, S.FETCH, S.FLIGHT):
+                continue  # made here: its TaskFinished tells the scheduler
+            rec.wanted = True
+            rec.nbytes = msg.nbytes.get(key, rec.nbytes)
+            self._add_holders(rec, holders)
+            if rec.status is not S.RELEASED:
+                continue
+            if rec.holders:
+                self._move(rec, S.FETCH)
+            else:
+                del self.keys[key]
+                self._send(DataMissing(key=key, tried=()))
+
+    def _on_put(self, event: DataPut) -> None:
+        for key, payload in event.data.items():
+            rec = self.keys.get(key)
+            if rec is None:
+                rec = self.keys[key] = KeyState(key)
+            if rec.status is S.MEMORY:
+                rec.wanted = True
+            elif rec.status in (S.RELEASED, S.FETCH, S.FLIGHT):
+                self._arrived(rec, payload)
+                rec.wanted = True
+            # Otherwise a task here is making this key: its own report will do.
 
     def _on_free(self, msg: FreeKeys) -> None:
         for key in msg.keys:
@@ -289,22 +370,26 @@ class WorkerState:
             self._move(rec, S.FORGOTTEN)
 
     def _on_fetched(self, event: FetchDone) -> None:
+        request = self.requests.pop((event.address, event.keys), None)
+        nbytes = sum(payload.nbytes for payload in event.data.values())
+        if request is not None and nbytes >= MEASURED_FETCH_BYTES and self._now > request[0]:
+            self._send(DataFetched(nbytes=nbytes, duration=self._now - request[0]))
         for key in event.keys:
             rec = self._in_flight_from(event.address, key)
             if rec is None:
                 continue  # no longer wanted from there: a late answer
             payload = event.data.get(key)
             if payload is None:
-                self._fetch_missed(rec, f"{event.address} (does not hold it)")
+                self._fetch_missed(rec, event.address)
             else:
-                rec.value = Value(payload)
-                self._move(rec, S.MEMORY)
+                self._arrived(rec, payload)
 
     def _on_fetch_failed(self, event: FetchFailed) -> None:
+        self.requests.pop((event.address, event.keys), None)
         for key in event.keys:
             rec = self._in_flight_from(event.address, key)
             if rec is not None:
-                self._fetch_missed(rec, f"{event.address} ({event.reason})")
+                self._fetch_missed(rec, event.address)
 
     # -- helpers --------------------------------------------------------------
 
@@ -314,29 +399,33 @@ class WorkerState:
             return None
         return rec
 
-    def _fetch_missed(self, rec: KeyState, why: str) -> None:
-        rec.tried.append(why)
+    def _fetch_missed(self, rec: KeyState, address: str) -> None:
+        rec.tried.append(address)
         self._fall_back(rec)
 
     def _fall_back(self, rec: KeyState) -> None:
-        """Tasks here need `rec`'s value and it will not be made here: fetch it from the
-        next holder, or, with none left, drop it and fail every task that needs it."""
+        """`rec`'s value is needed here and will not be made here: fetch it from the
+        next holder. With none left, drop it and every task here waiting on it, and
+        tell the scheduler, which places those tasks again."""
         if rec.holders:
             self._move(rec, S.FETCH)
             return
-        dependents, tried = list(rec.dependents), rec.tried
+        dependents, tried = list(rec.dependents), tuple(rec.tried)
         rec.dependents.clear()
+        rec.wanted = False
         self._move(rec, S.FORGOTTEN)
+        dropped = []
         for key in dependents:
             task = self.keys.get(key)
             if task is None or task.status is not S.WAITING:
-                continue  # failed already, through another dependency
-            self._send(_fetch_error(key, rec.key, tried))
+                continue  # dropped already, through another dependency
+            dropped.append(key)
             task.wanted = False
             if task.dependents:  # tasks here wait on this one in turn
                 self._fall_back(task)
             else:
                 self._move(task, S.FORGOTTEN)
+        self._send(DataMissing(key=rec.key, tried=tried, tasks=tuple(dropped)))
 
     def _release_if_unneeded(self, rec: KeyState) -> None:
         if rec.wanted or rec.dependents or rec.status is S.CANCELLED:
@@ -353,16 +442,28 @@ class WorkerState:
                 self._release_if_unneeded(dep)
 
     def _request_fetches(self) -> None:
-        """One Fetch per holder address for every key waiting to be fetched."""
-        if not self.to_fetch:
-            return
-        batches: dict[str, list[Key]] = {}
-        for key in list(self.to_fetch):
-            rec = self.keys[key]
-            rec.fetching_from = rec.holders.pop(0)
-            self._move(rec, S.FLIGHT)
-            batches.setdefault(rec.fetching_from, []).append(key)
-        for address, keys in batches.items():
+        """Ask holders for the keys to fetch, at most `max_fetches` requests at once.
+
+        Each request goes to the least busy holder of the oldest key to fetch and
+        takes along the other keys to fetch that this holder has, up to
+        `fetch_bytes` in all.
+        """
+        to_fetch = self.to_fetch
+        while to_fetch and len(self.requests) < self.max_fetches:
+            first = self.keys[next(iter(to_fetch))]
+            address = min(first.holders, key=lambda a: len(self.in_flight.get(a, ())))
+            keys: list[Key] = []
+            total = 0
+            for key in list(to_fetch):
+                rec = self.keys[key]
+                if address not in rec.holders or (keys and total + rec.nbytes > self.fetch_bytes):
+                    continue
+                rec.holders.remove(address)
+                rec.fetching_from = address
+                self._move(rec, S.FLIGHT)
+                keys.append(key)
+                total += rec.nbytes
+            self.requests[(address, tuple(keys))] = (self._now, total)
             self._out.append(Fetch(address, tuple(keys)))
 
     def _start_ready(self) -> None:
@@ -471,18 +572,27 @@ class WorkerState:
         ready = by_status.get(S.READY, [])
         _check(all((k, self.keys[k].queued) in queued for k in ready), "ready heap")
         _check(not ready or len(self.executing) == self.slots, "ready task, idle slot")
-        _check(not self.to_fetch, "a key left to fetch with no Fetch issued")
+        _check(len(self.requests) <= self.max_fetches, "more fetch requests than allowed")
+        _check(
+            not self.to_fetch or len(self.requests) == self.max_fetches,
+            "a key left to fetch while requests could be made",
+        )
+        requested = {(a, k) for a, keys in self.requests for k in keys}
+        _check(flying <= requested, "a key in flight outside any request")
 
     def _validate_key(self, rec: KeyState) -> None:
         st, key = rec.status, rec.key
         _check(st not in (S.RELEASED, S.FORGOTTEN), f"{key!r} is {st}")
         if st in _OWES_REPORT:
             _check(rec.wanted, f"{key!r} is {st} but not wanted")
-        elif st is not S.MEMORY:
+        elif st not in (S.MEMORY, S.FETCH, S.FLIGHT):  # FETCH, FLIGHT: acquiring
             _check(not rec.wanted, f"{key!r} is {st} but wanted")
         _check((rec.value is not None) == (st is S.MEMORY), f"{key!r} value vs {st}")
         _check(st is not S.MEMORY or rec.wanted or rec.dependents, f"{key!r} held for nobody")
-        _check(st not in (S.FETCH, S.FLIGHT) or rec.dependents, f"{key!r} fetched for nobody")
+        _check(
+            st not in (S.FETCH, S.FLIGHT) or rec.dependents or rec.wanted,
+            f"{key!r} fetched for nobody",
+        )
         _check(st is not S.FETCH or rec.holders, f"{key!r} to fetch with no holder")
         _check((rec.fetching_from is not None) == (st is S.FLIGHT), f"{key!r} fetching_from")
         if st in _HOLDS_DEPS:
@@ -512,22 +622,14 @@ def _finished_from_payload(rec: KeyState) -> TaskFinished:
     )
 
 
-def _fetch_error(key: Key, dep: Key, tried: list[str]) -> TaskErred:
-    where = f"tried {', '.join(tried)}" if tried else "no worker holds it"
-    return TaskErred(
-        key=key,
-        typename=FETCH_ERROR,
-        message=f"could not get dependency {dep!r} of task {key!r}: {where}",
-        traceback="",
-    )
-
-
 _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     ComputeTask: WorkerState._on_compute,
     FreeKeys: WorkerState._on_free,
     ExecutionDone: WorkerState._on_executed,
     FetchDone: WorkerState._on_fetched,
     FetchFailed: WorkerState._on_fetch_failed,
+    AcquireKeys: WorkerState._on_acquire,
+    DataPut: WorkerState._on_put,
 }
 
 W = WorkerState
@@ -538,6 +640,9 @@ _TRANSITIONS: dict[tuple[Status, Status], Callable[[WorkerState, KeyState], None
     (S.RELEASED, S.WAITING): W._nothing,
     (S.RELEASED, S.READY): W._enter_ready,
     (S.FETCH, S.FLIGHT): W._enter_flight,
+    (S.FETCH, S.MEMORY): W._enter_memory,
+    (S.FETCH, S.WAITING): W._nothing,
+    (S.FETCH, S.READY): W._enter_ready,
     (S.FETCH, S.FORGOTTEN): W._forget,
     (S.FLIGHT, S.MEMORY): W._enter_memory,
     (S.FLIGHT, S.FETCH): W._enter_fetch,
