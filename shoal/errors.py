@@ -86,6 +86,11 @@ class FutureCancelled(ShoalError):
     """The future was cancelled; it will never have a result."""
 
 
+class DataLost(ShoalError):
+    """A value that cannot be recomputed (it was scattered, not computed) was
+    lost with every worker that held it."""
+
+
 class FetchError(ShoalError):
     """A worker could not get the value of a key from any worker holding it."""
 

@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shoal.client import graph as graphs
-from shoal.client import nesting
+from shoal.client import nesting, scatter
 from shoal.client.futures import Future, Watch
 from shoal.client.link import SchedulerLink
 from shoal.client.loop import LoopThread
 from shoal.client.pool import DataPool
 from shoal.client.state import Key, KeyState, KeyTable, Status
 from shoal.errors import CommClosedError, FutureCancelled, GraphError, MessageTooLarge
-from shoal.protocol.messages import CancelKeys, ReleaseFutures
+from shoal.protocol.messages import CancelKeys, ReleaseFutures, Replicate
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
 
@@ -65,6 +65,7 @@ class Client:
         self._pool = DataPool(token, tls, timeout, name)
         self._link: SchedulerLink | None = None
         self._callback_runner: ThreadPoolExecutor | None = None
+        self._scatter_turn = 0  # where the next scatter starts its round of workers
         self._thread: LoopThread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         if not asynchronous:
@@ -374,6 +375,71 @@ class Client:
         """
         keys = list(dict.fromkeys(f.key for f in nesting.futures_in(futures)))
         return self._sync(self._cancel_async(keys))
+
+    def scatter(
+        self,
+        data: Any,
+        workers: Iterable[str] | str | None = None,
+        broadcast: bool = False,
+        hash: bool = True,
+    ) -> Any:
+        """Put local data on workers; Futures for it, in its shape.
+
+        A list, tuple or set gives a list of Futures and a dict a dict of them,
+        element by element; anything else gives one Future. Elements go to the
+        workers in turn (only those named in `workers`, by name or address), or
+        to every one of them with `broadcast`. Values travel straight to the
+        workers. With `hash`, keys name the content: the same value scattered
+        twice is one key.
+
+        Raises:
+            SerializationError: a value cannot be pickled.
+            ValueError: none of `workers` is in the cluster.
+            TimeoutError: no worker joined within the client's timeout.
+            ShoalError: no worker took some value (the others are kept).
+        """
+        values, shape = scatter.flatten(data)
+        entries = scatter.prepare(values, hash)
+        futures = [Future(key, self) for key, _ in entries]
+        start, self._scatter_turn = self._scatter_turn, self._scatter_turn + len(entries)
+
+        async def run() -> Any:
+            link = self._link_or_raise()
+            targets = await scatter.choose_workers(link, workers)
+            await scatter.put(link, self._pool, entries, targets, broadcast, start)
+            watch = Watch(futures)  # the scheduler's answers make them done
+            await watch.until(lambda: watch.pending == 0, None)
+            return shape(futures)
+
+        return self._sync(run())
+
+    def replicate(self, futures: Any, n: int | None = None) -> Any:
+        """Keep `n` copies of each future's value on distinct workers (None: one on
+        every worker); returns once they are made. Extra copies are dropped.
+
+        Raises:
+            CommClosedError: the scheduler connection is lost.
+        """
+        listed = nesting.futures_in(futures)
+        keys = tuple(dict.fromkeys(f.key for f in listed))
+        watch = Watch(listed)
+
+        async def run() -> None:
+            await watch.until(lambda: watch.pending == 0, None)  # copies of results only
+            link = self._link_or_raise()
+            make = lambda rid: Replicate(keys=keys, n=n or 0, request_id=rid)  # noqa: E731
+            await link.request(make, wait=True)
+
+        return self._sync(run())
+
+    def who_has(self, futures: Any) -> Any:
+        """Data addresses of the workers holding each future's value, by key.
+
+        Raises:
+            CommClosedError: the scheduler connection is lost.
+        """
+        keys = list(dict.fromkeys(f.key for f in nesting.futures_in(futures)))
+        return self._sync(self._link_or_raise().who_has(keys))
 
     def scheduler_info(self) -> Any:
         """The cluster described by the scheduler, as a dict.

@@ -24,6 +24,7 @@ from shoal.protocol.messages import (
     KeyInMemory,
     KeysCancelled,
     RegisterClient,
+    Replicated,
     SchedulerInfo,
     WhoHas,
     WhoHasAnswer,
@@ -117,7 +118,7 @@ class SchedulerLink:
                 keys.fail(key, GraphError, msg.reason)
         elif isinstance(msg, WorkersChanged):
             self._workers_changed(msg.workers)
-        elif isinstance(msg, SchedulerInfo | WhoHasAnswer):
+        elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated):
             waiter = self._requests.get(msg.request_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
@@ -163,19 +164,19 @@ class SchedulerLink:
             raise CommClosedError(self.lost or "the client is not connected")
         self._comm.send(*msgs)
 
-    async def request(self, make: Callable[[int], Message]) -> Any:
+    async def request(self, make: Callable[[int], Message], wait: bool = False) -> Any:
         """Send `make(request_id)` and return the answer carrying that id.
 
         Raises:
             CommClosedError: the connection is lost first.
-            TimeoutError: no answer within the timeout.
+            TimeoutError: no answer within the timeout (unless `wait`: as long as it takes).
         """
         request_id = next(self._request_ids)
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = waiter
         try:
             self.send(make(request_id))
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(None if wait else self.timeout):
                 return await waiter
         finally:
             del self._requests[request_id]

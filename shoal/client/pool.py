@@ -11,10 +11,12 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from shoal.errors import CommClosedError, FetchError
 from shoal.protocol.comm import Comm, connect
-from shoal.protocol.messages import DataSent, GetData
+from shoal.protocol.messages import DataSent, DataStored, GetData, PutData
+from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Key = str | tuple[str | int, ...]
 WhoHasFn = Callable[[list[Key]], Awaitable[dict[Key, tuple[str, ...]]]]
+Answer = TypeVar("Answer", DataSent, DataStored)
 
 # Idle connections kept per worker; more concurrent fetches open more, then close them.
 IDLE_PER_WORKER = 2
@@ -68,14 +71,27 @@ class DataPool:
             OSError, TimeoutError, CommClosedError: the worker could not be reached.
             HandshakeError: the worker refused the connection.
         """
+        return await self._exchange(
+            address, lambda rid: GetData(keys=tuple(keys), request_id=rid), DataSent
+        )
+
+    async def put_data(self, address: str, data: dict[Key, Serialized]) -> DataStored:
+        """Hand the worker at `address` values to hold; raises as get_data does."""
+        return await self._exchange(
+            address, lambda rid: PutData(data=data, request_id=rid), DataStored
+        )
+
+    async def _exchange(
+        self, address: str, make: Callable[[int], Message], answer: type[Answer]
+    ) -> Answer:
         comm = await self._acquire(address)
         reply = None
         try:
             request_id = next(self._ids)
-            comm.send(GetData(keys=tuple(keys), request_id=request_id))
+            comm.send(make(request_id))
             while reply is None:
                 for msg in await comm.read():
-                    if isinstance(msg, DataSent) and msg.request_id == request_id:
+                    if type(msg) is answer and msg.request_id == request_id:
                         reply = msg
                     else:
                         log.debug("ignoring %s from worker %s", msg.op, address)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from shoal import errors
 from shoal.errors import RemoteTraceback, SerializationError, TaskFailed
 from shoal.protocol.messages import KeyErred, KeyInMemory
 from shoal.protocol.serialize import Serialized, deserialize
@@ -106,9 +107,20 @@ def remote_exception(msg: KeyErred) -> BaseException:
         except SerializationError as err:
             log.debug("key=%r: cannot rebuild the remote exception: %s", msg.key, err)
     if not isinstance(exc, BaseException):
+        exc = _shoal_error(msg.typename, msg.message)
+    if not isinstance(exc, BaseException):
         exc = TaskFailed(msg.typename, msg.message, msg.traceback)
     exc.__cause__ = cause
     return exc
+
+
+def _shoal_error(typename: str, message: str) -> BaseException | None:
+    """One of shoal's own errors, raised by the scheduler rather than by a task."""
+    module, _, name = typename.rpartition(".")
+    cls = getattr(errors, name, None) if module == "shoal.errors" else None
+    if isinstance(cls, type) and issubclass(cls, errors.ShoalError):
+        return cls(message)
+    return None
 
 
 class KeyTable:

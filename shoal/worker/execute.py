@@ -194,6 +194,9 @@ class ThreadPool:
                 outcome, value = self._run(command)
                 del self._running[me]
                 self._done.append(ExecutionDone(command.key, outcome, value))
+                # Wait for the next task holding nothing of this one: its inputs and
+                # result must be freed when the core lets go of them.
+                del command, outcome, value
                 # _deliver clears _armed before draining, so a completion appended
                 # while it drains is either drained now or finds _armed false.
                 if not self._armed:

@@ -138,14 +138,24 @@ class PeerFetcher:
                 msgs = await comm.read()
             except CommClosedError as exc:
                 return str(exc)
-            for msg in msgs:
-                if type(msg) is not DataSent:
-                    return f"unexpected {msg.op} from a peer worker"
-                keys = link.pending.pop(msg.request_id, None)
-                if keys is None:
-                    log.warning("%s answered unknown request %d", address, msg.request_id)
-                    continue
-                self._on_event(FetchDone(address, keys, msg.data))
+            reason = self._deliver(address, link, msgs)
+            # Not kept in this frame while it waits: the values' memory is the core's
+            # to free.
+            del msgs
+            if reason:
+                return reason
+
+    def _deliver(self, address: str, link: _Link, msgs: list[Message]) -> str:
+        """Hand answers to the core; why the connection must end, if it must."""
+        for msg in msgs:
+            if type(msg) is not DataSent:
+                return f"unexpected {msg.op} from a peer worker"
+            keys = link.pending.pop(msg.request_id, None)
+            if keys is None:
+                log.warning("%s answered unknown request %d", address, msg.request_id)
+                continue
+            self._on_event(FetchDone(address, keys, msg.data))
+        return ""
 
 
 class Worker:
@@ -392,28 +402,31 @@ class Worker:
     async def _serve_peer(self, comm: Comm) -> None:
         """Listener handler: answer each GetData with the values held here, and take
         the values of each PutData into memory."""
-        while True:
-            for msg in await comm.read():
-                if type(msg) is PutData:
-                    self._dispatch(self.state.handle(DataPut(msg.data), time.monotonic()))
-                    refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
-                    stored = tuple(k for k in msg.data if k not in refused)
-                    comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
-                    continue
-                if type(msg) is not GetData:
-                    log.warning(
-                        "closing connection from %s: unexpected %s", comm.peer_address, msg.op
-                    )
-                    return
-                answer = self._data_for(msg)
-                try:
-                    comm.send(answer)
-                except MessageTooLarge as exc:
-                    log.warning(
-                        "cannot send %d values to %s: %s", len(answer.data), comm.peer_address, exc
-                    )
-                    missing = answer.missing + tuple(answer.data)
-                    comm.send(DataSent(data={}, request_id=msg.request_id, missing=missing))
+        while self._answer(comm, await comm.read()):
+            pass  # values answered or put are no longer referenced from this frame
+
+    def _answer(self, comm: Comm, msgs: list[Message]) -> bool:
+        """Answer a peer's requests; False when the connection must end."""
+        for msg in msgs:
+            if type(msg) is PutData:
+                self._dispatch(self.state.handle(DataPut(msg.data), time.monotonic()))
+                refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
+                stored = tuple(k for k in msg.data if k not in refused)
+                comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
+                continue
+            if type(msg) is not GetData:
+                log.warning("closing connection from %s: unexpected %s", comm.peer_address, msg.op)
+                return False
+            answer = self._data_for(msg)
+            try:
+                comm.send(answer)
+            except MessageTooLarge as exc:
+                log.warning(
+                    "cannot send %d values to %s: %s", len(answer.data), comm.peer_address, exc
+                )
+                missing = answer.missing + tuple(answer.data)
+                comm.send(DataSent(data={}, request_id=msg.request_id, missing=missing))
+        return True
 
     def _data_for(self, msg: GetData) -> DataSent:
         data: dict[Key, Serialized] = {}
