@@ -147,13 +147,7 @@ class DataRequests:
         ts.nbytes, ts.typename = nbytes, typename
         for ws in holders:
             self._add_replica(ts, ws)
-        for dependent in ts.dependents:
-            if dependent.status is W:
-                dependent.waiting_on -= 1
-                if dependent.waiting_on == 0:
-                    self._ready(dependent)
-        if ts.wanted_by:
-            self._report_memory(ts, ts.wanted_by)
+        self._in_memory_now(ts)
 
     def _lost_for_good(self, ts: TaskState) -> None:
         """A needed value that has no lineage (it was scattered) is gone."""

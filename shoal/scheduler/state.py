@@ -421,6 +421,12 @@ class SchedulerState(ClientRequests, DataRequests):
         # Only small values are kept here; a worker sending more is not trusted with it.
         ts.value = value if value is None or value.nbytes <= m.INLINE_VALUE_BYTES else None
         self._add_replica(ts, ws)
+        self._in_memory_now(ts)
+        self._leave_active(ts)
+        self._check_release(ts)
+
+    def _in_memory_now(self, ts: TaskState) -> None:
+        """Tell whoever waited for `ts`'s value: dependents, then clients."""
         for dependent in ts.dependents:
             if dependent.status is W:
                 dependent.waiting_on -= 1
@@ -428,8 +434,6 @@ class SchedulerState(ClientRequests, DataRequests):
                     self._ready(dependent)
         if ts.wanted_by:
             self._report_memory(ts, ts.wanted_by)
-        self._leave_active(ts)
-        self._check_release(ts)
 
     def _leave_active(self, ts: TaskState) -> None:
         """A task stops needing its dependencies (it finished, failed or was dropped)."""

@@ -277,9 +277,7 @@ class WorkerState:
         return rec.status in _OWES_REPORT
 
     def _attach(self, rec: KeyState, dep_key: Key, msg: ComputeTask) -> None:
-        dep = self.keys.get(dep_key)
-        if dep is None:
-            dep = self.keys[dep_key] = KeyState(dep_key)
+        dep = self._record(dep_key)
         payload = msg.values.get(dep_key)
         if payload is not None and dep.status in (S.RELEASED, S.FETCH, S.FLIGHT):
             self._arrived(dep, payload)
@@ -291,6 +289,13 @@ class WorkerState:
         dep.dependents[rec.key] = None
         if dep.status is not S.MEMORY:
             rec.missing[dep_key] = None
+
+    def _record(self, key: Key) -> KeyState:
+        """The record of `key`, made (RELEASED) if there is none."""
+        rec = self.keys.get(key)
+        if rec is None:
+            rec = self.keys[key] = KeyState(key)
+        return rec
 
     def _add_holders(self, rec: KeyState, holders: tuple[str, ...]) -> None:
         for holder in holders:
@@ -306,9 +311,7 @@ class WorkerState:
 
     def _on_acquire(self, msg: AcquireKeys) -> None:
         for key, holders in msg.who_has.items():
-            rec = self.keys.get(key)
-            if rec is None:
-                rec = self.keys[key] = KeyState(key)
+            rec = self._record(key)
             if rec.status is S.MEMORY:
                 rec.wanted = True
                 self._acquired.append(key)
@@ -328,9 +331,7 @@ class WorkerState:
 
     def _on_put(self, event: DataPut) -> None:
         for key, payload in event.data.items():
-            rec = self.keys.get(key)
-            if rec is None:
-                rec = self.keys[key] = KeyState(key)
+            rec = self._record(key)
             if rec.status is S.MEMORY:
                 rec.wanted = True
             elif rec.status in (S.RELEASED, S.FETCH, S.FLIGHT):
