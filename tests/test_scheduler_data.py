@@ -65,6 +65,19 @@ def test_data_missing_for_a_task_placed_elsewhere_since_changes_nothing() -> Non
     assert h.on("t") == WC and holders(h, "x") == ["a"]
 
 
+def test_a_worker_missing_a_value_it_was_thought_to_hold_is_no_longer_its_holder() -> None:
+    h, c = three_workers()
+    h.submit(c, {"x": []}, restrict={"x": ("a",)})
+    h.finish("x", nbytes=10_000)
+    h.handle(c, m.Replicate(keys=("x",), n=2, request_id=1))
+    h.handle(WB, m.KeysAcquired(keys=("x",)))
+    out = h.submit(c, {"t": ["x"]}, restrict={"t": ("b",)})
+    assert sent(out, WB, m.ComputeTask)[0].who_has == {}  # b is thought to hold x
+    out = h.handle(WB, m.DataMissing(key="x", tried=(), tasks=("t",)))
+    assert holders(h, "x") == ["a"] and freed(out, WB) == ["x", "t"]
+    assert sent(out, WB, m.ComputeTask)[0].who_has == {"x": (A,)}
+
+
 # -- replication ----------------------------------------------------------------------------
 
 
@@ -170,6 +183,14 @@ def test_scatter_of_a_key_in_memory_adds_holders() -> None:
     d = h.client("d")
     out = h.handle(d, m.AddData(who_has={"s": (B,)}, nbytes={"s": 8}))
     assert sent(out, d) == [m.KeyInMemory(key="s", nbytes=8, typename="", who_has=(A, B))]
+
+
+def test_scatter_of_a_key_being_computed_frees_the_copies() -> None:
+    h, c = three_workers()
+    h.submit(c, {"s": []}, restrict={"s": ("a",)})
+    out = h.handle(c, m.AddData(who_has={"s": (B, C)}, nbytes={"s": 8}))
+    assert freed(out) == ["s", "s"] and h.on("s") == WA
+    assert sent(out, c) == []  # its own report will tell
 
 
 def test_fetches_teach_the_bandwidth() -> None:

@@ -229,6 +229,14 @@ def test_acquiring_a_key_no_holder_gives_is_reported() -> None:
     assert core.state.keys == {}
 
 
+def test_acquiring_a_key_whose_task_is_here_is_settled_at_once() -> None:
+    core = Core()
+    core(compute("a"))
+    core(FreeKeys(keys=("a",)))  # still running, no longer owed
+    out = core(AcquireKeys(who_has={"a": ("tcp://w1:1",)}))
+    assert sent(out) == [DataMissing(key="a", tried=())] and fetched(out) == []
+
+
 def test_acquire_freed_in_flight_drops_the_key() -> None:
     core = Core()
     core(AcquireKeys(who_has={"a": ("tcp://w1:1",)}))

@@ -33,9 +33,10 @@ class DataRequests:
         ws = self.workers[peer]
         ts = self.tasks.get(msg.key)
         if ts is not None and ts.status is M:
-            for address in msg.tried:
-                holder = self.by_address.get(address)
-                if holder is not None and holder in ts.who_has:
+            # The sender lacks it too, whatever we thought: no compute-task leaves
+            # it out of who_has again.
+            for holder in [ws, *filter(None, map(self.by_address.get, msg.tried))]:
+                if holder in ts.who_has:
                     self._remove_replica(ts, holder)
             if not ts.who_has and ts.value is None:
                 self._data_lost(ts)
@@ -138,6 +139,10 @@ class DataRequests:
                 self._report_error(ts, (client,))
             elif ts.status is R:  # every worker it was put on is gone already
                 self._recompute([ts])
+            else:  # a task of this key is under way: the copies are not needed
+                for ws in holders:
+                    if ws is not ts.processing_on:
+                        self._free.setdefault(ws, []).append(key)
 
     def _scattered(
         self, ts: TaskState, holders: list[WorkerInfo], nbytes: int, typename: str

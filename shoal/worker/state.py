@@ -317,7 +317,10 @@ class WorkerState:
                 self._acquired.append(key)
                 continue
             if rec.status not in (S.RELEASED, S.FETCH, S.FLIGHT):
-                continue  # made here: its TaskFinished tells the scheduler
+                # A task of this key is here (freed, or not yet reported): no copy
+                # is made of it; the scheduler settles the request.
+                self._send(DataMissing(key=key, tried=()))
+                continue
             rec.wanted = True
             rec.nbytes = msg.nbytes.get(key, rec.nbytes)
             self._add_holders(rec, holders)
