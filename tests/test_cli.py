@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal import __version__
+from shoal.protocol.handshake import PROTOCOL_VERSION
 
 
 def shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -28,7 +29,7 @@ def shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_version() -> None:
     out = shoal("--version")
     assert out.returncode == 0
-    assert out.stdout.strip() == f"shoal {__version__} (wire protocol 1)"
+    assert out.stdout.strip() == f"shoal {__version__} (wire protocol {PROTOCOL_VERSION})"
 
 
 @pytest.mark.timeout(30)
@@ -40,7 +41,7 @@ def test_console_module_is_the_same_command() -> None:
         timeout=30,
     )
     assert out.returncode == 0
-    assert out.stdout.strip() == f"shoal {__version__} (wire protocol 1)"
+    assert out.stdout.strip() == f"shoal {__version__} (wire protocol {PROTOCOL_VERSION})"
 
 
 @pytest.mark.timeout(30)
@@ -50,7 +51,7 @@ def test_console_script() -> None:
         pytest.skip("the shoal console script is not installed next to this interpreter")
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
-    assert out.stdout.strip() == f"shoal {__version__} (wire protocol 1)"
+    assert out.stdout.strip() == f"shoal {__version__} (wire protocol {PROTOCOL_VERSION})"
 
 
 @pytest.mark.timeout(30)

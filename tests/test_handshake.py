@@ -43,9 +43,10 @@ def test_proofs_depend_on_token_prover_and_both_nonces() -> None:
 
 def test_version_mismatch_names_both_versions() -> None:
     ours = hello("scheduler")
-    theirs = hello("worker", protocol=2, version="9.9.9")
+    other = hs.PROTOCOL_VERSION + 1
+    theirs = hello("worker", protocol=other, version="9.9.9")
     reason = hs.incompatibility(ours, theirs, "tcp://10.0.0.1:5")
-    assert "protocol 1" in reason and "protocol 2" in reason
+    assert f"protocol {hs.PROTOCOL_VERSION}" in reason and f"protocol {other}" in reason
     assert "shoal 0.1.0" in reason and "shoal 9.9.9" in reason
     assert "worker 'n' at tcp://10.0.0.1:5" in reason
     assert hs.incompatibility(ours, hello("worker"), "x") is None

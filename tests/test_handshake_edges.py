@@ -93,7 +93,7 @@ async def test_a_version_mismatch_names_both_versions(monkeypatch) -> None:
         with pytest.raises(HandshakeError) as info:
             await connect(listener.address)
     text = str(info.value)
-    assert "speaks protocol 1 (shoal 0.1.0)" in text
+    assert f"speaks protocol {hs.PROTOCOL_VERSION} (shoal 0.1.0)" in text
     assert "speaks protocol 99 (shoal 9.0.0)" in text
 
 
