@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-protocol bench-e2e lint clean
+.PHONY: test demo bench bench-protocol bench-e2e bench-transfer lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ bench-protocol: $(VENV)/.installed-test
 bench-e2e: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.e2e $(BENCH_ARGS)
 
-bench: bench-protocol bench-e2e
+bench-transfer: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.transfer $(BENCH_ARGS)
+
+bench: bench-protocol bench-e2e bench-transfer
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check shoal tests benchmarks
