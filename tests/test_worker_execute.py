@@ -13,8 +13,8 @@ import pytest
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
 from shoal.protocol.serialize import Serialized, deserialize, serialize
 from shoal.protocol.taskspec import ArgSpec, Call, Ref
+from shoal.worker.events import NO_OBJECT, Execute, ExecutionDone, Value
 from shoal.worker.execute import Executor, FunctionCache, ThreadPool
-from shoal.worker.state import NO_OBJECT, Execute, ExecutionDone, Value
 
 WAIT_S = 10.0
 LOADS: list[str] = []

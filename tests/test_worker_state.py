@@ -18,8 +18,7 @@ from shoal.protocol.messages import (
 )
 from shoal.protocol.serialize import serialize
 from shoal.protocol.taskspec import ArgSpec
-from shoal.worker.state import (
-    TRANSITIONS,
+from shoal.worker.events import (
     DataPut,
     Execute,
     ExecutionDone,
@@ -27,10 +26,9 @@ from shoal.worker.state import (
     FetchDone,
     FetchFailed,
     SendToScheduler,
-    Status,
     Value,
-    WorkerState,
 )
+from shoal.worker.state import TRANSITIONS, Status, WorkerState
 
 S = Status
 FUNC = serialize(len)

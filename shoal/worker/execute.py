@@ -18,7 +18,7 @@ from shoal.errors import SerializationError
 from shoal.protocol import taskspec
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
 from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
-from shoal.worker.state import NO_OBJECT, Execute, ExecutionDone, Key, Value
+from shoal.worker.events import NO_OBJECT, Execute, ExecutionDone, Key, Value
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,7 @@ from shoal.protocol.messages import (
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized, serialize
 from shoal.protocol.tls import TLSConfig
-from shoal.worker.execute import ThreadPool
-from shoal.worker.state import (
+from shoal.worker.events import (
     Command,
     DataPut,
     Execute,
@@ -46,8 +45,9 @@ from shoal.worker.state import (
     Key,
     SendToScheduler,
     Value,
-    WorkerState,
 )
+from shoal.worker.execute import ThreadPool
+from shoal.worker.state import WorkerState
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -22,13 +22,22 @@ from shoal.protocol.messages import (
     DataMissing,
     FreeKeys,
     KeysAcquired,
-    TaskErred,
     TaskFinished,
 )
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
-
-Key = Hashable
+from shoal.worker.events import (
+    Command,
+    DataPut,
+    Execute,
+    ExecutionDone,
+    Fetch,
+    FetchDone,
+    FetchFailed,
+    Key,
+    SendToScheduler,
+    Value,
+)
 
 # Fetch requests in flight at once, to all peers together.
 MAX_FETCHES = 16
@@ -37,9 +46,6 @@ FETCH_BYTES = 64 * 2**20
 # Fetches at least this large are reported to the scheduler, which learns the
 # bandwidth from them; smaller ones measure latency rather than bandwidth.
 MEASURED_FETCH_BYTES = 2**20
-
-# Sentinel: a Value whose object has not been unpickled yet.
-NO_OBJECT: Any = type("NoObject", (), {"__repr__": lambda self: "NO_OBJECT"})()
 
 
 class Status(StrEnum):
@@ -60,91 +66,6 @@ S = Status
 _HOLDS_DEPS = frozenset({S.WAITING, S.READY, S.EXECUTING, S.CANCELLED})
 _RUNNING = frozenset({S.EXECUTING, S.CANCELLED})
 _OWES_REPORT = frozenset({S.WAITING, S.READY, S.EXECUTING})
-
-
-class Value:
-    """A value held here: its payload and, once unpickled, the object.
-
-    The core only routes it. The executor fills `obj` (once, under `lock`, which it
-    makes) the first time a task needs it; results arrive with both filled.
-    """
-
-    __slots__ = ("lock", "obj", "payload")
-
-    def __init__(self, payload: Serialized | None, obj: object = NO_OBJECT) -> None:
-        self.payload, self.obj = payload, obj
-        self.lock: Any = None
-
-    def __repr__(self) -> str:
-        loaded = "loaded" if self.obj is not NO_OBJECT else "not loaded"
-        return f"<Value {self.payload!r} {loaded}>"
-
-
-# -- events the shell observes (the scheduler's ComputeTask and FreeKeys are events too) --
-
-
-@dataclasses.dataclass(slots=True)
-class ExecutionDone:
-    """A task ran; `value` holds the result when `outcome` is a TaskFinished."""
-
-    key: Key
-    outcome: TaskFinished | TaskErred
-    value: Value | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class FetchDone:
-    """A peer answered a Fetch: `data` holds what it had of `keys`."""
-
-    address: str
-    keys: tuple[Key, ...]
-    data: dict[Key, Serialized]
-
-
-@dataclasses.dataclass(slots=True)
-class DataPut:
-    """A client handed this worker values to hold (scatter)."""
-
-    data: dict[Key, Serialized]
-
-
-@dataclasses.dataclass(slots=True)
-class FetchFailed:
-    """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
-
-    address: str
-    keys: tuple[Key, ...]
-    reason: str
-
-
-# -- commands -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class SendToScheduler:
-    msg: Message
-
-
-@dataclasses.dataclass(slots=True)
-class Execute:
-    """Run `key` on a thread; `deps` pairs each dependency with its Value."""
-
-    key: Key
-    func: Serialized
-    args: Serialized
-    deps: tuple[tuple[Key, Value], ...]
-
-
-@dataclasses.dataclass(slots=True)
-class Fetch:
-    """Ask the worker at `address` for the values of `keys` (one GetData). Exactly one
-    FetchDone or FetchFailed with the same address and keys must follow."""
-
-    address: str
-    keys: tuple[Key, ...]
-
-
-Command = SendToScheduler | Execute | Fetch
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -171,11 +92,6 @@ class KeyState:
     fetching_from: str | None = None
     value: Value | None = None
     finished: TaskFinished | None = None
-
-
-def _check(ok: object, what: str) -> None:
-    if not ok:
-        raise AssertionError(f"worker state invariant broken: {what}")
 
 
 class WorkerState:
@@ -559,57 +475,9 @@ class WorkerState:
         Raises:
             AssertionError: naming the broken invariant.
         """
-        by_status: dict[Status, list[Key]] = {}
-        for key, rec in self.keys.items():
-            _check(rec.key == key, f"{key!r} is filed under another key")
-            by_status.setdefault(rec.status, []).append(key)
-            self._validate_key(rec)
-        running = by_status.get(S.EXECUTING, []) + by_status.get(S.CANCELLED, [])
-        _check(set(self.executing) == set(running), "executing index")
-        _check(len(self.executing) <= self.slots, "more tasks running than slots")
-        _check(set(self.to_fetch) == set(by_status.get(S.FETCH, [])), "to_fetch index")
-        flying = {(a, k) for a, keys in self.in_flight.items() for k in keys}
-        _check(all(self.in_flight.values()), "an empty in_flight entry")
-        expected = {(self.keys[k].fetching_from, k) for k in by_status.get(S.FLIGHT, [])}
-        _check(flying == expected, "in_flight index")
-        queued = {(k, arrival) for _, arrival, k in self._ready}
-        ready = by_status.get(S.READY, [])
-        _check(all((k, self.keys[k].queued) in queued for k in ready), "ready heap")
-        _check(not ready or len(self.executing) == self.slots, "ready task, idle slot")
-        _check(len(self.requests) <= self.max_fetches, "more fetch requests than allowed")
-        _check(
-            not self.to_fetch or len(self.requests) == self.max_fetches,
-            "a key left to fetch while requests could be made",
-        )
-        requested = {(a, k) for a, keys in self.requests for k in keys}
-        _check(flying <= requested, "a key in flight outside any request")
+        from shoal.worker.validate import validate_state
 
-    def _validate_key(self, rec: KeyState) -> None:
-        st, key = rec.status, rec.key
-        _check(st not in (S.RELEASED, S.FORGOTTEN), f"{key!r} is {st}")
-        if st in _OWES_REPORT:
-            _check(rec.wanted, f"{key!r} is {st} but not wanted")
-        elif st not in (S.MEMORY, S.FETCH, S.FLIGHT):  # FETCH, FLIGHT: acquiring
-            _check(not rec.wanted, f"{key!r} is {st} but wanted")
-        _check((rec.value is not None) == (st is S.MEMORY), f"{key!r} value vs {st}")
-        _check(st is not S.MEMORY or rec.wanted or rec.dependents, f"{key!r} held for nobody")
-        _check(
-            st not in (S.FETCH, S.FLIGHT) or rec.dependents or rec.wanted,
-            f"{key!r} fetched for nobody",
-        )
-        _check(st is not S.FETCH or rec.holders, f"{key!r} to fetch with no holder")
-        _check((rec.fetching_from is not None) == (st is S.FLIGHT), f"{key!r} fetching_from")
-        if st in _HOLDS_DEPS:
-            for dep in rec.deps:
-                _check(key in self.keys[dep].dependents, f"{dep!r} misses dependent {key!r}")
-            missing = {d for d in rec.deps if self.keys[d].status is not S.MEMORY}
-            _check(set(rec.missing) == missing, f"{key!r} missing deps")
-            _check((st is S.WAITING) == bool(missing), f"{key!r} is {st} with missing={missing}")
-        else:
-            _check(not rec.deps and not rec.missing, f"{key!r} is {st} but holds deps")
-        for dep_key in rec.dependents:
-            task = self.keys.get(dep_key)
-            _check(task is not None and key in task.deps, f"{dep_key!r} does not need {key!r}")
+        validate_state(self)
 
 
 def _finished_from_payload(rec: KeyState) -> TaskFinished:

@@ -1,0 +1,106 @@
+"""What the worker core and its shell pass each other: the events the shell
+observes, the commands the core gives, and the Value records that carry data.
+
+The scheduler's ComputeTask, FreeKeys and AcquireKeys are events too; they are
+declared with the other messages in shoal.protocol.messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from typing import Any
+
+from shoal.protocol.messages import TaskErred, TaskFinished
+from shoal.protocol.schema import Message
+from shoal.protocol.serialize import Serialized
+
+Key = Hashable
+
+# Sentinel: a Value whose object has not been unpickled yet.
+NO_OBJECT: Any = type("NoObject", (), {"__repr__": lambda self: "NO_OBJECT"})()
+
+
+class Value:
+    """A value held here: its payload and, once unpickled, the object.
+
+    The core only routes it. The executor fills `obj` (once, under `lock`, which it
+    makes) the first time a task needs it; results arrive with both filled.
+    """
+
+    __slots__ = ("lock", "obj", "payload")
+
+    def __init__(self, payload: Serialized | None, obj: object = NO_OBJECT) -> None:
+        self.payload, self.obj = payload, obj
+        self.lock: Any = None
+
+    def __repr__(self) -> str:
+        loaded = "loaded" if self.obj is not NO_OBJECT else "not loaded"
+        return f"<Value {self.payload!r} {loaded}>"
+
+
+# -- events the shell observes ---------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class ExecutionDone:
+    """A task ran; `value` holds the result when `outcome` is a TaskFinished."""
+
+    key: Key
+    outcome: TaskFinished | TaskErred
+    value: Value | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class FetchDone:
+    """A peer answered a Fetch: `data` holds what it had of `keys`."""
+
+    address: str
+    keys: tuple[Key, ...]
+    data: dict[Key, Serialized]
+
+
+@dataclasses.dataclass(slots=True)
+class DataPut:
+    """A client handed this worker values to hold (scatter)."""
+
+    data: dict[Key, Serialized]
+
+
+@dataclasses.dataclass(slots=True)
+class FetchFailed:
+    """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
+
+    address: str
+    keys: tuple[Key, ...]
+    reason: str
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class SendToScheduler:
+    msg: Message
+
+
+@dataclasses.dataclass(slots=True)
+class Execute:
+    """Run `key` on a thread; `deps` pairs each dependency with its Value."""
+
+    key: Key
+    func: Serialized
+    args: Serialized
+    deps: tuple[tuple[Key, Value], ...]
+
+
+@dataclasses.dataclass(slots=True)
+class Fetch:
+    """Ask the worker at `address` for the values of `keys` (one GetData). Exactly one
+    FetchDone or FetchFailed with the same address and keys must follow."""
+
+    address: str
+    keys: tuple[Key, ...]
+
+
+Command = SendToScheduler | Execute | Fetch
