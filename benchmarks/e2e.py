@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from benchmarks.children import run_child
 
 SHAPES = {
     "full": {"tasks": 20_000, "round_trips": 1_000, "leaves": 8_192},
@@ -111,15 +112,8 @@ def child(system: str, shape_name: str) -> None:
 
 
 def spawn(system: str, shape_name: str, timeout: float) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", "--child", system, "--shape", shape_name],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{system} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--child", system, "--shape", shape_name]
+    return run_child("benchmarks.e2e", args, timeout)
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:

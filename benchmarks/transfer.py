@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from subprocess import PIPE
 from typing import Any
 
 import numpy as np
+
+from benchmarks.children import run_child
 
 SIZE_MIB = 256
 SIZE_MIB_QUICK = 64
@@ -104,21 +102,9 @@ def child(system: str, nbytes: int, moves: int) -> None:
 
 
 def spawn(system: str, nbytes: int, moves: int) -> dict[str, Any]:
-    """One round of `system` in a child process, killed with its cluster on timeout."""
+    """One round of `system` in a child process (killed with its cluster on timeout)."""
     args = ["--child", system, "--bytes", str(nbytes), "--moves", str(moves)]
-    cmd = [sys.executable, "-m", "benchmarks.transfer", *args]
-    # A session of its own: on timeout (or Ctrl-C) the whole group goes, the
-    # child's worker processes included, not only the child.
-    with subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"{system} run failed:\n{err[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child("benchmarks.transfer", args, CHILD_TIMEOUT_S)
 
 
 # -- parent: rounds, summary, table ---------------------------------------------------
