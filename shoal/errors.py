@@ -91,6 +91,22 @@ class DataLost(ShoalError):
     lost with every worker that held it."""
 
 
+class KilledWorker(ShoalError):
+    """A task was running on too many workers that died (the scheduler's
+    allowed failures, 3 by default). The message names each worker and how it
+    died; the task itself is the likely cause (memory, a crash in C code)."""
+
+
+class TaskTimeout(ShoalError, TimeoutError):
+    """A task ran past its `timeout`. Its result, should it still come, is
+    discarded; a worker whose thread stays stuck is restarted by its nanny."""
+
+
+class SchedulerLost(CommClosedError):
+    """The client lost its scheduler: futures still pending then will never
+    finish, and fail with this error."""
+
+
 class FetchError(ShoalError):
     """A worker could not get the value of a key from any worker holding it."""
 

@@ -67,6 +67,20 @@ class Harness:
         self.now += 1.0
         return self._after(self.state.lost(peer, self.now))
 
+    def tick(self, seconds: float = 0.0) -> list[Command]:
+        """Let `seconds` pass, then wake the core."""
+        self.now += seconds
+        return self._after(self.state.tick(self.now))
+
+    def nanny_reports(self, worker: str, cause: str) -> list[Command]:
+        """The nanny of `worker` (a peer id) connects and reports its death."""
+        ws = self.state.workers[worker]
+        peer = f"n:{ws.name}"
+        self.state.connected(peer, "nanny")
+        out = self.handle(peer, m.WorkerDied(name=ws.name, address=ws.address, cause=cause))
+        self.state.lost(peer, self.now)
+        return out
+
     def _after(self, out: list[Command]) -> list[Command]:
         if self.validate:
             self.state.validate()
@@ -93,15 +107,18 @@ class Harness:
         nthreads: int = 1,
         resources: Mapping[str, float] | None = None,
         address: str | None = None,
+        nanny: bool = False,
+        peer: str | None = None,
     ) -> str:
-        """Connect and register a worker; its peer id is `w:<name>`."""
-        peer = f"w:{name}"
+        """Connect and register a worker; its peer id is `w:<name>` by default."""
+        peer = peer or f"w:{name}"
         self.state.connected(peer, "worker")
         msg = m.RegisterWorker(
             name=name,
             address=address or f"tcp://{name}:1",
             nthreads=nthreads,
             resources=dict(resources or {}),
+            nanny=nanny,
         )
         self.out = self.handle(peer, msg)
         return peer
@@ -126,6 +143,7 @@ class Harness:
         restrict: Mapping[object, tuple[str, ...]] | None = None,
         retries: Mapping[object, int] | None = None,
         args: Mapping[object, Serialized] | None = None,
+        timeout: Mapping[object, float] | None = None,
     ) -> list[Command]:
         """Submit `{key: deps}`; by default every key in it is wanted."""
         return self.handle(
@@ -138,6 +156,7 @@ class Harness:
                 restrict=restrict,
                 retries=retries,
                 args=args,
+                timeout=timeout,
             ),
         )
 
@@ -156,13 +175,18 @@ class Harness:
         return self.handle(peer, msg)
 
     def err(
-        self, key: object, *, worker: str | None = None, message: str = "boom"
+        self,
+        key: object,
+        *,
+        worker: str | None = None,
+        message: str = "boom",
+        typename: str = "ValueError",
     ) -> list[Command]:
         """The worker running `key` (or `worker`) reports that it raised."""
         peer = worker or self.on(key)
         msg = m.TaskErred(
             key=key,
-            typename="ValueError",
+            typename=typename,
             message=message,
             traceback=f"Traceback: {key!r}",
             duration=STEADY_S,
@@ -199,6 +223,7 @@ def graph_message(
     restrict: Mapping[object, tuple[str, ...]] | None = None,
     retries: Mapping[object, int] | None = None,
     args: Mapping[object, Serialized] | None = None,
+    timeout: Mapping[object, float] | None = None,
 ) -> m.SubmitGraph:
     keys = tuple(graph)
     where = {key: i for i, key in enumerate(keys)}
@@ -213,6 +238,7 @@ def graph_message(
         resources={where[k]: dict(v) for k, v in (resources or {}).items()},
         restrict={where[k]: tuple(v) for k, v in (restrict or {}).items()},
         retries={where[k]: v for k, v in (retries or {}).items()},
+        timeout={where[k]: v for k, v in (timeout or {}).items()},
     )
 
 

@@ -763,6 +763,10 @@ def test_scheduler_info_is_plain_data() -> None:
                 "nbytes": 40,
                 "pid": 0,
                 "host": "",
+                "nanny": False,
+                "cpu": 0.0,
+                "memory": 0,
+                "executing": 0,
             }
         },
         "clients": 1,

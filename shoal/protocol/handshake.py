@@ -14,7 +14,7 @@ from shoal import __version__
 from shoal.protocol.limits import Limits
 from shoal.protocol.messages import ROLES, Hello
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 NONCE_BYTES = 32
 _PROOF_CONTEXT = b"shoal-handshake-v1"
 

@@ -15,7 +15,7 @@ from typing import Any
 from shoal.protocol.schema import Key, Message, message
 from shoal.protocol.serialize import Serialized
 
-ROLES = ("scheduler", "worker", "client")
+ROLES = ("scheduler", "worker", "client", "nanny")
 
 # A result whose payload is at most this many bytes travels with TaskFinished,
 # is kept by the scheduler, and reaches clients and dependent tasks with it.
@@ -140,6 +140,8 @@ class RegisterWorker(Message):
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     pid: int = 0
     host: str = ""
+    # True when a nanny supervises it: the nanny reports how it died.
+    nanny: bool = False
 
 
 @message("worker-registered")
@@ -174,6 +176,8 @@ class ComputeTask(Message):
     who_has: dict[Key, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     priority: tuple[int, ...] = ()
     nbytes: dict[Key, int] = dataclasses.field(default_factory=dict)
+    # Seconds the task may run once started; 0: no limit.
+    timeout: float = 0.0
 
 
 @message("task-finished")
@@ -254,6 +258,34 @@ class WorkerLeaving(Message):
     reason: str = ""
 
 
+@message("heartbeat")
+class Heartbeat(Message):
+    """Sent by a worker every heartbeat interval: it is alive, and how loaded.
+
+    `cpu` is the process's CPU use in percent of one core since the last
+    heartbeat, `memory` its resident bytes, `executing` how many tasks run now.
+    """
+
+    cpu: float = 0.0
+    memory: int = 0
+    executing: int = 0
+
+
+# -- nanny -> scheduler --------------------------------------------------------
+#
+# A nanny connects with role "nanny" only to report a death, then closes.
+
+
+@message("worker-died")
+class WorkerDied(Message):
+    """The worker process `name` (data address `address`) died, or was killed by
+    its nanny, for `cause` (a sentence: exit code or signal, memory figures)."""
+
+    name: str
+    address: str
+    cause: str
+
+
 # -- scheduler <-> client ------------------------------------------------------
 
 
@@ -294,6 +326,7 @@ class SubmitGraph(Message):
     resources: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     restrict: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retries: dict[int, int] = dataclasses.field(default_factory=dict)
+    timeout: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 @message("add-data")

@@ -70,6 +70,7 @@ class ClientRequests:
             ts.resources = msg.resources.get(i)
             ts.restrict = msg.restrict.get(i)
             ts.retries = msg.retries.get(i, 0)
+            ts.timeout = msg.timeout.get(i, 0.0)
             deps = []
             for dep_key in dict.fromkeys(msg.deps[i]):
                 dep = tasks[dep_key]
@@ -135,6 +136,10 @@ class ClientRequests:
                 "nbytes": ws.nbytes,
                 "pid": ws.pid,
                 "host": ws.host,
+                "nanny": ws.nanny,
+                "cpu": ws.cpu,
+                "memory": ws.memory,
+                "executing": ws.executing,
             }
             for ws in self.placement.workers.values()
         }

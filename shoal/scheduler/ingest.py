@@ -35,13 +35,16 @@ def check_columns(msg: SubmitGraph) -> str | None:
     for i in msg.func:
         if not 0 <= i < nfuncs:
             return f"function index {i} is out of range ({nfuncs} functions)"
-    for name in ("resources", "restrict", "retries"):
+    for name in ("resources", "restrict", "retries", "timeout"):
         for i in getattr(msg, name):
             if not 0 <= i < n:
                 return f"{name} given for task index {i}, out of range ({n} tasks)"
     for i, count in msg.retries.items():
         if count < 0:
             return f"negative retries for {msg.keys[i]!r}"
+    for i, seconds in msg.timeout.items():
+        if not seconds > 0:  # NaN fails this too
+            return f"timeout for {msg.keys[i]!r} must be positive, not {seconds!r}"
     return None
 
 

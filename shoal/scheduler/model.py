@@ -33,6 +33,7 @@ class TaskState:
 
     __slots__ = (
         "args",
+        "deaths",
         "dependents",
         "deps",
         "error",
@@ -46,6 +47,7 @@ class TaskState:
         "restrict",
         "retries",
         "status",
+        "timeout",
         "typename",
         "value",
         "waiting_on",
@@ -76,6 +78,9 @@ class TaskState:
         self.resources: dict[str, float] | None = None
         self.restrict: tuple[str, ...] | None = None
         self.retries = 0
+        self.timeout = 0.0  # seconds it may run once started; 0: no limit
+        # (worker name, cause) of each worker that died while it ran there; None: none
+        self.deaths: list[tuple[str, str]] | None = None
         self.processing_on: WorkerInfo | None = None
         self.who_has: dict[WorkerInfo, None] = {}
         self.nbytes = 0
@@ -97,13 +102,18 @@ class WorkerInfo:
 
     __slots__ = (
         "address",
+        "cpu",
+        "executing",
         "free",
         "gone",
         "has_what",
         "host",
         "index",
+        "last_seen",
+        "memory",
         "memory_limit",
         "name",
+        "nanny",
         "nbytes",
         "nthreads",
         "peer",
@@ -138,6 +148,12 @@ class WorkerInfo:
         self.gone = False
         self.pid = 0
         self.host = ""
+        self.nanny = False  # a nanny supervises it and reports how it died
+        self.last_seen = 0.0  # when it last sent anything (see heartbeat_timeout)
+        # From its latest heartbeat: CPU percent, resident bytes, tasks running.
+        self.cpu = 0.0
+        self.memory = 0
+        self.executing = 0
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

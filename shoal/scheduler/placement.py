@@ -114,7 +114,7 @@ class Placement:
             return best
         best_rank = (self._cost(best, held, total), best.index) if best is not None else None
         for ws in held:
-            if ws is best or not self.has_capacity(ws):
+            if ws is best or ws.gone or not self.has_capacity(ws):
                 continue
             if sig is not None and not (can_run(ws, sig) and has_room(ws, sig)):
                 continue

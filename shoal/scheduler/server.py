@@ -22,6 +22,10 @@ from shoal.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
 
+# The clock wakes the core at its next deadline, and at least this often.
+CLOCK_MAX_SLEEP_S = 0.25
+CLOCK_MIN_SLEEP_S = 0.01
+
 
 class Scheduler:
     """A scheduler listening at `address` (port 0 picks a free port).
@@ -49,6 +53,7 @@ class Scheduler:
         self._peer_ids = itertools.count(1)
         self._stopped = asyncio.Event()
         self._workers_changed = asyncio.Event()
+        self._clock_task: asyncio.Task[None] | None = None
 
     async def start(self) -> Scheduler:
         """Listen; return once connections are accepted.
@@ -68,8 +73,23 @@ class Scheduler:
         )
         self.address = self._listener.address
         self.state.address = self.address
+        self._clock_task = asyncio.create_task(self._clock(), name="scheduler clock")
         log.info("scheduler listening at %s", self.address)
         return self
+
+    async def _clock(self) -> None:
+        """Wake the core when time alone calls for a decision (silent workers)."""
+        state = self.state
+        while True:
+            deadline = state.next_deadline()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._run(state.tick(now))
+                pause = CLOCK_MIN_SLEEP_S
+            else:
+                pause = CLOCK_MAX_SLEEP_S if deadline is None else deadline - now
+                pause = max(CLOCK_MIN_SLEEP_S, min(pause, CLOCK_MAX_SLEEP_S))
+            await asyncio.sleep(pause)
 
     async def _serve(self, comm: Comm) -> None:
         role = comm.peer_role
@@ -124,6 +144,9 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            self._clock_task = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None

@@ -48,6 +48,12 @@ class SchedulerState(ClientRequests, DataRequests):
         address: the scheduler's own address, reported in scheduler info.
         initial_depth / max_depth / round_trip_s: see Placement.
         history: how many transitions `history` keeps.
+        heartbeat_timeout: a worker that sends nothing for this many seconds is
+            removed (workers heartbeat every second or so).
+        allowed_failures: a task that was running on this many workers that died
+            fails with KilledWorker.
+        death_report_wait: how long the work of a nanny-supervised worker whose
+            connection dropped waits for its nanny's report of the cause.
     """
 
     def __init__(
@@ -58,8 +64,16 @@ class SchedulerState(ClientRequests, DataRequests):
         max_depth: int = 16,
         round_trip_s: float = 0.002,
         history: int = 100_000,
+        heartbeat_timeout: float = 30.0,
+        allowed_failures: int = 3,
+        death_report_wait: float = 2.0,
     ) -> None:
+        if allowed_failures < 1:
+            raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
         self.address = address
+        self.heartbeat_timeout = heartbeat_timeout
+        self.allowed_failures = allowed_failures
+        self.death_report_wait = death_report_wait
         self.tasks: dict[object, TaskState] = {}
         self.placement = Placement(initial_depth, max_depth, round_trip_s)
         self.roles: dict[str, str] = {}  # peer -> role, from connected()
@@ -68,6 +82,9 @@ class SchedulerState(ClientRequests, DataRequests):
         # Copies asked for by Replicate and not yet confirmed, by (key, worker).
         self.replications: dict[tuple[object, WorkerInfo], list[Replication]] = {}
         self.clients: dict[str, ClientInfo] = {}  # by peer
+        # Nanny-supervised workers whose connection dropped, awaiting the cause of
+        # death until the deadline; gone from placement, otherwise still filed.
+        self.dying: dict[WorkerInfo, float] = {}
         self.history: deque[tuple[object, str, str, str, float]] = deque(maxlen=history)
         self.transitions_done = 0
         self._order = itertools.count()
@@ -86,6 +103,8 @@ class SchedulerState(ClientRequests, DataRequests):
             ("worker", m.DataMissing): self._data_missing,
             ("worker", m.KeysAcquired): self._keys_acquired,
             ("worker", m.DataFetched): self._data_fetched,
+            ("worker", m.Heartbeat): self._heartbeat,
+            ("nanny", m.WorkerDied): self._worker_died,
             ("client", m.AddData): self._add_data,
             ("client", m.Replicate): self._replicate,
             ("client", m.SubmitGraph): self._submit_graph,
@@ -111,9 +130,12 @@ class SchedulerState(ClientRequests, DataRequests):
             self._register_client(peer, msg)
         else:
             handler = self._handlers.get((role, type(msg)))
+            ws = self.workers.get(peer)
+            if ws is not None:
+                ws.last_seen = now
             if handler is None:
                 self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
-            elif peer not in self.workers and peer not in self.clients:
+            elif ws is None and peer not in self.clients and role != "nanny":
                 self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
             else:
                 handler(peer, msg)
@@ -124,14 +146,37 @@ class SchedulerState(ClientRequests, DataRequests):
         self._begin("connection-lost", now)
         self.roles.pop(peer, None)
         if peer in self.workers:
-            self._remove_worker(self.workers[peer])
+            ws = self.workers[peer]
+            if ws.nanny:  # its nanny is about to say why; its work waits for that
+                self.dying[ws] = now + self.death_report_wait
+                self.placement.remove_worker(ws)
+                self._workers_changed()
+            else:
+                self._remove_worker(ws, "its connection was lost")
         elif peer in self.clients:
             self._remove_client(self.clients.pop(peer))
         return self._end()
 
+    def tick(self, now: float) -> list[Command]:
+        """Time passed: remove silent workers, and dying ones whose nanny said nothing."""
+        self._begin("tick", now)
+        for ws, deadline in list(self.dying.items()):
+            if now >= deadline:
+                self._remove_worker(ws, "its connection was lost and its nanny sent no report")
+        silent = now - self.heartbeat_timeout
+        for ws in [ws for ws in self.workers.values() if not ws.gone and ws.last_seen < silent]:
+            cause = f"it sent no heartbeat for {now - ws.last_seen:.1f} s"
+            self._out.append(Disconnect(ws.peer, f"worker {ws.name}: {cause}"))
+            self._remove_worker(ws, cause)
+        return self._end()
+
     def next_deadline(self) -> float | None:
-        """When the core next needs to be woken with `now`; None: never."""
-        return None
+        """When `tick` next has something to do; None: nothing until a message comes."""
+        deadlines = list(self.dying.values())
+        seen = [ws.last_seen for ws in self.workers.values() if not ws.gone]
+        if seen:
+            deadlines.append(min(seen) + self.heartbeat_timeout)
+        return min(deadlines) if deadlines else None
 
     def _begin(self, what: str, now: float) -> None:
         self._now = now
@@ -175,7 +220,7 @@ class SchedulerState(ClientRequests, DataRequests):
             msg.resources,
             next(self._worker_index),
         )
-        ws.pid, ws.host = msg.pid, msg.host
+        ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
@@ -186,13 +231,40 @@ class SchedulerState(ClientRequests, DataRequests):
     def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
         self._remove_worker(self.workers[peer])
 
-    def _remove_worker(self, ws: WorkerInfo) -> None:
-        """Move a departed worker's work elsewhere; recompute values only it held."""
+    def _heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
+        ws = self.workers[peer]
+        ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
+
+    def _worker_died(self, peer: str, msg: m.WorkerDied) -> None:
+        """A nanny's report: its worker died (or it killed it), and why."""
+        self._out.append(Disconnect(peer, "report received"))
+        named = [
+            ws
+            for ws in self.workers.values()
+            if ws.name == msg.name and (not msg.address or ws.address == msg.address)
+        ]
+        if not named:
+            return  # removed already (a heartbeat timeout, say), or never registered
+        ws = next((ws for ws in named if ws in self.dying), named[0])
+        if ws not in self.dying:  # the report overtook the connection's end
+            self._out.append(Disconnect(ws.peer, f"worker {ws.name} died: {msg.cause}"))
+        self._remove_worker(ws, msg.cause)
+
+    def _remove_worker(self, ws: WorkerInfo, cause: str | None = None) -> None:
+        """Move a departed worker's work elsewhere; recompute values only it held.
+
+        `cause` says how it died; None when it left on purpose. A death counts
+        against each task it was processing, which fails with KilledWorker once
+        `allowed_failures` workers died under it.
+        """
         del self.workers[ws.peer]
+        self.dying.pop(ws, None)
         if self.by_address.get(ws.address) is ws:
             del self.by_address[ws.address]
-        self.placement.remove_worker(ws)
+        if not ws.gone:
+            self.placement.remove_worker(ws)
         self._free.pop(ws, None)
+        killed = self._count_death(ws, cause) if cause is not None else []
         lost = []
         for ts in ws.has_what:
             del ts.who_has[ws]
@@ -202,11 +274,27 @@ class SchedulerState(ClientRequests, DataRequests):
         # Values first: a task moved off this worker must not be re-sent to fetch them here.
         for ts in lost:
             self._data_lost(ts)
+        for ts in killed:
+            if ts.status in ACTIVE:
+                assert ts.deaths is not None
+                self._move(ts, E, killed_worker_error(ts.key, ts.deaths))
         for ts in list(ws.processing):
             self._move(ts, W)
         for key, holder in [copy for copy in self.replications if copy[1] is ws]:
             self._copy_settled(key, holder)
         self._workers_changed()
+
+    def _count_death(self, ws: WorkerInfo, cause: str) -> list[TaskState]:
+        """Count `ws`'s death against the tasks it was processing; those that reached
+        `allowed_failures` deaths."""
+        killed = []
+        for ts in ws.processing:
+            if ts.deaths is None:
+                ts.deaths = []
+            ts.deaths.append((ws.name, cause))
+            if len(ts.deaths) >= self.allowed_failures:
+                killed.append(ts)
+        return killed
 
     def _data_lost(self, ts: TaskState) -> None:
         """The only copy of a value is gone: send back whoever needed it."""
@@ -222,7 +310,7 @@ class SchedulerState(ClientRequests, DataRequests):
             self._maybe_forget(ts)
 
     def _workers_changed(self) -> None:
-        msg = m.WorkersChanged(workers=len(self.workers))
+        msg = m.WorkersChanged(workers=len(self.placement.workers))
         for client in self.clients.values():
             self._send(client.peer, msg)
 
@@ -248,7 +336,7 @@ class SchedulerState(ClientRequests, DataRequests):
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
             return
-        if ts.retries > 0:
+        if ts.retries > 0 and msg.typename != TIMEOUT_TYPENAME:  # a hang is not retried
             ts.retries -= 1
             self._move(ts, W)
         else:
@@ -396,6 +484,7 @@ class SchedulerState(ClientRequests, DataRequests):
             who_has=who_has,
             priority=ts.priority,
             nbytes=nbytes,
+            timeout=ts.timeout,
         )
         self._send(ws.peer, msg)
 
@@ -491,6 +580,16 @@ class SchedulerState(ClientRequests, DataRequests):
         from shoal.scheduler.validate import validate_state
 
         validate_state(self)
+
+
+TIMEOUT_TYPENAME = "shoal.errors.TaskTimeout"
+
+
+def killed_worker_error(key: object, deaths: list[tuple[str, str]]) -> tuple:
+    """The error of a task that was running on workers that all died."""
+    named = "; ".join(f"{name!r} ({cause})" for name, cause in deaths)
+    message = f"task {key!r} was running on {len(deaths)} workers that died: {named}"
+    return ("shoal.errors.KilledWorker", message, "", None, None)
 
 
 TRANSITIONS: dict[tuple[Status, Status], Callable[..., None]] = {

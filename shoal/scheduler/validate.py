@@ -20,8 +20,10 @@ def validate_state(state: SchedulerState) -> None:
         assert ts.key == key, f"{ts} is filed under {key!r}"
         _validate_task(state, ts)
     for ws in state.workers.values():
-        assert not ws.gone, f"{ws} is gone but registered"
-        assert state.placement.workers.get(ws.name) is ws, f"{ws} missing from placement"
+        if ws.gone:
+            assert ws in state.dying, f"{ws} is gone but registered"
+        else:
+            assert state.placement.workers.get(ws.name) is ws, f"{ws} missing from placement"
         used: dict[str, float] = {}
         for ts in ws.processing:
             assert ts.processing_on is ws, f"{ts} is in {ws}.processing but not on it"
@@ -33,7 +35,9 @@ def validate_state(state: SchedulerState) -> None:
         for ts in ws.has_what:
             assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
         assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"
-    assert len(state.placement.workers) == len(state.workers)
+    assert len(state.placement.workers) == len(state.workers) - len(state.dying)
+    for ws in state.dying:
+        assert state.workers.get(ws.peer) is ws and ws.gone, f"dying {ws} misfiled"
     by_address = {ws.address: ws for ws in state.workers.values()}
     assert state.by_address == by_address, "by_address does not match the workers"
     for (key, ws), requests in state.replications.items():
@@ -75,7 +79,8 @@ def _validate_task(state: SchedulerState, ts: TaskState) -> None:
     elif status is Status.MEMORY:
         assert ts.who_has or ts.value is not None, f"{ts} in memory with no holder"
         for ws in ts.who_has:
-            assert ts in ws.has_what and not ws.gone, f"{ts} claims {ws} holds it"
+            assert ts in ws.has_what, f"{ts} claims {ws} holds it"
+            assert state.workers.get(ws.peer) is ws, f"{ts} held by departed {ws}"
         assert ts.needed, f"{ts} in memory but nothing needs it"
     elif status is Status.ERRED:
         assert ts.error is not None, f"{ts} erred without an error"
