@@ -18,6 +18,7 @@ from shoal.protocol.messages import (
     DataSent,
     FreeKeys,
     GetData,
+    Heartbeat,
     RegisterWorker,
     RegistrationRefused,
     TaskFinished,
@@ -63,7 +64,8 @@ class StandInScheduler:
         self.joined.put_nowait(hello)
         while True:
             for msg in await comm.read():
-                inbox.put_nowait(msg)
+                if type(msg) is not Heartbeat:
+                    inbox.put_nowait(msg)
 
     async def next(self, name: str) -> Message:
         async with asyncio.timeout(WAIT_S):

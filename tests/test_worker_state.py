@@ -3,6 +3,8 @@ every step, and check that the scenarios together walk every allowed transition.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from shoal.errors import InvalidTransition
@@ -25,7 +27,9 @@ from shoal.worker.events import (
     Fetch,
     FetchDone,
     FetchFailed,
+    Restart,
     SendToScheduler,
+    Tick,
     Value,
 )
 from shoal.worker.state import TRANSITIONS, Status, WorkerState
@@ -540,3 +544,64 @@ def test_every_transition_is_exercised() -> None:
     seen = {(entry[1], entry[2]) for state in LIVE for entry in state.history}
     assert not TRANSITIONS - seen, sorted(TRANSITIONS - seen)
     assert seen <= TRANSITIONS
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+def timed(key: object, seconds: float) -> ComputeTask:
+    return dataclasses.replace(compute(key), timeout=seconds)
+
+
+def test_a_task_past_its_timeout_fails_once_and_its_late_result_is_discarded() -> None:
+    core = Core(2, timeout_grace=5.0, can_restart=True)
+    core(timed("slow", 2.0))
+    core(compute("quick"))
+    started = core.now
+    # Not started by a thread yet: its clock has not begun.
+    assert core(Tick({})) == []
+    assert core(Tick({"slow": started})) == []  # 2 s after it started: at the limit
+    out = core(Tick({"slow": started}))
+    (msg,) = sent(out)
+    assert (msg.key, msg.typename) == ("slow", "shoal.errors.TaskTimeout")
+    assert msg.message == "task 'slow' ran past its timeout of 2 s (it ran for 3.0 s)"
+    assert core.status("slow") is Status.CANCELLED
+    assert core(Tick({"slow": started})) == []  # reported once
+    # It finishes after all: nothing is sent, the record goes.
+    assert core(done("slow")) == []
+    assert core.status("slow") is None and not core.state.timed
+    # The other task was never touched.
+    assert core.status("quick") is Status.EXECUTING
+
+
+def test_a_task_stuck_past_the_grace_restarts_the_worker_once() -> None:
+    core = Core(1, timeout_grace=1.5, can_restart=True)
+    core(timed("hang", 1.0))
+    started = core.now
+    assert core(Tick({"hang": started})) == []  # t+1: at its timeout
+    (msg,) = sent(core(Tick({"hang": started})))  # t+2: 1 s over, within the grace
+    assert msg.typename == "shoal.errors.TaskTimeout"
+    out = core(Tick({"hang": started}))  # t+3: 2 s over
+    assert out == [Restart("task 'hang' is still running 2.0 s past its timeout of 1 s")]
+    assert core(Tick({"hang": started})) == []
+
+
+def test_without_a_nanny_a_stuck_task_only_holds_its_thread() -> None:
+    core = Core(1, timeout_grace=0.5)
+    core(timed("hang", 1.0))
+    started = core.now
+    for _ in range(5):
+        out = core(Tick({"hang": started}))
+        assert not any(type(c) is Restart for c in out)
+
+
+def test_computing_a_key_still_stuck_past_its_timeout_fails_at_once() -> None:
+    core = Core(1)
+    core(timed("hang", 1.0))
+    started = core.now
+    core(Tick({"hang": started}))
+    core(Tick({"hang": started}))
+    core(FreeKeys(keys=("hang",)))
+    (msg,) = sent(core(timed("hang", 1.0)))
+    assert msg.typename == "shoal.errors.TaskTimeout"
+    assert "an earlier run is still stuck here past it" in msg.message

@@ -68,6 +68,14 @@ class DataPut:
 
 
 @dataclasses.dataclass(slots=True)
+class Tick:
+    """Time passed. `running` maps each task a pool thread is running now to the
+    time (same clock as `now`) its thread started it."""
+
+    running: dict[Key, float]
+
+
+@dataclasses.dataclass(slots=True)
 class FetchFailed:
     """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
 
@@ -103,4 +111,12 @@ class Fetch:
     keys: tuple[Key, ...]
 
 
-Command = SendToScheduler | Execute | Fetch
+@dataclasses.dataclass(slots=True)
+class Restart:
+    """Leave the scheduler (saying `reason`) and exit, for the nanny to start this
+    worker afresh: a thread is stuck in a task past its timeout and grace."""
+
+    reason: str
+
+
+Command = SendToScheduler | Execute | Fetch | Restart

@@ -163,7 +163,8 @@ class ThreadPool:
         self._done: deque[ExecutionDone] = deque()
         self._armed = False  # a _deliver is scheduled and has not started draining
         self._closing = False
-        self._running: dict[str, Key] = {}  # thread name -> key it runs now
+        # thread name -> the key it runs now and when it started it (monotonic)
+        self._running: dict[str, tuple[Key, float]] = {}
         self._exited = 0
         self._all_exited: asyncio.Future[None] | None = None
         self._threads = [
@@ -176,6 +177,10 @@ class ThreadPool:
     @property
     def threads(self) -> list[threading.Thread]:
         return list(self._threads)
+
+    def running(self) -> dict[Key, float]:
+        """The tasks threads run now, with the time.monotonic() each started."""
+        return dict(self._running.copy().values())
 
     def submit(self, command: Execute) -> None:
         """Queue a task; its ExecutionDone reaches `on_done` on the loop."""
@@ -190,7 +195,7 @@ class ThreadPool:
                 command = self._queue.get()
                 if command is None or self._closing:
                     return
-                self._running[me] = command.key
+                self._running[me] = (command.key, time.monotonic())
                 outcome, value = self._run(command)
                 del self._running[me]
                 self._done.append(ExecutionDone(command.key, outcome, value))
@@ -248,7 +253,7 @@ class ThreadPool:
         await asyncio.wait({self._all_exited}, timeout=timeout)
         if not self._all_exited.done():
             running = dict(self._running)  # one atomic copy: threads change it
-            tasks = ", ".join(f"{key!r} on {name}" for name, key in sorted(running.items()))
+            tasks = ", ".join(f"{key!r} on {name}" for name, (key, _) in sorted(running.items()))
             log.warning(
                 "threads still busy after %.1f s, left behind: %s", timeout, tasks or "none"
             )

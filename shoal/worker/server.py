@@ -25,12 +25,14 @@ from shoal.protocol.messages import (
     DataStored,
     FreeKeys,
     GetData,
+    Heartbeat,
     PutData,
     RegisterWorker,
     RegistrationRefused,
     WorkerLeaving,
     WorkerRegistered,
 )
+from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized, serialize
 from shoal.protocol.tls import TLSConfig
@@ -43,11 +45,13 @@ from shoal.worker.events import (
     FetchDone,
     FetchFailed,
     Key,
+    Restart,
     SendToScheduler,
+    Tick,
     Value,
 )
 from shoal.worker.execute import ThreadPool
-from shoal.worker.state import WorkerState
+from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 THREAD_JOIN_TIMEOUT_S = 5.0
 # Tasks queued in the thread pool per thread, beyond the one each thread runs.
 PREFETCH_PER_THREAD = 8
+HEARTBEAT_INTERVAL_S = 1.0
+# How often running tasks are checked against their timeouts, while any has one.
+TIMEOUT_CHECK_S = 0.1
 _UNSPECIFIED_HOSTS = ("0.0.0.0", "::", "")
 _worker_numbers = itertools.count(1)
 
@@ -177,15 +184,28 @@ class Worker:
         tls: TLSConfig | None = None,
         listen: str | None = None,
         connect_timeout: float = 10.0,
+        connect_retry: float = 0.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        nanny: bool = False,
+        timeout_grace: float = TIMEOUT_GRACE_S,
     ) -> None:
         self.scheduler_address = scheduler
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
         self.address = ""
-        self.state = WorkerState(nthreads, prefetch=PREFETCH_PER_THREAD * nthreads)
+        # With a nanny, a worker whose thread is stuck past a timeout restarts.
+        self.nanny = nanny
+        self.state = WorkerState(
+            nthreads,
+            prefetch=PREFETCH_PER_THREAD * nthreads,
+            timeout_grace=timeout_grace,
+            can_restart=nanny,
+        )
         self._token, self._tls, self._listen = token, tls, listen
-        self._connect_timeout = connect_timeout
+        self._connect_timeout, self._connect_retry = connect_timeout, connect_retry
+        self._heartbeat_interval = heartbeat_interval
+        self.restart_requested = False  # it stopped so that its nanny starts it afresh
         self._scheduler: Comm | None = None
         self._listener: Listener | None = None
         self._pool: ThreadPool | None = None
@@ -206,12 +226,18 @@ class Worker:
         Raises:
             RegistrationError: the scheduler refused this worker.
             HandshakeError: a wrong or missing token, or incompatible versions.
-            OSError / TimeoutError: the scheduler did not answer in `connect_timeout`.
+            OSError / TimeoutError: the scheduler did not answer, trying again for
+                `connect_retry` seconds (each try waits up to `connect_timeout`).
             PermissionError: listening beyond loopback without a token.
         """
         if self._main is not None:
             raise RuntimeError(f"worker {self.name} was started already")
-        comm = await connect(self.scheduler_address, role="worker", **self._connect_options())
+        comm = await connect_retrying(
+            self.scheduler_address,
+            retry_for=self._connect_retry,
+            role="worker",
+            **self._connect_options(),
+        )
         try:
             self._listener = await listen(
                 self._listen_address(),
@@ -291,6 +317,7 @@ class Worker:
                 resources=self.resources,
                 pid=os.getpid(),
                 host=socket.gethostname(),
+                nanny=self.nanny,
             )
         )
         async with asyncio.timeout(self._connect_timeout):
@@ -313,6 +340,7 @@ class Worker:
                 self._fetcher = PeerFetcher(group, self._on_event, self._connect_options())
                 self._on_messages(leftover)
                 group.create_task(self._read_scheduler(), name=f"worker {self.name} reader")
+                group.create_task(self._clock(), name=f"worker {self.name} clock")
                 await self._stop.wait()
                 self._fetcher.closing = True
                 raise _Stop
@@ -334,7 +362,8 @@ class Worker:
         if self._listener is not None:
             await self._listener.close()
         if self._pool is not None:
-            await self._pool.close(THREAD_JOIN_TIMEOUT_S)
+            # A restart is for a stuck thread: waiting for it would be in vain.
+            await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
         log.info("worker %s stopped", self.name)
 
     # -- the scheduler link -------------------------------------------------------
@@ -350,6 +379,30 @@ class Worker:
                 self._stop.set()
                 return
             self._on_messages(msgs)
+
+    async def _clock(self) -> None:
+        """Heartbeats to the scheduler; running tasks checked against their timeouts."""
+        import psutil
+
+        process = psutil.Process()
+        process.cpu_percent()  # the first reading only starts the measurement
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if self.state.timed and self._pool is not None:
+                self._dispatch(self.state.handle(Tick(self._pool.running()), now))
+            if now >= next_beat:
+                next_beat = now + self._heartbeat_interval
+                self._send(
+                    Heartbeat(
+                        cpu=process.cpu_percent(),
+                        memory=process.memory_info().rss,
+                        executing=len(self.state.executing),
+                    )
+                )
+            # Never long asleep: a task with a timeout may start at any moment.
+            pause = min(next_beat - now, TIMEOUT_CHECK_S if self.state.timed else 0.25)
+            await asyncio.sleep(pause)
 
     def _on_messages(self, msgs: list[Message]) -> None:
         now = time.monotonic()
@@ -387,6 +440,12 @@ class Worker:
             elif kind is Fetch:
                 assert self._fetcher is not None
                 self._fetcher.fetch(command.address, command.keys)  # type: ignore[union-attr]
+            elif kind is Restart:
+                log.warning("worker %s restarting: %s", self.name, command.reason)  # type: ignore[union-attr]
+                self.restart_requested = True
+                if self._leave_reason is None:
+                    self._leave_reason = f"restarting: {command.reason}"  # type: ignore[union-attr]
+                self._stop.set()
             else:
                 raise TypeError(f"unknown command {command!r}")
 

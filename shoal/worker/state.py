@@ -22,6 +22,7 @@ from shoal.protocol.messages import (
     DataMissing,
     FreeKeys,
     KeysAcquired,
+    TaskErred,
     TaskFinished,
 )
 from shoal.protocol.schema import Message
@@ -35,7 +36,9 @@ from shoal.worker.events import (
     FetchDone,
     FetchFailed,
     Key,
+    Restart,
     SendToScheduler,
+    Tick,
     Value,
 )
 
@@ -46,6 +49,9 @@ FETCH_BYTES = 64 * 2**20
 # Fetches at least this large are reported to the scheduler, which learns the
 # bandwidth from them; smaller ones measure latency rather than bandwidth.
 MEASURED_FETCH_BYTES = 2**20
+# How long a task may run on past its timeout before its worker is restarted.
+TIMEOUT_GRACE_S = 5.0
+TIMEOUT_TYPENAME = "shoal.errors.TaskTimeout"
 
 
 class Status(StrEnum):
@@ -92,6 +98,8 @@ class KeyState:
     fetching_from: str | None = None
     value: Value | None = None
     finished: TaskFinished | None = None
+    timeout: float = 0.0  # seconds it may run once started; 0: no limit
+    timed_out: bool = False  # ran past its timeout; the thread may still run it
 
 
 class WorkerState:
@@ -105,6 +113,8 @@ class WorkerState:
         max_fetches: int = MAX_FETCHES,
         fetch_bytes: int = FETCH_BYTES,
         history_size: int = 10_000,
+        timeout_grace: float = TIMEOUT_GRACE_S,
+        can_restart: bool = False,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -116,6 +126,11 @@ class WorkerState:
         self.slots = nthreads + prefetch
         self.keys: dict[Key, KeyState] = {}
         self.executing: dict[Key, None] = {}  # EXECUTING and CANCELLED keys
+        self.timed: dict[Key, None] = {}  # those of them with a timeout
+        # A task stuck past its timeout by `timeout_grace` seconds makes the worker
+        # restart, when a nanny can restart it (`can_restart`).
+        self.timeout_grace, self.can_restart = timeout_grace, can_restart
+        self.restarting = False
         self.to_fetch: dict[Key, None] = {}  # FETCH keys
         self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
         # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
@@ -172,6 +187,7 @@ class WorkerState:
         if rec is None:
             rec = self.keys[msg.key] = KeyState(msg.key)
         rec.func, rec.args, rec.priority, rec.deps = msg.func, msg.args, msg.priority, deps
+        rec.timeout = msg.timeout
         rec.wanted = True
         for dep in deps:
             self._attach(rec, dep, msg)
@@ -184,6 +200,9 @@ class WorkerState:
             if rec.finished is None:
                 rec.finished = _finished_from_payload(rec)
             self._send(rec.finished)
+            return True
+        if rec.status is S.CANCELLED and rec.timed_out:
+            self._send(self._timeout_error(rec, "an earlier run is still stuck here past it"))
             return True
         if rec.status is S.CANCELLED:
             rec.wanted = True  # the run under way is reported after all
@@ -288,6 +307,39 @@ class WorkerState:
         else:
             rec.wanted = False
             self._move(rec, S.FORGOTTEN)
+
+    def _on_tick(self, event: Tick) -> None:
+        """Fail tasks running past their timeout; restart if one stays stuck."""
+        now = self._now
+        for key in list(self.timed):
+            rec = self.keys[key]
+            started = event.running.get(key)
+            if started is None:
+                continue  # handed to the pool, not started by a thread yet
+            over = now - started - rec.timeout
+            if over > 0 and not rec.timed_out:
+                rec.timed_out = True
+                if rec.status is S.EXECUTING:  # its outcome is owed: this is it
+                    self._send(self._timeout_error(rec, f"it ran for {now - started:.1f} s"))
+                    rec.wanted = False
+                    self._move(rec, S.CANCELLED)
+            if over > self.timeout_grace and self.can_restart and not self.restarting:
+                self.restarting = True
+                self._out.append(
+                    Restart(
+                        f"task {key!r} is still running {over:.1f} s past its timeout of "
+                        f"{rec.timeout:g} s"
+                    )
+                )
+
+    @staticmethod
+    def _timeout_error(rec: KeyState, detail: str) -> TaskErred:
+        return TaskErred(
+            key=rec.key,
+            typename=TIMEOUT_TYPENAME,
+            message=f"task {rec.key!r} ran past its timeout of {rec.timeout:g} s ({detail})",
+            traceback="",
+        )
 
     def _on_fetched(self, event: FetchDone) -> None:
         request = self.requests.pop((event.address, event.keys), None)
@@ -414,6 +466,8 @@ class WorkerState:
             self._unflight(rec)
         elif start in _RUNNING and to not in _RUNNING:
             del self.executing[rec.key]
+            if rec.timeout:
+                del self.timed[rec.key]
         rec.status = to
         step(self, rec)
         if start in _HOLDS_DEPS and to not in _HOLDS_DEPS:
@@ -446,6 +500,8 @@ class WorkerState:
 
     def _start(self, rec: KeyState) -> None:
         self.executing[rec.key] = None
+        if rec.timeout:
+            self.timed[rec.key] = None
         assert rec.func is not None and rec.args is not None
         deps = tuple((key, self._held(key)) for key in rec.deps)
         self._out.append(Execute(rec.key, rec.func, rec.args, deps))
@@ -502,6 +558,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     FetchFailed: WorkerState._on_fetch_failed,
     AcquireKeys: WorkerState._on_acquire,
     DataPut: WorkerState._on_put,
+    Tick: WorkerState._on_tick,
 }
 
 W = WorkerState

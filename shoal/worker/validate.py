@@ -29,6 +29,10 @@ def validate_state(state: WorkerState) -> None:
     running = by_status.get(S.EXECUTING, []) + by_status.get(S.CANCELLED, [])
     _check(set(state.executing) == set(running), "executing index")
     _check(len(state.executing) <= state.slots, "more tasks running than slots")
+    timed = {k for k in running if state.keys[k].timeout}
+    _check(set(state.timed) == timed, "timed index")
+    timed_out = {k for k, rec in state.keys.items() if rec.timed_out}
+    _check(timed_out <= set(by_status.get(S.CANCELLED, [])), "a timed-out key not cancelled")
     _check(set(state.to_fetch) == set(by_status.get(S.FETCH, [])), "to_fetch index")
     flying = {(a, k) for a, keys in state.in_flight.items() for k in keys}
     _check(all(state.in_flight.values()), "an empty in_flight entry")
