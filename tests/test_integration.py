@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from shoal import Client, as_completed, wait
@@ -265,7 +266,10 @@ def test_scheduler_info_lists_both_workers(cli_cluster: CLICluster) -> None:
     assert workers["gpu-worker"]["resources"] == {"GPU": 1}
     assert workers["cpu-worker"]["resources"] == {}
     pids = {name: w["pid"] for name, w in workers.items()}
-    assert pids == {name: p.popen.pid for name, p in cli_cluster.workers.items()}
+    # Each worker process is the child of its nanny, the `shoal worker` process.
+    parents = {name: psutil.Process(pid).ppid() for name, pid in pids.items()}
+    assert parents == {name: p.popen.pid for name, p in cli_cluster.workers.items()}
+    assert all(w["nanny"] for w in workers.values())
     assert info["clients"] >= 1
 
 
@@ -460,7 +464,8 @@ def test_worker_token_from_environment_joins_and_leaves(cli_cluster: CLICluster)
         worker.expect("shoal worker env-worker joined")
         poll(lambda: "env-worker" in client.scheduler_info()["workers"], "env-worker listed")
         pinned = client.submit(getpid, workers="env-worker", pure=False)
-        assert pinned.result(timeout=WAIT_S) == worker.popen.pid
+        # The task ran in the worker process, the child of the nanny started here.
+        assert psutil.Process(pinned.result(timeout=WAIT_S)).ppid() == worker.popen.pid
     finally:
         code = worker.stop()
     assert code == 0, worker.text

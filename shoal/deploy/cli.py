@@ -11,6 +11,7 @@ import signal
 import sys
 
 from shoal import __version__
+from shoal.deploy.nanny import FATAL_EXIT, NANNY_ENV, RESTART_EXIT
 from shoal.deploy.options import parse_bytes, parse_resources
 from shoal.errors import ShoalError
 from shoal.protocol.handshake import PROTOCOL_VERSION
@@ -46,6 +47,16 @@ def _resources(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal", description="shoal: a distributed task-computing service for Python."
@@ -68,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="listen beyond loopback without a token (anyone reaching the port runs code)",
     )
+    sched.add_argument(
+        "--heartbeat-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="remove a worker silent this long (default 30)",
+    )
+    sched.add_argument(
+        "--allowed-failures",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fail a task with KilledWorker once N workers died running it (default 3)",
+    )
     _add_security(sched)
 
     worker = commands.add_parser("worker", help="run a worker that joins a scheduler")
@@ -80,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--listen", default=None, help="data address for peers (default: chosen from ADDRESS)"
+    )
+    worker.add_argument(
+        "--no-nanny",
+        action="store_true",
+        help="run the worker in this process, with no supervisor to restart it",
+    )
+    worker.add_argument(
+        "--connect-timeout",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep trying to reach the scheduler this long, at start and after losing it "
+        "(default 60)",
+    )
+    worker.add_argument(
+        "--timeout-grace",
+        type=_positive,
+        default=5.0,
+        metavar="SECONDS",
+        help="restart the worker when a task runs this long past its timeout (default 5)",
     )
     _add_security(worker)
 
@@ -121,6 +166,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         token=args.token,
         tls=tls,
         allow_insecure=args.allow_insecure,
+        heartbeat_timeout=args.heartbeat_timeout,
+        allowed_failures=args.allowed_failures,
     )
     try:
         await scheduler.start()
@@ -137,28 +184,91 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
+    """A worker in this process; it joins its scheduler again whenever it loses it."""
     from shoal.worker.server import Worker
 
-    worker = Worker(
+    supervised = os.environ.get(NANNY_ENV) == "1"
+    first = True
+    while True:
+        worker = Worker(
+            args.address,
+            name=args.name,
+            nthreads=args.nthreads,
+            memory_limit=args.memory_limit,
+            resources=args.resources,
+            token=args.token,
+            tls=_tls(args),
+            listen=args.listen,
+            connect_retry=args.connect_timeout,
+            nanny=supervised,
+            timeout_grace=args.timeout_grace,
+        )
+        try:
+            await worker.start()
+        except (OSError, TimeoutError, ShoalError) as exc:
+            print(f"shoal worker: {exc}", file=sys.stderr)
+            return FATAL_EXIT
+        if first:
+            gc.freeze()
+            first = False
+        print(
+            f"shoal worker {worker.name} joined {args.address}, serving data at {worker.address}",
+            flush=True,
+        )
+        finished = asyncio.ensure_future(worker.finished())
+        why = await _until_signalled(finished)
+        await worker.close(f"received {why}" if why else "scheduler gone")
+        if why:
+            return 0
+        if finished.exception() is not None:
+            return 1  # an internal error, logged already
+        if worker.restart_requested:
+            return RESTART_EXIT
+        log.warning(
+            "worker %s lost its scheduler; joining it again (trying for %g s)",
+            worker.name,
+            args.connect_timeout,
+        )
+
+
+async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
+    """Supervise a worker process (see shoal.deploy.nanny) until signalled."""
+    from shoal.deploy.nanny import Nanny
+
+    nanny = Nanny(
         args.address,
+        _worker_options(argv, args.address),
         name=args.name,
-        nthreads=args.nthreads,
         memory_limit=args.memory_limit,
-        resources=args.resources,
         token=args.token,
         tls=_tls(args),
-        listen=args.listen,
+        log_level=args.log_level,
     )
-    await worker.start()
-    gc.freeze()
-    print(
-        f"shoal worker {worker.name} joined {args.address}, serving data at {worker.address}",
-        flush=True,
-    )
-    finished = asyncio.ensure_future(worker.finished())
-    why = await _until_signalled(finished)
-    await worker.close(f"received {why}" if why else "scheduler gone")
-    return 0 if why else 1  # stopped on request, or lost its scheduler
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, nanny.stop)
+    return await nanny.run()
+
+
+def _worker_options(argv: list[str], address: str) -> list[str]:
+    """The `shoal worker` options in `argv`, for the worker process: without the
+    address, --name (the nanny fixes it), the token (it travels in the
+    environment) and the global options before `worker`."""
+    rest = argv[argv.index("worker") + 1 :]
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(rest):
+        if skip:
+            skip = False
+            continue
+        if arg == address and address not in rest[:i]:
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--name", "--token"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         from shoal.deploy.demo import main as demo_main
 
         return demo_main(args.workers, args.leaves)
-    runner = _run_scheduler if args.command == "scheduler" else _run_worker
     try:
-        return asyncio.run(runner(args))
+        if args.command == "scheduler":
+            return asyncio.run(_run_scheduler(args))
+        if args.no_nanny:
+            return asyncio.run(_run_worker(args))
+        return asyncio.run(_run_nanny(args, list(sys.argv[1:] if argv is None else argv)))
     except (OSError, TimeoutError, ShoalError) as exc:
         print(f"shoal {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """LocalCluster: a scheduler in this process and workers beside it, on loopback.
 
 Workers run as subprocesses (`processes=True`, the default) or in this
-process's event loop. A fresh random token guards the ports. `close()` stops
-the workers (SIGTERM, then SIGKILL after a grace period) and the scheduler.
+process's event loop. Worker processes run without a nanny unless
+`nanny=True`: each then runs under its own supervisor, as `shoal worker` does,
+which restarts it when it dies or crosses `memory_limit`. A fresh random
+token guards the ports. `close()` stops the workers (SIGTERM, then SIGKILL
+after a grace period) and the scheduler.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         memory_limit: int = 0,
         start_timeout: float = 60.0,
+        nanny: bool = False,
         **scheduler_options: Any,
     ) -> None:
         workers, threads = default_shape()
@@ -71,6 +75,7 @@ class LocalCluster:
         self.resources = resources or {}
         self.memory_limit = memory_limit
         self.start_timeout = start_timeout
+        self.nanny = nanny
         self.scheduler = Scheduler(token=self.token, **scheduler_options)
         self.scheduler_address = ""
         self.workers: list[Worker] = []
@@ -136,6 +141,8 @@ class LocalCluster:
             "--memory-limit",
             str(self.memory_limit),
         ]
+        if not self.nanny:
+            args.append("--no-nanny")
         if self.resources:
             args += ["--resources", ",".join(f"{k}={v}" for k, v in self.resources.items())]
         # The token travels in the environment, not in argv where `ps` shows it.

@@ -1,0 +1,244 @@
+"""The nanny: `shoal worker` runs its worker in a child process and looks after it.
+
+It restarts the worker when the process dies, when its resident memory
+crosses `--memory-limit` (it kills it then), or when the worker asks to be
+restarted because a task is stuck past its timeout. Each death that the worker
+did not choose is reported to the scheduler with its cause: the exit code or
+signal, the memory figure, the out-of-memory killer's signature. The scheduler
+counts such deaths against the tasks that were running (see KilledWorker).
+
+The nanny itself runs no user code, so it survives what kills a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from shoal.errors import CommClosedError, ShoalError
+from shoal.protocol.messages import WorkerDied
+from shoal.protocol.retry import connect_retrying
+from shoal.protocol.tls import TLSConfig
+
+log = logging.getLogger(__name__)
+
+# Exit codes of a worker process, as its nanny reads them.
+RESTART_EXIT = 75  # it left the scheduler to be started afresh (a stuck task)
+FATAL_EXIT = 3  # it could not start (no scheduler in time, refused): do not retry
+# The environment variable that tells a worker process a nanny looks after it.
+NANNY_ENV = "SHOAL_NANNY"
+
+MEMORY_POLL_S = 0.1
+STOP_TIMEOUT_S = 10.0  # a worker asked to stop is killed after this long
+REPORT_TIMEOUT_S = 10.0
+FIRST_RESTART_DELAY_S = 0.1
+MAX_RESTART_DELAY_S = 10.0
+STABLE_S = 10.0  # a worker that lived this long restarts without delay next time
+_SERVING = re.compile(r"serving data at (\S+)")
+
+
+def mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MiB"
+
+
+def cause_of_exit(code: int, last_rss: int) -> str:
+    """The cause of death of a process that ended with `code` (negative: a signal)."""
+    used = f"; it last used {mib(last_rss)}" if last_rss else ""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        oom = " (the kernel's out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{oom}{used}"
+    return f"exited with code {code}{used}"
+
+
+class Nanny:
+    """Supervises one worker process until `stop()` or a fatal start-up failure.
+
+    Args:
+        scheduler: the scheduler's address, for the worker and for reports.
+        worker_args: the `shoal worker` options to pass on (not the address,
+            not --name, not --no-nanny).
+        name: the worker's name; it keeps it across restarts.
+        memory_limit: bytes of resident memory past which the worker is
+            killed and restarted; 0: no limit.
+    """
+
+    def __init__(
+        self,
+        scheduler: str,
+        worker_args: list[str],
+        *,
+        name: str | None = None,
+        memory_limit: int = 0,
+        token: str | bytes | None = None,
+        tls: TLSConfig | None = None,
+        log_level: str = "info",
+    ) -> None:
+        self.scheduler = scheduler
+        self.worker_args = list(worker_args)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.memory_limit = memory_limit
+        self._token, self._tls, self._log_level = token, tls, log_level
+        self._stop = asyncio.Event()
+        self.restarts = 0
+        self.causes: list[str] = []  # every cause of death reported, in order
+        self.address = ""  # the worker's data address, as it announced it
+
+    def stop(self) -> None:
+        """Stop the worker (it leaves the scheduler cleanly) and then the nanny."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run and restart the worker; the exit code for the nanny's own process."""
+        delay = FIRST_RESTART_DELAY_S
+        while True:
+            started = time.monotonic()
+            proc = await self._spawn()
+            code, cause = await self._watch(proc)
+            if self._stop.is_set():
+                return 0
+            if code == FATAL_EXIT:
+                log.error("worker %s could not start; the nanny stops too", self.name)
+                return 1
+            if code == 0:
+                log.info("worker %s stopped; the nanny stops too", self.name)
+                return 0
+            if cause:
+                log.warning("worker %s died: %s", self.name, cause)
+                self.causes.append(cause)
+                await self._report(cause)
+            else:
+                log.info("worker %s asked to be restarted", self.name)
+            delay = FIRST_RESTART_DELAY_S if time.monotonic() - started > STABLE_S else delay
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+                return 0
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            self.restarts += 1
+            log.info("restarting worker %s (restart %d)", self.name, self.restarts)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        args = [
+            sys.executable,
+            "-m",
+            "shoal",
+            "--log-level",
+            self._log_level,
+            "worker",
+            self.scheduler,
+            *self.worker_args,
+            "--name",
+            self.name,
+            "--no-nanny",
+        ]
+        env = {**os.environ, NANNY_ENV: "1"}
+        if self._token is not None:
+            token = self._token
+            env["SHOAL_TOKEN"] = token.decode() if isinstance(token, bytes) else token
+        self.address = ""
+        return await asyncio.create_subprocess_exec(
+            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+        )
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> tuple[int, str]:
+        """Wait for the worker to end; (its exit code, the cause of death to report,
+        "" when it ended on request or to be restarted)."""
+        last_rss = [0]
+        relay = asyncio.ensure_future(self._relay(proc))
+        exited = asyncio.ensure_future(proc.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
+        try:
+            await asyncio.wait({exited, stop, memory}, return_when=asyncio.FIRST_COMPLETED)
+            if memory.done() and not exited.done():
+                rss = memory.result()
+                proc.kill()
+                await proc.wait()
+                return proc.returncode or -signal.SIGKILL, (
+                    f"memory limit exceeded: it used {mib(rss)} of its {mib(self.memory_limit)} "
+                    "limit, and its nanny killed it"
+                )
+            if stop.done() and not exited.done():
+                await self._terminate(proc)
+                return 0, ""
+            code = exited.result()
+            if code in (0, RESTART_EXIT, FATAL_EXIT):
+                return code, ""
+            return code, cause_of_exit(code, last_rss[0])
+        finally:
+            for fut in (exited, stop, memory):
+                fut.cancel()
+            try:
+                async with asyncio.timeout(1.0):
+                    await relay
+            except TimeoutError:
+                relay.cancel()
+
+    async def _relay(self, proc: asyncio.subprocess.Process) -> None:
+        """Pass the worker's output on, noting the data address it announces."""
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            text = line.decode(errors="replace")
+            match = _SERVING.search(text)
+            if match:
+                self.address = match.group(1)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    async def _poll_memory(self, proc: asyncio.subprocess.Process, last_rss: list[int]) -> int:
+        """Return the resident bytes once they pass the limit (never without one)."""
+        import psutil
+
+        try:
+            process = psutil.Process(proc.pid)
+            while True:
+                rss = process.memory_info().rss
+                last_rss[0] = rss
+                if self.memory_limit and rss > self.memory_limit:
+                    return rss
+                await asyncio.sleep(MEMORY_POLL_S)
+        except psutil.Error:  # it is gone: proc.wait() tells how; wait to be cancelled
+            never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            return await never
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("worker %s did not stop in %g s; killing it", self.name, STOP_TIMEOUT_S)
+            proc.kill()
+            await proc.wait()
+
+    async def _report(self, cause: str) -> None:
+        """Tell the scheduler how the worker died; a failure is logged, not raised."""
+        options: dict[str, Any] = {"name": f"nanny of {self.name}", "token": self._token}
+        if self._tls is not None:
+            options["tls"] = self._tls
+        try:
+            async with asyncio.timeout(REPORT_TIMEOUT_S):
+                comm = await connect_retrying(
+                    self.scheduler, retry_for=REPORT_TIMEOUT_S, role="nanny", **options
+                )
+                comm.send(WorkerDied(name=self.name, address=self.address, cause=cause))
+                try:
+                    while True:
+                        await comm.read()  # the scheduler closes once it has read it
+                except CommClosedError:
+                    pass
+        except (OSError, TimeoutError, ShoalError) as exc:
+            log.warning("could not report the death of %s to the scheduler: %s", self.name, exc)
