@@ -20,7 +20,13 @@ from shoal.client.link import SchedulerLink
 from shoal.client.loop import LoopThread
 from shoal.client.pool import DataPool
 from shoal.client.state import Key, KeyState, KeyTable, Status
-from shoal.errors import CommClosedError, FutureCancelled, GraphError, MessageTooLarge
+from shoal.errors import (
+    CommClosedError,
+    FutureCancelled,
+    GraphError,
+    MessageTooLarge,
+    ShoalError,
+)
 from shoal.protocol.messages import CancelKeys, ReleaseFutures, Replicate
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
@@ -64,6 +70,7 @@ class Client:
         self._funcs = graphs.FunctionCache()
         self._pool = DataPool(token, tls, timeout, name)
         self._link: SchedulerLink | None = None
+        self._reconnecting: asyncio.Future[None] | None = None
         self._callback_runner: ThreadPoolExecutor | None = None
         self._scatter_turn = 0  # where the next scatter starts its round of workers
         self._thread: LoopThread | None = None
@@ -104,12 +111,33 @@ class Client:
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
             self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
-        self._link = SchedulerLink(self._keys, self.address, self.timeout)
+        self._link = SchedulerLink(self._keys, self.address, self.timeout, self._link_lost)
         await self._link.open(self.name, self.token, self.tls)
         self.client_id = self._link.client_id
         self.status = "running"
         log.info("client %s connected to %s", self.client_id, self.address)
         return self
+
+    def _link_lost(self, reason: str) -> None:
+        """The scheduler is gone (its pending futures failed): join it again, or
+        the one that takes its place, for new work."""
+        if self.status == "running":
+            self._reconnecting = asyncio.ensure_future(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        assert self.address is not None
+        log.warning("%s; reconnecting for up to %g s", reason, self.timeout)
+        link = SchedulerLink(self._keys, self.address, self.timeout, self._link_lost)
+        try:
+            await link.open(self.name, self.token, self.tls)
+        except (OSError, TimeoutError, ShoalError) as exc:
+            log.error("client %s could not reconnect: %s", self.client_id, exc)
+            return
+        if self.status != "running":
+            await link.close("the client closed while reconnecting")
+            return
+        self._link, self.client_id = link, link.client_id
+        log.info("client %s connected to %s again", self.client_id, self.address)
 
     def __await__(self) -> Any:
         return self._start().__await__()
@@ -152,7 +180,7 @@ class Client:
         with self._keys.batch():
             for key in keys:
                 state = self._keys.states.get(key)
-                if state is not None and state.status is Status.CANCELLED:
+                if state is not None and (state.status is Status.CANCELLED or state.lost):
                     state.reset()
         if self._thread is None:
             self._send_graph(submission, keys, keepalive)  # asynchronous: we are on the loop
@@ -231,6 +259,7 @@ class Client:
         workers: Iterable[str] | str | None = None,
         retries: int = 0,
         pure: bool = True,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> Future:
         """Run `fn(*args, **kwargs)` on the cluster; returns at once with its Future.
@@ -239,14 +268,17 @@ class Client:
         values too) become dependencies and are replaced by their values.
         `pure=True` names the task after its function and arguments, so equal
         submissions share one result; `pure=False` always runs anew.
+        `timeout` (seconds, counted once a worker thread starts it): past it the
+        task fails with TaskTimeout, whatever its `retries`.
 
         Raises:
             SerializationError: `fn` or an argument cannot be pickled.
             TypeError: `fn` is not callable or `key` is not a valid key.
+            ValueError: `timeout` is not positive.
             CommClosedError: the client is not running.
         """
         row = graphs.call_row(fn, args, kwargs, self._funcs, key, pure)
-        options = graphs.TaskOptions(priority, resources, workers, retries)
+        options = graphs.TaskOptions(priority, resources, workers, retries, timeout)
         future = Future(row.key, self)
         submission = graphs.messages([row], [row.key], options)
         self._hand_over(submission, [row.key], (args, kwargs))
@@ -262,18 +294,20 @@ class Client:
         workers: Iterable[str] | str | None = None,
         retries: int = 0,
         pure: bool = True,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> list[Future]:
         """Run `fn` on each item (zipped across `iterables`); one Future per item.
 
         `key` is a list of keys, one per item, or a str that replaces the
         function's name in front of each generated key. All tasks travel in
-        one SubmitGraph (split in chunks when large).
+        one SubmitGraph (split in chunks when large). `timeout` applies to
+        each task, as in submit().
 
         Raises:
             SerializationError: `fn` or an item cannot be pickled.
             TypeError: `fn` is not callable or a key is not a valid key.
-            ValueError: `key` is a list of the wrong length.
+            ValueError: `key` is a list of the wrong length, or `timeout` is not positive.
             CommClosedError: the client is not running.
         """
         items = list(zip(*iterables, strict=False))
@@ -290,24 +324,29 @@ class Client:
             rows.setdefault(row.key, row)  # equal pure items share one task
             item_keys.append(row.key)
         futures = [Future(k, self) for k in item_keys]
-        options = graphs.TaskOptions(priority, resources, workers, retries)
+        options = graphs.TaskOptions(priority, resources, workers, retries, timeout)
         task_keys = list(rows)
         submission = graphs.messages(list(rows.values()), task_keys, options)
         self._hand_over(submission, task_keys, (items, kwargs))
         return futures
 
-    def compute(self, graph: dict[Any, Any], keys: Any, priority: int = 0) -> Any:
+    def compute(
+        self, graph: dict[Any, Any], keys: Any, priority: int = 0, timeout: float | None = None
+    ) -> Any:
         """Send a dict graph and return Futures for `keys`, in the nesting of `keys`.
 
         A task is `(callable, *args)`; any other value is a literal. Arguments
         name other keys of the graph (inside lists, tuples and dicts too) or
-        hold Futures. Only what `keys` needs is sent.
+        hold Futures. Only what `keys` needs is sent. `timeout` is the limit of
+        every task of the graph, as in submit().
 
         Raises:
             GraphError: a cycle, a bad key, or a requested key not in the graph.
             SerializationError: a function or an argument cannot be pickled.
+            ValueError: `timeout` is not positive.
             CommClosedError: the client is not running.
         """
+        options = graphs.TaskOptions(priority, timeout=timeout)
         leaves = nesting.key_leaves(keys)
         wanted = list(dict.fromkeys(k for k in leaves if not isinstance(k, Future)))
         for k in wanted:
@@ -315,18 +354,20 @@ class Client:
                 raise GraphError(f"bad requested key {k!r}: not a key of the graph nor a Future")
         rows = graphs.graph_rows(graph, wanted, self._funcs)
         made = {k: Future(k, self) for k in wanted}
-        submission = graphs.messages(rows, wanted, graphs.TaskOptions(priority))
+        submission = graphs.messages(rows, wanted, options)
         self._hand_over(submission, wanted, graph)
         return nesting.replace_keys(keys, lambda leaf: made.get(leaf, leaf))
 
-    def get(self, graph: dict[Any, Any], keys: Any, priority: int = 0) -> Any:
+    def get(
+        self, graph: dict[Any, Any], keys: Any, priority: int = 0, timeout: float | None = None
+    ) -> Any:
         """compute() then gather(): the values of `keys`, in the nesting of `keys`.
 
         Raises:
             GraphError: as compute() does.
             Exception: the first failing task's exception (see Future.result).
         """
-        futures = self.compute(graph, keys, priority)
+        futures = self.compute(graph, keys, priority, timeout)
         return self.gather(futures)
 
     def gather(self, futures: Any, errors: str = "raise") -> Any:
@@ -486,6 +527,8 @@ class Client:
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._link is not None:
             await self._link.close(f"the client of the scheduler at {self.address} is closed")
         await self._pool.close()

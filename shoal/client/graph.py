@@ -185,7 +185,7 @@ class Row:
 class TaskOptions:
     """What submit() and map() may ask of every task they make."""
 
-    __slots__ = ("priority", "resources", "restrict", "retries")
+    __slots__ = ("priority", "resources", "restrict", "retries", "timeout")
 
     def __init__(
         self,
@@ -193,7 +193,13 @@ class TaskOptions:
         resources: dict[str, float] | None = None,
         workers: Iterable[str] | str | None = None,
         retries: int = 0,
+        timeout: float | None = None,
     ) -> None:
+        """Raises:
+        ValueError: a timeout that is not a positive number of seconds."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.timeout = timeout
         self.priority = priority
         self.resources = dict(resources) if resources else None
         if isinstance(workers, str):
@@ -293,6 +299,7 @@ def _message(chunk: list[Row], want: set[Key], options: TaskOptions) -> SubmitGr
         resources={i: options.resources for i in everyone} if options.resources else {},
         restrict={i: options.restrict for i in everyone} if options.restrict else {},
         retries={i: options.retries for i in everyone} if options.retries else {},
+        timeout={i: float(options.timeout) for i in everyone} if options.timeout else {},
     )
 
 

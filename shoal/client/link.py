@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.client.state import Key, KeyTable
-from shoal.errors import CommClosedError, FutureCancelled, GraphError
-from shoal.protocol.comm import Comm, connect
+from shoal.errors import CommClosedError, FutureCancelled, GraphError, SchedulerLost
+from shoal.protocol.comm import Comm
 from shoal.protocol.messages import (
     ClientRegistered,
     GetSchedulerInfo,
@@ -30,6 +30,7 @@ from shoal.protocol.messages import (
     WhoHasAnswer,
     WorkersChanged,
 )
+from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 
@@ -39,12 +40,20 @@ log = logging.getLogger(__name__)
 class SchedulerLink:
     """One registered connection to the scheduler, on the client's loop.
 
-    When the connection is lost, every pending key fails with CommClosedError
-    naming the scheduler, and so does every request and waiter.
+    When the connection is lost, every pending key fails with SchedulerLost
+    naming the scheduler, every request and waiter with CommClosedError, and
+    `on_lost(reason)` is called (unless the client closed it).
     """
 
-    def __init__(self, keys: KeyTable, address: str, timeout: float) -> None:
+    def __init__(
+        self,
+        keys: KeyTable,
+        address: str,
+        timeout: float,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.keys, self.address, self.timeout = keys, address, timeout
+        self.on_lost = on_lost
         self.client_id = ""
         self.workers = 0
         self.lost: str | None = None
@@ -56,15 +65,22 @@ class SchedulerLink:
         self._worker_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def open(self, name: str, token: str | bytes | None, tls: TLSConfig | None) -> None:
-        """Connect, register, and start reading.
+        """Connect (trying again while nothing answers, for `timeout` seconds),
+        register, and start reading.
 
         Raises:
             OSError, TimeoutError: no scheduler answered within the timeout.
             HandshakeError: the scheduler refused the token or the version.
             CommClosedError: the scheduler closed the connection or answered oddly.
         """
-        comm = await connect(
-            self.address, role="client", name=name, token=token, tls=tls, timeout=self.timeout
+        comm = await connect_retrying(
+            self.address,
+            retry_for=self.timeout,
+            role="client",
+            name=name,
+            token=token,
+            tls=tls,
+            timeout=self.timeout,
         )
         try:
             comm.send(RegisterClient(name=name))
@@ -142,12 +158,14 @@ class SchedulerLink:
             return
         self.lost = reason
         with self.keys.batch():
-            self.keys.fail_pending(CommClosedError, reason)
+            self.keys.fail_pending(SchedulerLost, reason)
         waiters = list(self._requests.values()) + [w for _, w in self._worker_waiters]
         self._worker_waiters = []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(CommClosedError(reason))
+        if not self.closing and self.on_lost is not None:
+            self.on_lost(reason)
 
     @property
     def usable(self) -> bool:

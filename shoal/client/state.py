@@ -83,6 +83,12 @@ class KeyState:
         cls, text = failure
         return cls(text)
 
+    @property
+    def lost(self) -> bool:
+        """Failed because the scheduler was lost: submitting it again computes anew."""
+        failure = self.failure
+        return isinstance(failure, tuple) and failure[0] is errors.SchedulerLost
+
     def reset(self) -> None:
         """Back to pending, for a key submitted again after a cancel."""
         self.status = Status.PENDING

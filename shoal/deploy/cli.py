@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from shoal import __version__
 from shoal.deploy.nanny import FATAL_EXIT, NANNY_ENV, RESTART_EXIT
@@ -142,17 +143,32 @@ def _tls(args: argparse.Namespace) -> TLSConfig | None:
     return TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
-async def _until_signalled(finished: asyncio.Future[None]) -> str:
-    """Wait for SIGINT/SIGTERM or for `finished`; the signal's name, or "" if none."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    got: list[str] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: (got.append(s.name), stop.set()))
-    waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([waiter, finished], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    return got[0] if got else ""
+class _Signals:
+    """SIGINT and SIGTERM, caught for the whole life of the command."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self._event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._caught, sig)
+
+    def _caught(self, sig: signal.Signals) -> None:
+        self.name = self.name or sig.name
+        self._event.set()
+
+    async def race(self, awaitable: Any) -> bool:
+        """Await `awaitable` unless a signal comes first (then cancel it): True if
+        signalled. The awaitable's own outcome is left in it."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._event.wait())
+        await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if work.done():
+            return False
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        return True
 
 
 async def _run_scheduler(args: argparse.Namespace) -> int:
@@ -176,9 +192,9 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         return 1
     gc.freeze()  # import-time objects never die: keep them out of collections
     print(f"shoal scheduler listening at {scheduler.address}", flush=True)
-    finished = asyncio.ensure_future(scheduler.finished())
-    why = await _until_signalled(finished)
-    log.info("scheduler stopping (%s)", why or "closed")
+    signals = _Signals()
+    await signals.race(scheduler.finished())
+    log.info("scheduler stopping (%s)", signals.name or "closed")
     await scheduler.close()
     return 0
 
@@ -188,6 +204,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     from shoal.worker.server import Worker
 
     supervised = os.environ.get(NANNY_ENV) == "1"
+    signals = _Signals()
     first = True
     while True:
         worker = Worker(
@@ -203,10 +220,11 @@ async def _run_worker(args: argparse.Namespace) -> int:
             nanny=supervised,
             timeout_grace=args.timeout_grace,
         )
-        try:
-            await worker.start()
-        except (OSError, TimeoutError, ShoalError) as exc:
-            print(f"shoal worker: {exc}", file=sys.stderr)
+        starting = asyncio.ensure_future(worker.start())
+        if await signals.race(starting):
+            return 0  # stopped while still trying to reach the scheduler
+        if starting.exception() is not None:
+            print(f"shoal worker: {starting.exception()}", file=sys.stderr)
             return FATAL_EXIT
         if first:
             gc.freeze()
@@ -216,9 +234,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             flush=True,
         )
         finished = asyncio.ensure_future(worker.finished())
-        why = await _until_signalled(finished)
-        await worker.close(f"received {why}" if why else "scheduler gone")
-        if why:
+        signalled = await signals.race(finished)
+        await worker.close(f"received {signals.name}" if signalled else "scheduler gone")
+        if signalled:
             return 0
         if finished.exception() is not None:
             return 1  # an internal error, logged already
