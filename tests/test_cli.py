@@ -68,8 +68,16 @@ def test_help_and_no_command() -> None:
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ("scheduler", ["--host", "--port", "--token", "--allow-insecure", "--tls-ca"]),
-        ("worker", ["--nthreads", "--name", "--resources", "--memory-limit", "--token"]),
+        (
+            "scheduler",
+            "--host --port --token --allow-insecure --tls-ca --heartbeat-timeout "
+            "--allowed-failures".split(),
+        ),
+        (
+            "worker",
+            "--nthreads --name --resources --memory-limit --token --no-nanny "
+            "--connect-timeout --timeout-grace".split(),
+        ),
         ("demo", ["--workers", "--leaves"]),
     ],
 )
@@ -95,6 +103,10 @@ def test_subcommand_help(command: str, flags: list[str]) -> None:
         ["worker", "tcp://127.0.0.1:1", "--resources", "GPU"],
         ["worker", "tcp://127.0.0.1:1", "--memory-limit", "lots"],
         ["scheduler", "--port", "x"],
+        ["scheduler", "--heartbeat-timeout", "0"],
+        ["scheduler", "--allowed-failures", "0"],
+        ["worker", "tcp://127.0.0.1:1", "--timeout-grace", "-1"],
+        ["worker", "tcp://127.0.0.1:1", "--connect-timeout", "soon"],
     ],
 )
 def test_bad_flags_exit_2_with_a_message(args: list[str]) -> None:
@@ -105,6 +117,13 @@ def test_bad_flags_exit_2_with_a_message(args: list[str]) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.timeout(30)
+def test_a_worker_that_finds_no_scheduler_gives_up_after_its_connect_timeout() -> None:
+    out = shoal("worker", "tcp://127.0.0.1:1", "--connect-timeout", "0.5")
+    assert out.returncode == 1, (out.stdout, out.stderr)  # the nanny stops too
+    assert "no scheduler answered at tcp://127.0.0.1:1 within 0.5 s" in out.stderr
+
+
 def test_scheduler_beyond_loopback_needs_a_token() -> None:
     out = shoal("scheduler", "--host", "0.0.0.0", "--port", "0", timeout=20)
     assert out.returncode != 0

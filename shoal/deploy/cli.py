@@ -58,6 +58,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal", description="shoal: a distributed task-computing service for Python."
@@ -89,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sched.add_argument(
         "--allowed-failures",
-        type=int,
+        type=_at_least_one,
         default=3,
         metavar="N",
         help="fail a task with KilledWorker once N workers died running it (default 3)",
