@@ -92,9 +92,10 @@ class DataLost(ShoalError):
 
 
 class KilledWorker(ShoalError):
-    """A task was running on too many workers that died (the scheduler's
-    allowed failures, 3 by default). The message names each worker and how it
-    died; the task itself is the likely cause (memory, a crash in C code)."""
+    """A task was processing on too many workers that died (the scheduler's
+    allowed failures, 3 by default): running there, or assigned and waiting
+    for a thread. The message names each worker and how it died; the task
+    itself is the likely cause (memory, a crash in C code)."""
 
 
 class TaskTimeout(ShoalError, TimeoutError):

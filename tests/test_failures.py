@@ -160,7 +160,7 @@ def test_a_task_past_the_memory_limit_restarts_its_worker_and_fails_alone() -> N
             with pytest.raises(KilledWorker) as info:
                 big.result(timeout=90)
             message = str(info.value)
-            assert "was running on 3 workers that died" in message
+            assert "was processing on 3 workers that died" in message
             assert message.count("memory limit exceeded: it used") == 3, message
             assert "of its 300 MiB limit" in message
             assert client.gather(rest) == list(range(40))

@@ -235,7 +235,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             return 0  # stopped while still trying to reach the scheduler
         if starting.exception() is not None:
             print(f"shoal worker: {starting.exception()}", file=sys.stderr)
-            return FATAL_EXIT
+            # Refused at first: a setting is wrong. Refused when joining again: the
+            # scheduler may still hold the old registration; the nanny retries.
+            return FATAL_EXIT if first else 1
         if first:
             gc.freeze()
             first = False

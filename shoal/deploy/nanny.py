@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from shoal.errors import CommClosedError, ShoalError
+from shoal.errors import ShoalError
 from shoal.protocol.messages import WorkerDied
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
@@ -235,10 +235,6 @@ class Nanny:
                     self.scheduler, retry_for=REPORT_TIMEOUT_S, role="nanny", **options
                 )
                 comm.send(WorkerDied(name=self.name, address=self.address, cause=cause))
-                try:
-                    while True:
-                        await comm.read()  # the scheduler closes once it has read it
-                except CommClosedError:
-                    pass
+                await comm.close("reported")  # sends what is queued first
         except (OSError, TimeoutError, ShoalError) as exc:
             log.warning("could not report the death of %s to the scheduler: %s", self.name, exc)

@@ -22,7 +22,10 @@ class ClientRequests:
     def _register_client(self, peer: str, msg: m.RegisterClient) -> None:
         client = ClientInfo(peer, f"client-{next(self._client_ids)}", msg.name)
         self.clients[peer] = client
-        self._send(peer, m.ClientRegistered(client_id=client.client_id, workers=len(self.workers)))
+        self._send(
+            peer,
+            m.ClientRegistered(client_id=client.client_id, workers=len(self.placement.workers)),
+        )
 
     def _remove_client(self, client: ClientInfo) -> None:
         for ts in list(client.wants):

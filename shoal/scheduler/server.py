@@ -120,7 +120,7 @@ class Scheduler:
 
     async def wait_for_workers(self, n: int) -> None:
         """Return once at least `n` workers are registered (wrap in a timeout)."""
-        while len(self.state.workers) < n:
+        while len(self.state.placement.workers) < n:
             self._workers_changed.clear()
             await self._workers_changed.wait()
 
@@ -164,6 +164,6 @@ class Scheduler:
 
     def __repr__(self) -> str:
         return (
-            f"<Scheduler {self.address} workers={len(self.state.workers)} "
+            f"<Scheduler {self.address} workers={len(self.state.placement.workers)} "
             f"clients={len(self.state.clients)} tasks={len(self.state.tasks)}>"
         )

@@ -50,8 +50,8 @@ class SchedulerState(ClientRequests, DataRequests):
         history: how many transitions `history` keeps.
         heartbeat_timeout: a worker that sends nothing for this many seconds is
             removed (workers heartbeat every second or so).
-        allowed_failures: a task that was running on this many workers that died
-            fails with KilledWorker.
+        allowed_failures: a task that was processing on this many workers that
+            died (running, or assigned and waiting for a thread) fails with KilledWorker.
         death_report_wait: how long the work of a nanny-supervised worker whose
             connection dropped waits for its nanny's report of the cause.
     """
@@ -236,8 +236,8 @@ class SchedulerState(ClientRequests, DataRequests):
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
 
     def _worker_died(self, peer: str, msg: m.WorkerDied) -> None:
-        """A nanny's report: its worker died (or it killed it), and why."""
-        self._out.append(Disconnect(peer, "report received"))
+        """A nanny's report: its worker died (or it killed it), and why. The nanny
+        closes its connection once it has sent it."""
         named = [
             ws
             for ws in self.workers.values()
@@ -586,9 +586,9 @@ TIMEOUT_TYPENAME = "shoal.errors.TaskTimeout"
 
 
 def killed_worker_error(key: object, deaths: list[tuple[str, str]]) -> tuple:
-    """The error of a task that was running on workers that all died."""
+    """The error of a task that was processing on workers that all died."""
     named = "; ".join(f"{name!r} ({cause})" for name, cause in deaths)
-    message = f"task {key!r} was running on {len(deaths)} workers that died: {named}"
+    message = f"task {key!r} was processing on {len(deaths)} workers that died: {named}"
     return ("shoal.errors.KilledWorker", message, "", None, None)
 
 

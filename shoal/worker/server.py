@@ -397,7 +397,7 @@ class Worker:
                     Heartbeat(
                         cpu=process.cpu_percent(),
                         memory=process.memory_info().rss,
-                        executing=len(self.state.executing),
+                        executing=len(self._pool.running()) if self._pool is not None else 0,
                     )
                 )
             # Never long asleep: a task with a timeout may start at any moment.

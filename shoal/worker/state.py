@@ -466,6 +466,7 @@ class WorkerState:
             self._unflight(rec)
         elif start in _RUNNING and to not in _RUNNING:
             del self.executing[rec.key]
+            rec.timed_out = False
             if rec.timeout:
                 del self.timed[rec.key]
         rec.status = to
