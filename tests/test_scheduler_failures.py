@@ -285,3 +285,17 @@ def test_a_timeout_must_be_positive(bad: float) -> None:
     out = h.submit(c, {"x": []}, timeout={"x": bad})
     (refused,) = sent(out, c, m.GraphRejected)
     assert "timeout for 'x' must be positive" in refused.reason
+
+
+def test_a_successor_at_the_same_address_leaving_first_keeps_the_dying_one_filed() -> None:
+    h = Harness()
+    c = h.client()
+    old = h.worker("a", nanny=True, address="tcp://host:1")
+    h.submit(c, {"x": []})
+    h.lose(old)  # dying, awaiting its nanny's report
+    new = h.worker("a", nanny=True, address="tcp://host:1", peer="w:a-again")
+    assert h.state.by_address["tcp://host:1"].peer == new
+    h.handle(new, m.WorkerLeaving(reason="bye"))
+    assert h.state.by_address["tcp://host:1"].peer == old  # validated after every step
+    h.nanny_reports(old, "exited with code 1")
+    assert "tcp://host:1" not in h.state.by_address

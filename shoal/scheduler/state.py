@@ -261,6 +261,10 @@ class SchedulerState(ClientRequests, DataRequests):
         self.dying.pop(ws, None)
         if self.by_address.get(ws.address) is ws:
             del self.by_address[ws.address]
+            # Rare: a dying worker's successor took its address and left first.
+            for other in self.workers.values():
+                if other.address == ws.address:
+                    self.by_address[ws.address] = other
         if not ws.gone:
             self.placement.remove_worker(ws)
         self._free.pop(ws, None)
