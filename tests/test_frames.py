@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
@@ -203,3 +205,23 @@ def test_payloads_are_refused_before_the_handshake() -> None:
     batch = codec.encode_batch([m.DataSent(data={"a": Serialized("int", [b"x"])})])
     with pytest.raises(ProtocolError, match="not allowed before the handshake"):
         codec.decode_batch([memoryview(batch[0])], allow_payloads=False)
+
+
+@pytest.mark.timeout(60)
+def test_starting_a_worker_or_client_does_not_import_numpy() -> None:
+    # numpy costs 150-250 ms to import; the decoder loads it at the first large frame.
+    code = (
+        "import sys, shoal.client.client, shoal.deploy.cli, shoal.worker.server, "
+        "shoal.scheduler.server; print('numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_a_large_frame_arrives_in_a_numpy_buffer() -> None:
+    import numpy as np
+
+    view = frames._allocate(frames.DIRECT_MIN)
+    assert isinstance(view.obj, np.ndarray)
+    assert view.nbytes == frames.DIRECT_MIN
