@@ -249,7 +249,9 @@ class FrameDecoder:
         while len(self._frames) < len(lengths):
             nbytes = lengths[len(self._frames)]
             if nbytes:
-                self._cur = _allocate(nbytes)
+                # The header is parsed and dropped, never handed out as a user's buffer,
+                # so it needs no numpy (a zero-filled bytearray costs little beside parsing).
+                self._cur = _allocate(nbytes) if self._frames else memoryview(bytearray(nbytes))
                 self._cur_off = 0
                 return
             self._frames.append(memoryview(bytearray(0)))
