@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-protocol bench-e2e bench-transfer lint clean
+.PHONY: test demo bench bench-protocol bench-e2e bench-transfer bench-memory lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ bench-e2e: $(VENV)/.installed-bench
 bench-transfer: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.transfer $(BENCH_ARGS)
 
-bench: bench-protocol bench-e2e bench-transfer
+bench-memory: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.memory $(BENCH_ARGS)
+
+# Every side-by-side workload (e2e, transfer, memory) in one table; --out FILE writes JSON.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check shoal tests benchmarks

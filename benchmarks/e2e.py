@@ -18,21 +18,25 @@ import time
 from typing import Any
 
 from benchmarks.children import run_child
+from benchmarks.table import Metric, format_table, summarize
 
 SHAPES = {
     "full": {"tasks": 20_000, "round_trips": 1_000, "leaves": 8_192},
-    "quick": {"tasks": 2_000, "round_trips": 200, "leaves": 1_024},
+    "quick": {"tasks": 1_000, "round_trips": 100, "leaves": 256},
 }
+CHILD_TIMEOUT_S = 600.0  # one system's whole round; dask's full round takes 2 to 4 minutes
 
-# metric -> (label, unit, higher is better)
-METRICS = {
-    "first_result_s": ("Client() to first result", "s", False),
-    "throughput_tasks_s": ("map+gather of trivial tasks", "tasks/s", True),
-    "latency_median_ms": ("submit->result latency, median", "ms", False),
-    "latency_p99_ms": ("submit->result latency, p99", "ms", False),
-    "tree_s": ("tree reduction", "s", False),
-    "tree_tasks_s": ("tree reduction rate", "tasks/s", True),
-}
+
+def metrics(shape: dict[str, int]) -> list[Metric]:
+    """The table's rows for this shape."""
+    return [
+        Metric("first_result_s", "Client() to first result", "s"),
+        Metric("throughput_tasks_s", f"map+gather of {shape['tasks']:,} trivial tasks", "tasks/s"),
+        Metric("latency_median_ms", "submit->result latency, median", "ms"),
+        Metric("latency_p99_ms", "submit->result latency, p99", "ms"),
+        Metric("tree_s", f"tree reduction, {shape['leaves']:,} leaves", "s"),
+        Metric("tree_tasks_s", "tree reduction rate", "tasks/s"),
+    ]
 
 
 def inc(x: int) -> int:
@@ -111,54 +115,20 @@ def child(system: str, shape_name: str) -> None:
     print(json.dumps(run_workloads(system, SHAPES[shape_name])), flush=True)
 
 
-def spawn(system: str, shape_name: str, timeout: float) -> dict[str, float]:
+def spawn(system: str, shape_name: str, timeout: float = CHILD_TIMEOUT_S) -> dict[str, float]:
+    """One round of `system` in a child process (killed with its cluster on timeout)."""
     args = ["--child", system, "--shape", shape_name]
     return run_child("benchmarks.e2e", args, timeout)
 
 
-def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for metric in METRICS:
-        row = {}
-        for system, results in runs.items():
-            values = [r[metric] for r in results if metric in r]
-            if values:
-                row[system] = {
-                    "median": statistics.median(values),
-                    "min": min(values),
-                    "max": max(values),
-                }
-        if "shoal" in row and "dask" in row and row["dask"]["median"]:
-            row["ratio"] = row["shoal"]["median"] / row["dask"]["median"]
-        table[metric] = row
-    return table
-
-
-def print_table(table: dict[str, Any]) -> None:
-    columns = ("shoal median (min..max)", "dask median (min..max)")
-    head = f"{'metric':34} {columns[0]:>30} {columns[1]:>30} {'shoal/dask':>10}"
-    print(head)
-    print("-" * len(head))
-    for metric, row in table.items():
-        label, unit, _ = METRICS[metric]
-        cells = []
-        for system in ("shoal", "dask"):
-            cell = row.get(system)
-            cells.append(
-                f"{_fmt(cell['median'])} ({_fmt(cell['min'])}..{_fmt(cell['max'])})"
-                if cell
-                else "-"
-            )
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
-        print(f"{label + ' [' + unit + ']':34} {cells[0]:>30} {cells[1]:>30} {ratio:>10}")
-
-
-def _fmt(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
+def collect(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """Rounds per system -> values per metric and system, for benchmarks.table."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for system, results in runs.items():
+        for result in results:
+            for key, value in result.items():
+                values.setdefault(key, {}).setdefault(system, []).append(value)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     for rep in range(repeat):
         for system in systems if rep % 2 == 0 else systems[::-1]:
-            runs[system].append(spawn(system, shape, timeout=300))
+            runs[system].append(spawn(system, shape))
             print(f"  rep {rep + 1}/{repeat} {system}: {runs[system][-1]}", file=sys.stderr)
-    table = summarize(runs)
-    print_table(table)
+    table = summarize(metrics(SHAPES[shape]), collect(runs))
+    print(format_table(table))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"shape": SHAPES[shape], "repeat": repeat, "table": table}, f, indent=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
@@ -203,3 +205,36 @@ def test_payloads_are_refused_before_the_handshake() -> None:
     batch = codec.encode_batch([m.DataSent(data={"a": Serialized("int", [b"x"])})])
     with pytest.raises(ProtocolError, match="not allowed before the handshake"):
         codec.decode_batch([memoryview(batch[0])], allow_payloads=False)
+
+
+@pytest.mark.timeout(60)
+def test_numpy_is_imported_only_for_a_large_buffer_frame() -> None:
+    # numpy costs 150-250 ms and about 15 MB to import: starting a process and reading
+    # control messages, large headers included, go without it.
+    code = """
+import sys
+import shoal.client.client, shoal.deploy.cli, shoal.scheduler.server, shoal.worker.server
+from shoal.protocol import codec, frames, messages
+from shoal.protocol.limits import Limits
+print('numpy' in sys.modules)
+keys = tuple(f"key-{i:06d}" for i in range(20_000))
+header = frames.encode_frames(codec.encode_batch([messages.GetData(keys=keys, request_id=1)]))
+decoder = frames.FrameDecoder(Limits())
+decoder.feed(b"".join(bytes(b) for b in header))
+assert len(decoder.pop()) == 1 and len(header[1]) > frames.DIRECT_MIN
+print('numpy' in sys.modules)
+decoder.feed(b"".join(bytes(b) for b in frames.encode_frames([b"h", bytes(frames.DIRECT_MIN)])))
+(batch,) = decoder.pop()
+print('numpy' in sys.modules, type(batch[1].obj).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True", "ndarray"]
+
+
+def test_a_large_frame_arrives_in_a_numpy_buffer() -> None:
+    import numpy as np
+
+    view = frames._allocate(frames.DIRECT_MIN)
+    assert isinstance(view.obj, np.ndarray)
+    assert view.nbytes == frames.DIRECT_MIN

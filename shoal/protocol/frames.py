@@ -11,8 +11,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-import numpy as np
-
 from shoal.errors import LimitExceeded, ProtocolError
 from shoal.protocol.limits import Limits
 
@@ -49,6 +47,12 @@ def _scratch_bytes(limits: Limits) -> int:
 
 def _allocate(nbytes: int) -> memoryview:
     if nbytes >= DIRECT_MIN:
+        # Imported here, not at the top: numpy takes 150-250 ms to import, which every
+        # process paid at start-up (workers, scheduler, clients) before its first large
+        # frame, if it ever gets one. Such a frame is usually an array that needs numpy
+        # to unpickle anyway.
+        import numpy as np
+
         return memoryview(np.empty(nbytes, dtype=np.uint8))
     return memoryview(bytearray(nbytes))
 
@@ -245,7 +249,9 @@ class FrameDecoder:
         while len(self._frames) < len(lengths):
             nbytes = lengths[len(self._frames)]
             if nbytes:
-                self._cur = _allocate(nbytes)
+                # The header is parsed and dropped, never handed out as a user's buffer,
+                # so it needs no numpy (a zero-filled bytearray costs little beside parsing).
+                self._cur = _allocate(nbytes) if self._frames else memoryview(bytearray(nbytes))
                 self._cur_off = 0
                 return
             self._frames.append(memoryview(bytearray(0)))

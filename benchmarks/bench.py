@@ -1,0 +1,162 @@
+"""`make bench`: every side-by-side workload, shoal and dask.distributed, in one table.
+
+Each repetition runs, with the systems' order alternating from one repetition
+to the next: the end-to-end workloads (benchmarks/e2e.py: first result,
+map+gather, latency, tree), the worker-to-worker move of a large array beside a
+raw socket (benchmarks/transfer.py) and the scheduler's memory per task
+(benchmarks/memory.py). Every round is a child process with a time limit that
+is killed with its cluster's processes when the limit passes.
+
+    python -m benchmarks.bench [--repeat 3] [--quick] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import e2e, memory, transfer
+from benchmarks.table import Metric, format_table, summarize
+
+WORKLOADS = ("e2e", "transfer", "memory")
+
+
+def shapes(quick: bool) -> dict[str, Any]:
+    mib = transfer.SIZE_MIB_QUICK if quick else transfer.SIZE_MIB
+    return {
+        "e2e": e2e.SHAPES["quick" if quick else "full"],
+        "transfer": {
+            "mib": mib,
+            "bytes": mib * 2**20,
+            "moves": transfer.MOVES_QUICK if quick else transfer.MOVES,
+        },
+        "memory": {"tasks": memory.N_TASKS_QUICK if quick else memory.N_TASKS},
+    }
+
+
+def metrics(shape: dict[str, Any], workloads: list[str]) -> list[Metric]:
+    """The table's rows for these workloads, in the order of WORKLOADS."""
+    mib = shape["transfer"]["mib"]
+    rows = {
+        "e2e": e2e.metrics(shape["e2e"]),
+        "transfer": [Metric("transfer_gb_s", f"worker->worker move of {mib:g} MiB", "GB/s")],
+        "memory": memory.metrics(shape["memory"]["tasks"]),
+    }
+    return [metric for workload in WORKLOADS if workload in workloads for metric in rows[workload]]
+
+
+def run_round(workload: str, system: str, shape: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """One system's round of one workload, in a child process; metric -> value."""
+    if workload == "e2e":
+        return e2e.spawn(system, "quick" if quick else "full")
+    if workload == "transfer":
+        moves = transfer.spawn(system, shape["transfer"]["bytes"], shape["transfer"]["moves"])
+        return {"transfer_gb_s": statistics.median(moves["gb_s"]), "moves": moves}
+    return memory.spawn(system, shape["memory"]["tasks"])
+
+
+def machine() -> dict[str, Any]:
+    from benchmarks.protocol import machine as protocol_machine
+
+    found = protocol_machine()
+    del found["load_average_at_start"]
+    try:
+        import distributed
+
+        found["distributed"] = distributed.__version__
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
+        found["commit"] = commit.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return found
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--quick", action="store_true", help="small shapes, one repetition")
+    parser.add_argument("--systems", default="shoal,dask")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--out", help="also write the table and every round as JSON here")
+    args = parser.parse_args(argv)
+    repeat = 1 if args.quick else args.repeat
+    shape = shapes(args.quick)
+    systems = [s for s in args.systems.split(",") if s and e2e._available(s)]
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
+    load_start, began = _load(), time.monotonic()
+    print(f"load average at start: {' '.join(map(str, load_start))}", file=sys.stderr)
+    values: dict[str, dict[str, list[float]]] = {}
+    rounds = []
+    for rep in range(repeat):
+        for workload in workloads:
+            # The transfer's raw socket baseline takes its turn in the same rounds.
+            turn = ["raw", *systems] if workload == "transfer" else systems
+            for system in turn if rep % 2 == 0 else turn[::-1]:
+                load = _load()
+                result = run_round(workload, system, shape, args.quick)
+                entry = {"rep": rep + 1, "workload": workload, "system": system, "load": load}
+                rounds.append({**entry, "result": result})
+                shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
+                where = f"rep {rep + 1}/{repeat} {workload} {system} (load {load[0]})"
+                print(f"  {where}: {shown}", file=sys.stderr)
+                for key, value in result.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        values.setdefault(key, {}).setdefault(system, []).append(value)
+    table = summarize(metrics(shape, workloads), values)
+    load_end, took = _load(), time.monotonic() - began
+    found = machine()
+    print(format_table(table))
+    print(
+        f"{repeat} repetition(s), {took:.0f} s; load average (1, 5, 15 min) "
+        f"{' '.join(map(str, load_start))} at start, {' '.join(map(str, load_end))} at end"
+    )
+    print(
+        f"{found['cpus']} CPUs ({found['cpu_model']}), {found['platform']}, "
+        f"Python {found['python']}, distributed {found.get('distributed', '-')}, "
+        f"shoal at {found.get('commit', '?')}"
+    )
+    unsettled = [
+        f"{r['system']} rep {r['rep']}"
+        for r in rounds
+        if r["workload"] == "memory"
+        and not all(
+            r["result"].get(f"settled_{when}", True) for when in ("base", "pending", "held")
+        )
+    ]
+    if unsettled:
+        print(f"note: the scheduler's memory had not settled in {', '.join(unsettled)}")
+    if args.out:
+        found = {
+            "machine": found,
+            "load_average": {"start": load_start, "end": load_end},
+            "seconds": took,
+            "repeat": repeat,
+            "shape": shape,
+            "table": table,
+            "rounds": rounds,
+        }
+        with open(args.out, "w") as f:
+            json.dump(found, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
