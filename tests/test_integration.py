@@ -25,6 +25,8 @@ import numpy as np
 import psutil
 import pytest
 
+import shoal.deploy.forked
+import shoal.deploy.local
 from shoal import Client, as_completed, wait
 from shoal.errors import FutureCancelled, HandshakeError, RemoteTraceback
 
@@ -501,14 +503,21 @@ async def test_async_client(cli_cluster: CLICluster, no_leaks: None) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_local_cluster_client(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+def test_local_cluster_client(monkeypatch: pytest.MonkeyPatch, fork: bool) -> None:
     monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
     monkeypatch.delenv("SHOAL_TOKEN", raising=False)
+    if not fork:
+        monkeypatch.setattr(shoal.deploy.local, "can_fork", lambda: False)
+    elif not shoal.deploy.forked.can_fork():
+        pytest.skip("this process cannot fork workers (not Linux, or threads running)")
     threads_before = set(threading.enumerate())
     children_before = child_pids()
 
     client = Client(n_workers=2, threads_per_worker=1, timeout=WAIT_S)
     try:
+        kinds = {type(proc).__name__ for proc in client.cluster.procs}
+        assert kinds == {"ForkedProcess" if fork else "Process"}
         assert client.submit(inc, 1).result(timeout=WAIT_S) == 2
         assert client.gather(client.map(inc, range(200))) == list(range(1, 201))
         info = client.scheduler_info()

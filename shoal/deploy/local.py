@@ -1,11 +1,13 @@
 """LocalCluster: a scheduler in this process and workers beside it, on loopback.
 
 Workers run as subprocesses (`processes=True`, the default) or in this
-process's event loop. Worker processes run without a nanny unless
-`nanny=True`: each then runs under its own supervisor, as `shoal worker` does,
-which restarts it when it dies or crosses `memory_limit`. A fresh random
-token guards the ports. `close()` stops the workers (SIGTERM, then SIGKILL
-after a grace period) and the scheduler.
+process's event loop. A synchronous LocalCluster forks its worker processes
+when it can (see shoal.deploy.forked), which starts them in milliseconds.
+Worker processes run without a nanny unless `nanny=True`: each then runs
+under its own supervisor, as `shoal worker` does, which restarts it when it
+dies or crosses `memory_limit`. A fresh random token guards the ports.
+`close()` stops the workers (SIGTERM, then SIGKILL after a grace period) and
+the scheduler.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import math
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Generator
 from typing import Any
 
 from shoal.client.loop import LoopThread
+from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
 from shoal.scheduler.server import Scheduler
 from shoal.worker.server import Worker
 
@@ -76,10 +80,19 @@ class LocalCluster:
         self.memory_limit = memory_limit
         self.start_timeout = start_timeout
         self.nanny = nanny
-        self.scheduler = Scheduler(token=self.token, **scheduler_options)
         self.scheduler_address = ""
         self.workers: list[Worker] = []
-        self.procs: list[asyncio.subprocess.Process] = []
+        self.procs: list[asyncio.subprocess.Process | ForkedProcess] = []
+        listening = None
+        if processes and not asynchronous and "address" not in scheduler_options and can_fork():
+            # Bind first: the forked workers' connections wait in its backlog
+            # until the scheduler, started next in the loop thread, accepts them.
+            listening = socket.create_server(("127.0.0.1", 0), backlog=1024)
+            address = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+            scheduler_options["address"] = address
+            for i in range(self.n_workers):
+                self.procs.append(fork_worker(self._worker_argv(i, address), self.token, listening))
+        self.scheduler = Scheduler(token=self.token, sock=listening, **scheduler_options)
         self._loop_thread: LoopThread | None = None
         self._started = False
         self._closed = False
@@ -101,10 +114,10 @@ class LocalCluster:
         await self.scheduler.start()
         self.scheduler_address = self.scheduler.address
         for i in range(self.n_workers):
-            if self.processes:
-                self.procs.append(await self._spawn(i))
-            else:
+            if not self.processes:
                 self.workers.append(self._make_worker(i))
+            elif len(self.procs) < self.n_workers:  # not forked at construction
+                self.procs.append(await self._spawn(i))
         try:
             async with asyncio.timeout(self.start_timeout):
                 if self.workers:
@@ -126,14 +139,20 @@ class LocalCluster:
         )
 
     async def _spawn(self, i: int) -> asyncio.subprocess.Process:
+        args = [sys.executable, "-m", "shoal", *self._worker_argv(i, self.scheduler_address)]
+        # The token travels in the environment, not in argv where `ps` shows it.
+        env = {**os.environ, "SHOAL_TOKEN": self.token}
+        return await asyncio.create_subprocess_exec(
+            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+        )
+
+    def _worker_argv(self, i: int, address: str) -> list[str]:
+        """The `shoal` arguments that start worker `i`."""
         args = [
-            sys.executable,
-            "-m",
-            "shoal",
             "--log-level",
             "warning",
             "worker",
-            self.scheduler_address,
+            address,
             "--name",
             f"local-{i}",
             "--nthreads",
@@ -145,11 +164,7 @@ class LocalCluster:
             args.append("--no-nanny")
         if self.resources:
             args += ["--resources", ",".join(f"{k}={v}" for k, v in self.resources.items())]
-        # The token travels in the environment, not in argv where `ps` shows it.
-        env = {**os.environ, "SHOAL_TOKEN": self.token}
-        return await asyncio.create_subprocess_exec(
-            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
-        )
+        return args
 
     async def _wait_joined(self) -> None:
         """Wait until every worker registered, failing early if a process died."""
@@ -180,7 +195,7 @@ class LocalCluster:
         await self.scheduler.close()
 
     @staticmethod
-    async def _stop_process(proc: asyncio.subprocess.Process) -> None:
+    async def _stop_process(proc: asyncio.subprocess.Process | ForkedProcess) -> None:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:

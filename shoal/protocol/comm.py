@@ -161,8 +161,10 @@ class Listener:
         tls: TLSConfig | None,
         limits: Limits,
         handshake_timeout: float,
+        sock: socket.socket | None = None,
     ) -> None:
         self._bind = address
+        self._given = sock
         self.address = str(address)
         self._handler = handler
         self._role, self._name, self._token = role, name, token
@@ -188,7 +190,9 @@ class Listener:
                     raise ValueError(f"{bind} needs a TLSConfig (tls=)")
                 self._tls.server_context()  # fail now, not on the first connection
             family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
-            sock = socket.create_server((bind.host, bind.port), family=family, backlog=1024)
+            sock = self._given or socket.create_server(
+                (bind.host, bind.port), family=family, backlog=1024
+            )
             sock.setblocking(False)
             self._sock = sock
             port = sock.getsockname()[1]
@@ -322,10 +326,12 @@ async def listen(
     limits: Limits = DEFAULT_LIMITS,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     allow_insecure: bool = False,
+    sock: socket.socket | None = None,
 ) -> Listener:
     """Listen at `address` (port 0 picks a free port: read `Listener.address`).
 
-    Returns once the listener accepts connections.
+    Returns once the listener accepts connections. `sock`, a socket already
+    bound and listening at `address`, is used instead of binding one.
 
     Raises:
         PermissionError: a non-loopback address without a token, unless
@@ -340,6 +346,6 @@ async def listen(
             f"refusing to listen on {addr} without a cluster token: anyone who can reach "
             "the port could run code here. Set a token, or allow insecure listening explicitly."
         )
-    listener = Listener(addr, handler, role, name, secret, tls, limits, handshake_timeout)
+    listener = Listener(addr, handler, role, name, secret, tls, limits, handshake_timeout, sock)
     await listener._start()
     return listener

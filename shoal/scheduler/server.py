@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 from typing import Any
 
@@ -42,9 +43,11 @@ class Scheduler:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
+        sock: socket.socket | None = None,
         **state_options: Any,
     ) -> None:
         self.address = address
+        self._sock = sock  # bound and listening at `address` already, if given
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
         self._state_options = state_options
         self.state = SchedulerState(**state_options)
@@ -70,6 +73,7 @@ class Scheduler:
             token=self._token,
             tls=self._tls,
             allow_insecure=self._allow_insecure,
+            sock=self._sock,
         )
         self.address = self._listener.address
         self.state.address = self.address
