@@ -299,3 +299,18 @@ def test_a_successor_at_the_same_address_leaving_first_keeps_the_dying_one_filed
     assert h.state.by_address["tcp://host:1"].peer == old  # validated after every step
     h.nanny_reports(old, "exited with code 1")
     assert "tcp://host:1" not in h.state.by_address
+
+
+def test_lineage_is_not_brought_back_for_a_task_that_errs_at_once() -> None:
+    h = Harness()
+    w1 = h.worker("a")
+    c = h.client()
+    h.submit(c, {"d": [], "x": ["d"]}, wanted=["x"])
+    h.finish("d")
+    h.finish("x")  # d is released: the lineage of x
+    h.submit(c, {"e": []})
+    h.err("e")
+    out = h.submit(c, {"a": ["d", "e"]}, wanted=["a"])
+    # a errs with e at once, so nothing needs d: it is not computed again.
+    assert h.status("a") == "erred" and h.status("d") == "released"
+    assert computed(out, w1) == []

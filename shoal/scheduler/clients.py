@@ -52,15 +52,17 @@ class ClientRequests:
                 self._report_memory(ts, (client,))
             elif ts.status is E:
                 self._report_error(ts, (client,))
-        # Existing tasks that were let go but are needed again: recompute them first.
+        # Existing tasks that were let go but are needed again.
         created = set(new)
         again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
         again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
-        self._recompute([ts for ts in again if ts not in created])
         # Highest priority first, so that the first free slots go to it. Activating a
         # task before its dependencies is fine: it counts them as not in memory.
         for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
             self._activate(ts)
+        # Then the old ones, now counted as needed by the new tasks that wait for them
+        # (a new task that erred at once needs none of them).
+        self._recompute([ts for ts in again if ts not in created and ts.needed])
 
     def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
         tasks = self.tasks

@@ -81,9 +81,11 @@ class DataRequests:
             ts = self.tasks.get(key)
             if ts is None or ts.status is not M:
                 continue
-            missing = n - len(ts.who_has)
+            # Copies on dying workers (awaiting a nanny's report) do not count.
+            live = [w for w in ts.who_has if not w.gone]
+            missing = n - len(live)
             if missing < 0:
-                fullest = sorted(ts.who_has, key=lambda w: (-w.nbytes, -w.index))
+                fullest = sorted(live, key=lambda w: (-w.nbytes, -w.index))
                 for ws in fullest[:-missing]:
                     self._remove_replica(ts, ws)
                 continue

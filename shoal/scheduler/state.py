@@ -384,6 +384,11 @@ class SchedulerState(ClientRequests, DataRequests):
                 stack.extend((dep, False) for dep in reversed(ts.deps))
         for ts in order:
             self._activate(ts)
+        # A task that erred at once (another of its inputs had erred) did not come
+        # to need the inputs brought back for it: let them go again.
+        for ts in reversed(order):
+            if ts.status in ACTIVE and not ts.needed:
+                self._check_release(ts)
 
     def _activate(self, ts: TaskState) -> None:
         """A released task that is needed starts waiting (or errs with its dependency)."""
