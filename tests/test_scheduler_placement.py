@@ -122,17 +122,30 @@ def test_depth_follows_task_durations() -> None:
     h = Harness()
     w1, w2 = h.worker("a"), h.worker("b")
     c = h.client()
-    h.submit(c, {f"t{i}": [] for i in range(100)})
-    assert h.state.placement.depth == 2
+    h.submit(c, {f"t{i}": [] for i in range(1_000)})
+    placement = h.state.placement
+    assert placement.depth == 2
     assert [len(h.processing(w)) for w in (w1, w2)] == [2, 2]
-    # Tasks much shorter than a round trip: more in flight, idle workers filled at once.
+    # One task far shorter than a round trip does not move it: the mean starts
+    # from a prior, and the first report only replaces the finished task.
     out = h.finish("t0", duration=1e-6)
-    assert h.state.placement.depth == 16
-    assert [len(computed(out, w)) for w in (w1, w2)] == [15, 14]
-    assert [len(h.processing(w)) for w in (w1, w2)] == [16, 16]
-    # Long tasks: one per thread; nothing more is sent until the backlog drains below it.
-    out = h.finish("t2", duration=10.0)
-    assert h.state.placement.depth == 1 and computed(out) == []
+    assert placement.depth == 2 and computed(out, w1) == ["t4"]
+    # A run of them raises it one step per report at most; each step fills
+    # every worker to the new depth at once.
+    depth = 2
+    while depth < 16:
+        out = h.finish(h.processing(w1)[0], duration=1e-6)
+        assert placement.depth in (depth, depth + 1)
+        if placement.depth > depth:
+            depth = placement.depth
+            assert len(computed(out, w2)) == 1
+        assert [len(h.processing(w)) for w in (w1, w2)] == [depth, depth]
+    # Long tasks: one step down per report; nothing more is sent until the
+    # backlog drains below the new depth.
+    out = h.finish(h.processing(w1)[0], duration=10.0)
+    assert placement.depth == 15 and computed(out) == []
+    out = h.finish(h.processing(w2)[0], duration=10.0)
+    assert placement.depth == 14 and computed(out) == []
 
 
 def test_root_tasks_are_queued_not_flooded() -> None:

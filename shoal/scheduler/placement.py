@@ -21,6 +21,13 @@ Heap = list[tuple[tuple[int, int], int, TaskState]]
 
 # Assumed worker-to-worker bandwidth until fetches have been measured, bytes/s.
 DEFAULT_BANDWIDTH = 100e6
+# The mean run time starts from a prior worth this many observations; after a
+# few, each new one moves it by this fraction.
+PRIOR_WEIGHT = 4
+MIN_WEIGHT = 0.05
+# The depth moves only once its target is this fraction past the edge of the
+# current depth's band, so that a mean near an edge does not make it flap.
+HYSTERESIS = 0.1
 
 
 def signature_of(ts: TaskState) -> Signature:
@@ -49,6 +56,10 @@ class Placement:
     worker, several per thread are in flight so that no thread waits for the
     scheduler; with long tasks, one per thread, so that work is not promised
     to a busy worker while another is idle.
+
+    The mean run time starts from the prior that puts `initial_depth` in the
+    middle of its band, and the depth moves by one step per observed task at
+    most (see `observe`): a first short task does not send a flood of work.
     """
 
     def __init__(
@@ -59,10 +70,12 @@ class Placement:
         bandwidth: float = DEFAULT_BANDWIDTH,
     ) -> None:
         self.workers: dict[str, WorkerInfo] = {}  # by name, in joining order
-        self.depth = initial_depth
+        self.depth = max(1, min(initial_depth, max_depth))
         self.max_depth = max_depth
         self.round_trip_s = round_trip_s
-        self.mean_duration: float | None = None
+        # Depth d is right for 1 + round_trip / mean in [d, d + 1): start in the middle.
+        self.mean_duration = round_trip_s / (self.depth - 0.5)
+        self.observed = 0  # run times seen
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
         self._queue: Heap = []
@@ -125,7 +138,7 @@ class Placement:
 
     def _cost(self, ws: WorkerInfo, held: dict[WorkerInfo, int], total: int) -> float:
         """Seconds until `ws` could start a task whose inputs are `held` where they are."""
-        queue = len(ws.processing) / ws.nthreads * (self.mean_duration or 0.0)
+        queue = len(ws.processing) / ws.nthreads * self.mean_duration
         return queue + (total - held.get(ws, 0)) / self.bandwidth
 
     def _least_loaded(self) -> WorkerInfo | None:
@@ -203,15 +216,25 @@ class Placement:
             self.bandwidth += 0.25 * (nbytes / duration - self.bandwidth)
 
     def observe(self, duration: float) -> bool:
-        """Learn from one task's run time; True when the depth grew."""
+        """Learn from one task's run time; True when the depth grew.
+
+        The mean moves towards `duration` by 1 / (observations + PRIOR_WEIGHT),
+        at least MIN_WEIGHT. The depth follows 1 + round_trip / mean one step at
+        a time: up once that target reaches (depth + 1) * (1 + HYSTERESIS),
+        down once it falls below depth * (1 - HYSTERESIS).
+        """
+        self.observed += 1
         mean = self.mean_duration
-        mean = duration if mean is None else mean + 0.05 * (duration - mean)
+        mean += max(MIN_WEIGHT, 1.0 / (self.observed + PRIOR_WEIGHT)) * (duration - mean)
         self.mean_duration = mean
-        depth = 1 + int(self.round_trip_s / max(mean, 1e-9))
-        depth = max(1, min(self.max_depth, depth))
-        grew = depth > self.depth
-        self.depth = depth
-        return grew
+        target = 1.0 + self.round_trip_s / max(mean, 1e-9)
+        depth = self.depth
+        if depth < self.max_depth and target >= (depth + 1) * (1.0 + HYSTERESIS):
+            self.depth = depth + 1
+            return True
+        if depth > 1 and target < depth * (1.0 - HYSTERESIS):
+            self.depth = depth - 1
+        return False
 
 
 def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
