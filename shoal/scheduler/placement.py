@@ -119,7 +119,7 @@ class Placement:
         worker that joined first.
         """
         sig = signature_of(ts) if ts.resources or ts.restrict else None
-        best = self._least_loaded() if sig is None else self._pick_constrained(sig)
+        best = self.least_loaded() if sig is None else self._pick_constrained(sig)
         if not ts.deps:
             return best
         held, total = held_bytes(ts)
@@ -141,7 +141,8 @@ class Placement:
         queue = len(ws.processing) / ws.nthreads * self.mean_duration
         return queue + (total - held.get(ws, 0)) / self.bandwidth
 
-    def _least_loaded(self) -> WorkerInfo | None:
+    def least_loaded(self) -> WorkerInfo | None:
+        """The worker with the lowest load (tasks per thread), if it has a free slot."""
         loads = self._loads
         while loads:
             load, _, version, ws = loads[0]
@@ -162,9 +163,6 @@ class Placement:
                 best, best_rank = ws, rank
         return best
 
-    def idle_workers(self) -> list[WorkerInfo]:
-        return [ws for ws in self.workers.values() if self.has_capacity(ws)]
-
     # -- ready queues ----------------------------------------------------------
 
     def enqueue(self, ts: TaskState) -> None:
@@ -182,6 +180,13 @@ class Placement:
                 ws = max(held, key=held.__getitem__)
                 heapq.heappush(self._affinity.setdefault(ws, []), entry)
 
+    def has_queued(self) -> bool:
+        """Whether a task without resources or restrictions is queued."""
+        return _top(self._queue)
+
+    def has_queued_constrained(self) -> bool:
+        return any(_top(heap) for heap in self._constrained.values())
+
     def next_for(self, ws: WorkerInfo) -> TaskState | None:
         """Take a queued task that `ws` can run now, or None: the first of its own
         affinity queue, else the highest-priority one it may run."""
@@ -195,6 +200,8 @@ class Placement:
             else:
                 del self._affinity[ws]
         best_heap = _top(self._queue) and self._queue
+        if not self._constrained:
+            return heapq.heappop(best_heap)[2] if best_heap else None
         for sig, heap in list(self._constrained.items()):
             if not _top(heap):
                 del self._constrained[sig]

@@ -237,9 +237,7 @@ class SchedulerState(ClientRequests, DataRequests):
             self._free.setdefault(ws, []).append(msg.key)
             return
         if self.placement.observe(msg.duration):
-            for other in self.placement.idle_workers():
-                if other is not ws:
-                    self._fill(other)
+            self._fill_idle()
         self._move(ts, M, ws, msg)
         self._fill(ws)
 
@@ -269,6 +267,23 @@ class SchedulerState(ClientRequests, DataRequests):
             if ts is None:
                 return
             self._move(ts, P, ws)
+
+    def _fill_idle(self) -> None:
+        """The depth grew: queued tasks fill the free slots, least loaded worker first.
+
+        Workers come from the loads heap, so this costs nothing with no task
+        queued and O(log workers) per task sent otherwise. Tasks with resources
+        or restrictions, if any are queued, are offered to every worker.
+        """
+        placement = self.placement
+        while placement.has_queued():
+            ws = placement.least_loaded()
+            if ws is None:
+                break
+            self._fill(ws)  # takes at least one task: it has a free slot
+        if placement.has_queued_constrained():
+            for ws in list(placement.workers.values()):
+                self._fill(ws)
 
     # -- life cycle helpers --------------------------------------------------------
 
