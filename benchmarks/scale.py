@@ -28,6 +28,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import serialize
 from shoal.scheduler.model import Disconnect, Status
+from shoal.scheduler.server import Collector
 from shoal.scheduler.state import SchedulerState
 
 # One payload shared by every task: the scheduler routes payloads unopened, so
@@ -158,6 +159,8 @@ class Cluster:
     A worker runs its tasks in the order they were assigned, each on the thread
     that frees first, and reports it done `duration` later (exponentially
     distributed around `mean_s`). Events are a heap of (finish, seq, peer, key).
+    After each call the garbage collection policy runs as in the scheduler's
+    shell (shoal.scheduler.server.Collector), outside the timed part.
     """
 
     def __init__(
@@ -168,8 +171,10 @@ class Cluster:
         seed: int,
         profilers: dict[str, cProfile.Profile] | None = None,
         history: int = 100_000,
+        freeze_gc: bool = True,
     ) -> None:
         self.state = SchedulerState(history=history)
+        self.collector = Collector(freeze_gc)
         self.rng = random.Random(seed)
         self.mean_s = mean_s
         self.now = 0.0
@@ -180,6 +185,7 @@ class Cluster:
         self.running: dict[str, dict[object, int]] = {}  # peer -> key -> seq of its event
         self.spent: dict[str, list[float]] = {}  # phase -> [seconds, longest call, calls]
         self.finished = 0  # TaskFinished delivered
+        self.pauses = GcPauses()
         for w in range(nworkers):
             peer, nthreads = f"w{w}", self.rng.randint(1, max_threads)
             self.threads[peer] = [0.0] * nthreads
@@ -200,15 +206,18 @@ class Cluster:
         profiler = self.profilers.get(phase)
         if profiler is not None:
             profiler.enable()
+        self.pauses.inside = True
         start = time.perf_counter()
         out = self.state.handle(peer, msg, self.now)
         took = time.perf_counter() - start
+        self.pauses.inside = False
         if profiler is not None:
             profiler.disable()
         spent = self.spent.setdefault(phase, [0.0, 0.0, 0])
         spent[0] += took
         spent[1] = max(spent[1], took)
         spent[2] += 1
+        self.collector.handled(msg, self.state)
         for cmd in out:
             if type(cmd) is Disconnect:
                 raise AssertionError(f"the scheduler dropped {cmd.peer}: {cmd.reason}")
@@ -243,12 +252,16 @@ class Cluster:
 
 
 class GcPauses:
-    """gc.callbacks hook: the longest collection and the total time collecting."""
+    """gc.callbacks hook: the longest collection and the total time collecting,
+    counting only collections inside `handle` calls (while `inside` is set)."""
 
     def __init__(self) -> None:
         self.longest = self.total = self._since = 0.0
+        self.inside = False
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.inside:
+            return
         if phase == "start":
             self._since = time.perf_counter()
         else:
@@ -266,9 +279,15 @@ def play(
     opts: argparse.Namespace,
     want: Container[int],
     profilers: dict[str, cProfile.Profile] | None = None,
+    pauses: GcPauses | None = None,
 ) -> Cluster:
     """A cluster that has ingested the graph and run it to the end."""
-    cluster = Cluster(nworkers, opts.threads, opts.duration, opts.seed, profilers, opts.history)
+    freeze = opts.gc == "freeze"
+    cluster = Cluster(
+        nworkers, opts.threads, opts.duration, opts.seed, profilers, opts.history, freeze
+    )
+    if pauses is not None:
+        cluster.pauses = pauses
     cluster.send(submissions(graph, want, bridges_of(graph, want)), "ingest")
     cluster.run()
     return cluster
@@ -304,6 +323,7 @@ def simulate(
     wanted = range(ntasks) if opts.want == "all" else graph.sinks
     want = wanted if opts.want == "all" else dict.fromkeys(wanted)
     gc.collect()
+    frozen = gc.get_freeze_count()
     if memory:
         tracemalloc.start()
         try:
@@ -314,6 +334,8 @@ def simulate(
             released = tracemalloc.get_traced_memory()[0] - base
         finally:
             tracemalloc.stop()
+            if not frozen:  # the policy is a scheduler process's; this one goes on
+                gc.unfreeze()
         return {
             "peak_B_per_task": peak / ntasks,
             "held_B_per_task": held / ntasks,
@@ -323,11 +345,13 @@ def simulate(
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:
-        cluster = play(graph, nworkers, opts, want, profilers)
+        cluster = play(graph, nworkers, opts, want, profilers, pauses)
         transitions = cluster.state.transitions_done
         finish(cluster, graph, wanted)
     finally:
         gc.callbacks.remove(pauses)
+        if not frozen:
+            gc.unfreeze()
     return timings(cluster, transitions, pauses)
 
 
@@ -493,6 +517,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1, help="timing runs; the fastest counts")
     parser.add_argument(
         "--history", type=int, default=100_000, help="transitions the core keeps (its default)"
+    )
+    parser.add_argument(
+        "--gc",
+        choices=("freeze", "default"),
+        default="freeze",
+        help="garbage collection as `shoal scheduler` sets it (default), or Python's default",
     )
     parser.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the tracemalloc run"

@@ -121,6 +121,7 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         token=args.token,
         tls=tls,
         allow_insecure=args.allow_insecure,
+        freeze_gc=True,  # this process is the scheduler's alone
     )
     try:
         await scheduler.start()

@@ -8,6 +8,7 @@ nothing here decides anything about tasks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -16,11 +17,51 @@ from typing import Any
 from shoal.errors import CommClosedError, MessageTooLarge
 from shoal.protocol import messages as m
 from shoal.protocol.comm import Comm, Listener, listen
+from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.model import Command, Send
 from shoal.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
+
+# Below this many tasks a full collection takes milliseconds: no need to freeze.
+FREEZE_AT_TASKS = 10_000
+
+
+class Collector:
+    """How a scheduler process uses Python's cyclic garbage collector.
+
+    The core frees task records by reference counts (forgetting a task unlinks
+    it), so the collector finds no garbage among them; but each of its full
+    collections walks every live object, and with a million tasks that is 1 to
+    2 s inside one handle call. With `freeze`, once the scheduler holds
+    FREEZE_AT_TASKS tasks, everything alive after each submitted graph moves
+    to the permanent generation (gc.freeze(), constant time), so that
+    collections walk only what came since. Whenever the scheduler holds no
+    tasks again, the frozen objects are collected once and frozen again, so
+    that garbage cycles caught frozen meanwhile do not stay for good.
+
+    The collector is the whole process's: the `shoal scheduler` command turns
+    this on; a scheduler embedded in another program (LocalCluster) leaves it
+    alone by default. benchmarks/scale.py applies it as the command does.
+    """
+
+    def __init__(self, freeze: bool) -> None:
+        self.freeze = freeze
+        self.frozen = False  # objects were frozen since the scheduler last held no tasks
+
+    def handled(self, msg: Message | None, state: SchedulerState) -> None:
+        """After the core handled `msg` (None: a lost connection)."""
+        if not self.freeze:
+            return
+        if type(msg) is m.SubmitGraph and len(state.tasks) >= FREEZE_AT_TASKS:
+            gc.freeze()
+            self.frozen = True
+        elif self.frozen and not state.tasks:
+            self.frozen = False
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
 
 class Scheduler:
@@ -28,7 +69,8 @@ class Scheduler:
 
     `await start()` returns once it accepts connections; `address` is then
     the address to give workers and clients. `close()` stops it and closes
-    every connection. Extra keyword arguments configure SchedulerState.
+    every connection. `freeze_gc` sets the process's garbage collection
+    policy (see Collector). Extra keyword arguments configure SchedulerState.
     """
 
     def __init__(
@@ -38,12 +80,14 @@ class Scheduler:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
+        freeze_gc: bool = False,
         **state_options: Any,
     ) -> None:
         self.address = address
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
         self._state_options = state_options
         self.state = SchedulerState(**state_options)
+        self.collector = Collector(freeze_gc)
         self.comms: dict[str, Comm] = {}
         self._listener: Listener | None = None
         self._peer_ids = itertools.count(1)
@@ -74,7 +118,7 @@ class Scheduler:
     async def _serve(self, comm: Comm) -> None:
         role = comm.peer_role
         peer = f"{role}-{next(self._peer_ids)}"
-        state, now = self.state, time.monotonic
+        state, now, collector = self.state, time.monotonic, self.collector
         self.comms[peer] = comm
         state.connected(peer, role)
         try:
@@ -85,6 +129,7 @@ class Scheduler:
                     return
                 for msg in batch:
                     self._run(state.handle(peer, msg, now()))
+                    collector.handled(msg, state)
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
@@ -96,6 +141,7 @@ class Scheduler:
                 log.info("worker %s left", worker.name)
             del self.comms[peer]
             self._run(state.lost(peer, now()))
+            collector.handled(None, state)
             self._workers_changed.set()
 
     async def wait_for_workers(self, n: int) -> None:
