@@ -305,6 +305,16 @@ def test_keys_no_wanted_key_needs_are_not_created() -> None:
     assert computed(out) == ["a"]
 
 
+def test_tasks_are_ordered_as_listed_or_else_dependencies_first() -> None:
+    h = Harness()
+    h.worker("a", nthreads=8)
+    c = h.client()
+    h.submit(c, {"a": [], "b": ["a"], "x": []})  # dependencies first: kept as listed
+    h.submit(c, {"r": ["q", "p"], "q": ["p"], "p": [], "y": []})  # sorted (Kahn)
+    rank = {key: ts.priority for key, ts in h.state.tasks.items()}
+    assert sorted(rank, key=rank.__getitem__) == ["a", "b", "x", "p", "y", "q", "r"]
+
+
 @scenario
 def test_resubmitting_known_keys_reports_at_once() -> None:
     h = Harness()

@@ -40,8 +40,11 @@ class ClientRequests:
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
             return
         new = self._create_tasks(msg, plan)
+        tasks = self.tasks
+        # Existing tasks that were let go but are needed again: recompute them first.
+        again = [ts for key in plan.outside if (ts := tasks[key]).status is R]
         for key in msg.wanted:
-            ts = self.tasks[key]
+            ts = tasks[key]
             if client not in ts.wanted_by:
                 ts.wanted_by[client] = None
                 client.wants[ts] = None
@@ -49,11 +52,9 @@ class ClientRequests:
                 self._report_memory(ts, (client,))
             elif ts.status is E:
                 self._report_error(ts, (client,))
-        # Existing tasks that were let go but are needed again: recompute them first.
-        created = set(new)
-        again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
-        again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
-        self._recompute([ts for ts in again if ts not in created])
+            elif ts.status is R and key not in plan.index:
+                again.append(ts)
+        self._recompute(again)
         # Highest priority first, so that the first free slots go to it. Activating a
         # task before its dependencies is fine: it counts them as not in memory.
         for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
@@ -61,21 +62,26 @@ class ClientRequests:
 
     def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
         tasks = self.tasks
-        funcs, prio = msg.funcs, msg.priority
+        keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
+        prio, order = msg.priority, self._order
+        options = msg.resources or msg.restrict or msg.retries
         new = []
         for i in plan.order:
-            key = msg.keys[i]
-            ts = TaskState(key, funcs[msg.func[i]], msg.args[i], (-prio[i] if prio else 0, 0))
-            ts.priority = (ts.priority[0], next(self._order))
-            ts.resources = msg.resources.get(i)
-            ts.restrict = msg.restrict.get(i)
-            ts.retries = msg.retries.get(i, 0)
-            deps = []
-            for dep_key in dict.fromkeys(msg.deps[i]):
-                dep = tasks[dep_key]
-                deps.append(dep)
+            key = keys[i]
+            ts = TaskState(key, funcs[func[i]], args[i], (-prio[i] if prio else 0, next(order)))
+            if options:
+                ts.resources = msg.resources.get(i)
+                ts.restrict = msg.restrict.get(i)
+                ts.retries = msg.retries.get(i, 0)
+            dep_keys = deps[i]
+            if len(dep_keys) == 1:
+                dep = tasks[dep_keys[0]]
+                ts.deps = (dep,)
                 dep.dependents[ts] = None
-            ts.deps = tuple(deps)
+            elif dep_keys:
+                ts.deps = tuple(map(tasks.__getitem__, dict.fromkeys(dep_keys)))
+                for dep in ts.deps:
+                    dep.dependents[ts] = None
             tasks[key] = ts
             new.append(ts)
         return new

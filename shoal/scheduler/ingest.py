@@ -7,8 +7,10 @@ size of the submission; nothing here changes scheduler state.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Container
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain, filterfalse, repeat
 
 from shoal.protocol.messages import SubmitGraph
 
@@ -16,11 +18,15 @@ from shoal.protocol.messages import SubmitGraph
 class Plan:
     """A checked submission: the new tasks to create, dependencies first."""
 
-    __slots__ = ("index", "order")
+    __slots__ = ("index", "order", "outside")
 
-    def __init__(self, index: dict[object, int], order: list[int]) -> None:
+    def __init__(
+        self, index: dict[object, int], order: Sequence[int], outside: Iterable[object]
+    ) -> None:
         self.index = index  # key -> position in the message, for new keys only
         self.order = order  # positions of the needed new tasks, dependencies first
+        # Keys already known that the needed new tasks read, in order of first use.
+        self.outside = outside
 
 
 def check_columns(msg: SubmitGraph) -> str | None:
@@ -45,15 +51,52 @@ def check_columns(msg: SubmitGraph) -> str | None:
     return None
 
 
-def plan_graph(msg: SubmitGraph, known: Container[object]) -> Plan | str:
+def plan_graph(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
     """Check a submission against the keys the scheduler already has.
 
     Keys already known are kept as they are (their new definitions are
     ignored). Returns the plan, or the reason to refuse the whole submission.
+    A submission of new keys listed dependencies first (as clients send them)
+    is checked by a few passes in C; any other takes the general way.
     """
     problem = check_columns(msg)
     if problem:
         return problem
+    keys = msg.keys
+    index = dict(zip(keys, range(len(keys)), strict=True))
+    if len(index) == len(keys) and known.keys().isdisjoint(keys):
+        plan = _plan_in_order(msg, index, known)
+        if plan is not None:
+            return plan
+    return _plan_any(msg, known)
+
+
+def _plan_in_order(
+    msg: SubmitGraph, index: dict[object, int], known: Mapping[object, object]
+) -> Plan | None:
+    """The plan of new keys whose dependencies all come before them, or None
+    when they do not (or when something is wrong: _plan_any says what)."""
+    deps = msg.deps
+    # Each dependency's position (-1: known already) must be below its user's.
+    positions = map(index.get, chain.from_iterable(deps), repeat(-1))
+    users = chain.from_iterable(map(repeat, range(len(deps)), map(len, deps)))
+    if not all(map(operator.lt, positions, users)):
+        return None
+    outside = dict.fromkeys(filterfalse(index.__contains__, chain.from_iterable(deps)))
+    wanted = set(msg.wanted)
+    if not known.keys() >= outside.keys() or wanted.difference(index).difference(known):
+        return None
+    if index.keys() <= wanted:
+        return Plan(index, range(len(deps)), outside)
+    needed = _needed(msg, index)
+    order = [i for i in range(len(deps)) if i in needed]
+    outside = dict.fromkeys(
+        filterfalse(index.__contains__, chain.from_iterable(deps[i] for i in order))
+    )
+    return Plan(index, order, outside)
+
+
+def _plan_any(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
     index: dict[object, int] = {}
     for i, key in enumerate(msg.keys):
         if key in index:
@@ -72,7 +115,11 @@ def plan_graph(msg: SubmitGraph, known: Container[object]) -> Plan | str:
     if isinstance(order, str):
         return order
     needed = _needed(msg, index)
-    return Plan(index, [i for i in order if i in needed])
+    order = [i for i in order if i in needed]
+    outside = dict.fromkeys(
+        filterfalse(index.__contains__, chain.from_iterable(deps[i] for i in order))
+    )
+    return Plan(index, order, outside)
 
 
 def _topological(msg: SubmitGraph, index: dict[object, int]) -> list[int] | str:
