@@ -23,7 +23,7 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.client.graph import MAX_TASKS_PER_MESSAGE
+from shoal.client.graph import MAX_TASKS_PER_MESSAGE, MAX_WEIGHT_PER_MESSAGE, chunk_bounds
 from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import serialize
@@ -111,25 +111,28 @@ def chains(ntasks: int, rng: random.Random, length: int = 100) -> Graph:
 BUILDERS = {"mapreduce": map_reduce, "chains": chains}
 
 
+def chunks_of(graph: Graph) -> list[range]:
+    """The tasks of each SubmitGraph, split as the client splits them."""
+    return chunk_bounds(map(len, graph.deps), MAX_TASKS_PER_MESSAGE, MAX_WEIGHT_PER_MESSAGE)
+
+
 def bridges_of(graph: Graph, want: Container[int]) -> dict[int, None]:
     """Tasks read from a later chunk and not wanted: the client lists them as wanted
     in their own chunk and releases them after the last one (shoal.client.graph)."""
-    size = MAX_TASKS_PER_MESSAGE
     bridges: dict[int, None] = {}
-    for i, deps in enumerate(graph.deps):
-        for dep in deps:
-            if dep // size < i // size and dep not in want:
-                bridges[dep] = None
+    for chunk in chunks_of(graph):
+        for i in chunk:
+            for dep in graph.deps[i]:
+                if dep < chunk.start and dep not in want:
+                    bridges[dep] = None
     return bridges
 
 
 def submissions(graph: Graph, want: Container[int], bridges: dict[int, None]) -> Iterator[Message]:
     """The client's messages, made one at a time so that each is transient, as if
     just decoded: SubmitGraph chunks in dependency order, then the bridges' release."""
-    n = len(graph.deps)
     key = graph.key
-    for start in range(0, n, MAX_TASKS_PER_MESSAGE):
-        chunk = range(start, min(n, start + MAX_TASKS_PER_MESSAGE))
+    for chunk in chunks_of(graph):
         keys = tuple(key(i) for i in chunk)
         yield m.SubmitGraph(
             keys=keys,
@@ -137,7 +140,7 @@ def submissions(graph: Graph, want: Container[int], bridges: dict[int, None]) ->
             func=(0,) * len(chunk),
             args=(ARGS,) * len(chunk),
             deps=tuple(tuple(key(dep) for dep in graph.deps[i]) for i in chunk),
-            wanted=tuple(keys[i - start] for i in chunk if i in want or i in bridges),
+            wanted=tuple(keys[i - chunk.start] for i in chunk if i in want or i in bridges),
         )
     if bridges:
         yield m.ReleaseFutures(keys=tuple(key(i) for i in bridges))
