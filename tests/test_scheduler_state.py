@@ -703,7 +703,7 @@ def test_tiny_values_survive_their_worker() -> None:
         ),
         Send(c, m.WorkersChanged(workers=1)),
     ]
-    assert h.status("t") == "memory" and h.task("t").who_has == {}
+    assert h.status("t") == "memory" and not h.task("t").who_has
     # Only small values are kept: a larger one comes back as a holder only.
     big = serialize(b"x" * (m.INLINE_VALUE_BYTES + 1), "result")
     h.submit(c, {"big": []})

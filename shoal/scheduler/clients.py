@@ -11,7 +11,15 @@ from typing import Any
 
 from shoal.protocol import messages as m
 from shoal.scheduler.ingest import Plan, plan_graph
-from shoal.scheduler.model import ACTIVE, ClientInfo, Status, TaskState
+from shoal.scheduler.model import (
+    ACTIVE,
+    ORDER_SPAN,
+    ClientInfo,
+    Status,
+    TaskState,
+    with_member,
+    without_member,
+)
 
 M, E, R = Status.MEMORY, Status.ERRED, Status.RELEASED
 
@@ -30,7 +38,7 @@ class ClientRequests:
 
     def _unwant(self, client: ClientInfo, ts: TaskState) -> None:
         del client.wants[ts]
-        del ts.wanted_by[client]
+        ts.wanted_by = without_member(ts.wanted_by, client)
         self._check_release(ts)
 
     def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
@@ -46,7 +54,7 @@ class ClientRequests:
         for key in msg.wanted:
             ts = tasks[key]
             if client not in ts.wanted_by:
-                ts.wanted_by[client] = None
+                ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None
             if ts.status is M:
                 self._report_memory(ts, (client,))
@@ -68,7 +76,8 @@ class ClientRequests:
         new = []
         for i in plan.order:
             key = keys[i]
-            ts = TaskState(key, funcs[func[i]], args[i], (-prio[i] if prio else 0, next(order)))
+            priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
+            ts = TaskState(key, funcs[func[i]], args[i], priority)
             if options:
                 ts.resources = msg.resources.get(i)
                 ts.restrict = msg.restrict.get(i)
@@ -77,11 +86,11 @@ class ClientRequests:
             if len(dep_keys) == 1:
                 dep = tasks[dep_keys[0]]
                 ts.deps = (dep,)
-                dep.dependents[ts] = None
+                dep.dependents = with_member(dep.dependents, ts)
             elif dep_keys:
                 ts.deps = tuple(map(tasks.__getitem__, dict.fromkeys(dep_keys)))
                 for dep in ts.deps:
-                    dep.dependents[ts] = None
+                    dep.dependents = with_member(dep.dependents, ts)
             tasks[key] = ts
             new.append(ts)
         return new

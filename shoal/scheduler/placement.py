@@ -11,13 +11,13 @@ their load.
 from __future__ import annotations
 
 import heapq
-import itertools
 
 from shoal.scheduler.model import Status, TaskState, WorkerInfo
 
 # A signature groups tasks with the same needs: (sorted resources, restriction).
 Signature = tuple[tuple[tuple[str, float], ...], tuple[str, ...]]
-Heap = list[tuple[tuple[int, int], int, TaskState]]
+# (priority, task): priorities are unique to each task, so ties never compare tasks.
+Heap = list[tuple[int, TaskState]]
 
 # Assumed worker-to-worker bandwidth until fetches have been measured, bytes/s.
 DEFAULT_BANDWIDTH = 100e6
@@ -82,7 +82,6 @@ class Placement:
         self._constrained: dict[Signature, Heap] = {}
         # Queued tasks whose inputs mostly sit on one worker, by that worker.
         self._affinity: dict[WorkerInfo, Heap] = {}
-        self._pushes = itertools.count()
 
     # -- workers ---------------------------------------------------------------
 
@@ -168,7 +167,7 @@ class Placement:
     def enqueue(self, ts: TaskState) -> None:
         """Queue a ready task. When its inputs sit on workers, the one holding the
         most bytes of them will also find it in its own affinity queue."""
-        entry = (ts.priority, next(self._pushes), ts)
+        entry = (ts.priority, ts)
         if ts.resources or ts.restrict:
             heapq.heappush(self._constrained.setdefault(signature_of(ts), []), entry)
         else:
@@ -193,15 +192,15 @@ class Placement:
         mine = self._affinity.get(ws)
         if mine is not None:
             while _top(mine):
-                ts = mine[0][2]
+                ts = mine[0][1]
                 if not (ts.resources or ts.restrict) or self._fits(ws, signature_of(ts)):
-                    return heapq.heappop(mine)[2]
+                    return heapq.heappop(mine)[1]
                 break  # its resources are busy here: take other work meanwhile
             else:
                 del self._affinity[ws]
         best_heap = _top(self._queue) and self._queue
         if not self._constrained:
-            return heapq.heappop(best_heap)[2] if best_heap else None
+            return heapq.heappop(best_heap)[1] if best_heap else None
         for sig, heap in list(self._constrained.items()):
             if not _top(heap):
                 del self._constrained[sig]
@@ -212,7 +211,7 @@ class Placement:
                 best_heap = heap
         if not best_heap:
             return None
-        return heapq.heappop(best_heap)[2]
+        return heapq.heappop(best_heap)[1]
 
     def _fits(self, ws: WorkerInfo, sig: Signature) -> bool:
         return can_run(ws, sig) and has_room(ws, sig)
@@ -261,7 +260,7 @@ def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
 def _top(heap: Heap) -> bool:
     """Drop stale entries (tasks no longer queued); whether any entry is left."""
     while heap:
-        if heap[0][2].status is Status.QUEUED:
+        if heap[0][1].status is Status.QUEUED:
             return True
         heapq.heappop(heap)
     return False

@@ -19,6 +19,7 @@ from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
 from shoal.scheduler.model import (
     ACTIVE,
+    ORDER_SPAN,
     ClientInfo,
     Command,
     Disconnect,
@@ -26,6 +27,8 @@ from shoal.scheduler.model import (
     Status,
     TaskState,
     WorkerInfo,
+    with_member,
+    without_member,
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
@@ -195,7 +198,7 @@ class SchedulerState(ClientRequests, DataRequests):
         self._free.pop(ws, None)
         lost = []
         for ts in ws.has_what:
-            del ts.who_has[ws]
+            ts.who_has = without_member(ts.who_has, ws)
             if not ts.who_has and ts.value is None:
                 lost.append(ts)
         ws.has_what = {}
@@ -255,7 +258,7 @@ class SchedulerState(ClientRequests, DataRequests):
         self._fill(ws)
 
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
-        ts.who_has[ws] = None
+        ts.who_has = with_member(ts.who_has, ws)
         ws.has_what[ts] = None
         ws.nbytes += ts.nbytes
 
@@ -409,7 +412,7 @@ class SchedulerState(ClientRequests, DataRequests):
             deps=tuple(dep.key for dep in ts.deps),
             values=values,
             who_has=who_has,
-            priority=ts.priority,
+            priority=divmod(ts.priority, ORDER_SPAN),
             nbytes=nbytes,
         )
         self._send(ws.peer, msg)
@@ -484,7 +487,7 @@ class SchedulerState(ClientRequests, DataRequests):
                 ws.nbytes -= ts.nbytes
                 if not ws.gone:
                     self._free.setdefault(ws, []).append(ts.key)
-            ts.who_has = {}
+            ts.who_has = ()
             ts.value = None
             ts.status = R
             return
@@ -497,7 +500,7 @@ class SchedulerState(ClientRequests, DataRequests):
         ts.status = F
         del self.tasks[ts.key]
         for dep in ts.deps:
-            del dep.dependents[ts]
+            dep.dependents = without_member(dep.dependents, ts)
 
     # -- checks --------------------------------------------------------------------------
 
