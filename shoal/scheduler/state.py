@@ -9,7 +9,6 @@ through the TRANSITIONS table.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from shoal.errors import InvalidTransition
 from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
+from shoal.scheduler.history import History
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -71,14 +71,15 @@ class SchedulerState(ClientRequests, DataRequests):
         # Copies asked for by Replicate and not yet confirmed, by (key, worker).
         self.replications: dict[tuple[object, WorkerInfo], list[Replication]] = {}
         self.clients: dict[str, ClientInfo] = {}  # by peer
-        self.history: deque[tuple[object, str, str, str, float]] = deque(maxlen=history)
+        self.history = History(history)
         self.transitions_done = 0
         self._order = itertools.count()
         self._stimuli = itertools.count()
         self._client_ids = itertools.count(1)
         self._worker_index = itertools.count()
         self._now = 0.0
-        self._stimulus = ""
+        self._stimulus = 0  # the number of the call being handled
+        self._what = ""  # what it handles
         self._out: list[Command] = []
         self._free: dict[WorkerInfo, list[object]] = {}
         self._refill: dict[WorkerInfo, None] = {}  # workers whose tasks were taken back
@@ -138,7 +139,8 @@ class SchedulerState(ClientRequests, DataRequests):
 
     def _begin(self, what: str, now: float) -> None:
         self._now = now
-        self._stimulus = f"{what}-{next(self._stimuli)}"
+        self._stimulus = next(self._stimuli)
+        self._what = what
         self._out = []
 
     def _end(self) -> list[Command]:
@@ -355,8 +357,9 @@ class SchedulerState(ClientRequests, DataRequests):
     def _move(self, ts: TaskState, to: Status, *args: Any) -> None:
         step = TRANSITIONS.get((ts.status, to))
         if step is None:
-            raise InvalidTransition(ts.key, ts.status, to, self._stimulus, list(self.history)[-10:])
-        self.history.append((ts.key, ts.status, to, self._stimulus, self._now))
+            stimulus = f"{self._what}-{self._stimulus}"
+            raise InvalidTransition(ts.key, ts.status, to, stimulus, self.history.tail(10))
+        self.history.record((ts.key, ts.status, to, self._stimulus, self._now))
         self.transitions_done += 1
         step(self, ts, *args)
 
