@@ -78,6 +78,7 @@ class Placement:
         self.observed = 0  # run times seen
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
+        self._touched: dict[WorkerInfo, None] = {}  # loads changed since the heap was read
         self._queue: Heap = []
         self._constrained: dict[Signature, Heap] = {}
         # Queued tasks whose inputs mostly sit on one worker, by that worker.
@@ -93,15 +94,24 @@ class Placement:
         ws.gone = True
         del self.workers[ws.name]
         self._affinity.pop(ws, None)
+        self._touched.pop(ws, None)
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
         return len(ws.processing) < ws.nthreads * self.depth
 
     def touch(self, ws: WorkerInfo) -> None:
-        """Record that `ws`'s load changed."""
-        ws.version += 1
-        heapq.heappush(self._loads, (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws))
-        if len(self._loads) > 2 * len(self.workers) + 64:
+        """Record that `ws`'s load changed. The loads heap learns it when next
+        read, once however often it changed meanwhile."""
+        self._touched[ws] = None
+
+    def _push_touched(self) -> None:
+        loads = self._loads
+        for ws in self._touched:
+            if not ws.gone:
+                ws.version += 1
+                heapq.heappush(loads, (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws))
+        self._touched.clear()
+        if len(loads) > 2 * len(self.workers) + 64:
             self._loads = [
                 (len(w.processing) / w.nthreads, w.index, w.version, w)
                 for w in self.workers.values()
@@ -142,6 +152,8 @@ class Placement:
 
     def least_loaded(self) -> WorkerInfo | None:
         """The worker with the lowest load (tasks per thread), if it has a free slot."""
+        if self._touched:
+            self._push_touched()
         loads = self._loads
         while loads:
             load, _, version, ws = loads[0]

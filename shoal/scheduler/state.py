@@ -33,6 +33,10 @@ from shoal.scheduler.model import (
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
 
+# The maps of a compute-task message for a task without dependencies: shared,
+# since messages are only ever encoded, never changed.
+NO_DEPS: dict = {}
+
 R, W, Q, P, M, E, F = (
     Status.RELEASED,
     Status.WAITING,
@@ -267,7 +271,7 @@ class SchedulerState(ClientRequests, DataRequests):
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while not ws.gone and placement.has_capacity(ws):
+        while len(ws.processing) < ws.nthreads * placement.depth and not ws.gone:
             ts = placement.next_for(ws)
             if ts is None:
                 return
@@ -389,9 +393,10 @@ class SchedulerState(ClientRequests, DataRequests):
         self.placement.enqueue(ts)
 
     def _to_processing(self, ts: TaskState, ws: WorkerInfo) -> None:
-        frees = self._free.pop(ws, None)
-        if frees:  # frees decided earlier must reach the worker before this task
-            self._send(ws.peer, m.FreeKeys(keys=tuple(frees)))
+        if self._free:
+            frees = self._free.pop(ws, None)
+            if frees:  # frees decided earlier must reach the worker before this task
+                self._send(ws.peer, m.FreeKeys(keys=tuple(frees)))
         ts.status = P
         ts.processing_on = ws
         ws.processing[ts] = None
@@ -399,26 +404,31 @@ class SchedulerState(ClientRequests, DataRequests):
             for name, amount in ts.resources.items():
                 ws.free[name] -= amount
         self.placement.touch(ws)
-        values, who_has, nbytes = {}, {}, {}
-        for dep in ts.deps:
-            if ws in dep.who_has:
-                continue
-            if dep.value is not None:
-                values[dep.key] = dep.value
-            else:
-                who_has[dep.key] = tuple(w.address for w in dep.who_has)
-                nbytes[dep.key] = dep.nbytes
+        if ts.deps:
+            values, who_has, nbytes = {}, {}, {}
+            for dep in ts.deps:
+                if ws in dep.who_has:
+                    continue
+                if dep.value is not None:
+                    values[dep.key] = dep.value
+                else:
+                    who_has[dep.key] = tuple(w.address for w in dep.who_has)
+                    nbytes[dep.key] = dep.nbytes
+            deps = tuple(dep.key for dep in ts.deps)
+        else:
+            values = who_has = nbytes = NO_DEPS
+            deps = ()
         msg = m.ComputeTask(
             key=ts.key,
             func=ts.func,
             args=ts.args,
-            deps=tuple(dep.key for dep in ts.deps),
+            deps=deps,
             values=values,
             who_has=who_has,
             priority=divmod(ts.priority, ORDER_SPAN),
             nbytes=nbytes,
         )
-        self._send(ws.peer, msg)
+        self._out.append(Send(ws.peer, msg))
 
     def _unassign(self, ts: TaskState, free: bool) -> None:
         ws = ts.processing_on
