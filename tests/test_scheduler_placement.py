@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from shoal.protocol import messages as m
 from shoal.scheduler.model import Status
+from shoal.scheduler.placement import Placement
 from tests.scheduler_harness import Harness, computed
 
 GPU = {"GPU": 1.0}
@@ -146,6 +149,18 @@ def test_depth_follows_task_durations() -> None:
     assert placement.depth == 15 and computed(out) == []
     out = h.finish(h.processing(w2)[0], duration=10.0)
     assert placement.depth == 14 and computed(out) == []
+
+
+def test_depth_grows_one_step_per_round_trip_at_most() -> None:
+    # Reports of very short tasks every 0.3 ms: each would raise the depth, but
+    # the first reports after many tasks start together are the shortest ones.
+    placement = Placement(initial_depth=2, max_depth=16, round_trip_s=0.002)
+    grew = [placement.observe(1e-6, now=i * 3e-4) for i in range(40)]
+    times = [i * 3e-4 for i, up in enumerate(grew) if up]
+    assert len(times) == placement.depth - 2 >= 2
+    assert all(later - earlier >= 0.002 for earlier, later in itertools.pairwise(times))
+    # A long task lowers it at once, one step.
+    assert not placement.observe(10.0, now=1.0) and placement.depth == len(times) + 1
 
 
 def test_root_tasks_are_queued_not_flooded() -> None:

@@ -59,7 +59,8 @@ class Placement:
 
     The mean run time starts from the prior that puts `initial_depth` in the
     middle of its band, and the depth moves by one step per observed task at
-    most (see `observe`): a first short task does not send a flood of work.
+    most, and grows by one step per round trip at most (see `observe`): a
+    first short task does not send a flood of work.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Placement:
         # Depth d is right for 1 + round_trip / mean in [d, d + 1): start in the middle.
         self.mean_duration = round_trip_s / (self.depth - 0.5)
         self.observed = 0  # run times seen
+        self.grown_at = float("-inf")  # when the depth last grew
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
         self._touched: dict[WorkerInfo, None] = {}  # loads changed since the heap was read
@@ -233,13 +235,16 @@ class Placement:
         if duration > 0:
             self.bandwidth += 0.25 * (nbytes / duration - self.bandwidth)
 
-    def observe(self, duration: float) -> bool:
-        """Learn from one task's run time; True when the depth grew.
+    def observe(self, duration: float, now: float) -> bool:
+        """Learn from one task's run time, reported at `now`; True when the depth grew.
 
         The mean moves towards `duration` by 1 / (observations + PRIOR_WEIGHT),
         at least MIN_WEIGHT. The depth follows 1 + round_trip / mean one step at
         a time: up once that target reaches (depth + 1) * (1 + HYSTERESIS),
-        down once it falls below depth * (1 - HYSTERESIS).
+        down once it falls below depth * (1 - HYSTERESIS). It grows once per
+        round trip at most: the first reports after many tasks start together
+        are the shortest of them, and the effect of a step shows only a round
+        trip later.
         """
         self.observed += 1
         mean = self.mean_duration
@@ -248,7 +253,10 @@ class Placement:
         target = 1.0 + self.round_trip_s / max(mean, 1e-9)
         depth = self.depth
         if depth < self.max_depth and target >= (depth + 1) * (1.0 + HYSTERESIS):
+            if now - self.grown_at < self.round_trip_s:
+                return False
             self.depth = depth + 1
+            self.grown_at = now
             return True
         if depth > 1 and target < depth * (1.0 - HYSTERESIS):
             self.depth = depth - 1

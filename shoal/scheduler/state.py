@@ -245,7 +245,7 @@ class SchedulerState(ClientRequests, DataRequests):
             # the value or will; saying so again costs nothing and settles it.
             self._free.setdefault(ws, []).append(msg.key)
             return
-        if self.placement.observe(msg.duration):
+        if self.placement.observe(msg.duration, self._now):
             self._fill_idle()
         self._move(ts, M, ws, msg)
         self._fill(ws)
