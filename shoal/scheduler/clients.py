@@ -15,6 +15,7 @@ from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
     ClientInfo,
+    Send,
     Status,
     TaskState,
     with_member,
@@ -167,11 +168,11 @@ class ClientRequests:
             key=ts.key,
             nbytes=ts.nbytes,
             typename=ts.typename,
-            who_has=tuple(ws.address for ws in ts.who_has),
+            who_has=tuple([ws.address for ws in ts.who_has]),
             value=ts.value,
         )
         for client in clients:
-            self._send(client.peer, msg)
+            self._out.append(Send(client.peer, msg))
 
     def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
         assert ts.error is not None

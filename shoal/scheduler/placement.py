@@ -11,6 +11,7 @@ their load.
 from __future__ import annotations
 
 import heapq
+import math
 
 from shoal.scheduler.model import Status, TaskState, WorkerInfo
 
@@ -25,6 +26,7 @@ DEFAULT_BANDWIDTH = 100e6
 # few, each new one moves it by this fraction.
 PRIOR_WEIGHT = 4
 MIN_WEIGHT = 0.05
+WARM_UP = round(1 / MIN_WEIGHT) - PRIOR_WEIGHT  # observations until then
 # The depth moves only once its target is this fraction past the edge of the
 # current depth's band, so that a mean near an edge does not make it flap.
 HYSTERESIS = 0.1
@@ -78,6 +80,17 @@ class Placement:
         self.mean_duration = round_trip_s / (self.depth - 0.5)
         self.observed = 0  # run times seen
         self.grown_at = float("-inf")  # when the depth last grew
+        # By depth, the mean run time at or below which it grows and above which
+        # it shrinks: 1 + round_trip / mean >= (depth + 1) * (1 + HYSTERESIS)
+        # and < depth * (1 - HYSTERESIS), solved for the mean.
+        self._grow_at = [
+            round_trip_s / ((d + 1) * (1 + HYSTERESIS) - 1) if d < max_depth else -1.0
+            for d in range(max_depth + 1)
+        ]
+        self._shrink_above = [
+            round_trip_s / (d * (1 - HYSTERESIS) - 1) if d * (1 - HYSTERESIS) > 1 else math.inf
+            for d in range(max_depth + 1)
+        ]
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
         self._touched: dict[WorkerInfo, None] = {}  # loads changed since the heap was read
@@ -111,7 +124,12 @@ class Placement:
         for ws in self._touched:
             if not ws.gone:
                 ws.version += 1
-                heapq.heappush(loads, (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws))
+                entry = (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws)
+                # Filling a worker, its old entry is usually the top one.
+                if loads and loads[0][3] is ws:
+                    heapq.heapreplace(loads, entry)
+                else:
+                    heapq.heappush(loads, entry)
         self._touched.clear()
         if len(loads) > 2 * len(self.workers) + 64:
             self._loads = [
@@ -129,8 +147,35 @@ class Placement:
         plus the bytes it lacks over the observed bandwidth. Ties go to the
         worker that joined first.
         """
-        sig = signature_of(ts) if ts.resources or ts.restrict else None
-        best = self.least_loaded() if sig is None else self._pick_constrained(sig)
+        if ts.resources or ts.restrict:
+            return self._pick_with(ts, signature_of(ts))
+        if not ts.deps:
+            return self.least_loaded()
+        held, total = held_bytes(ts)
+        if not held:
+            return self.least_loaded()
+        best, best_rank = None, (0.0, 0)
+        depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
+        for ws, nbytes in held.items():  # _cost(), inline
+            queued = len(ws.processing)
+            if queued < ws.nthreads * depth:
+                rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
+                if best is None or rank < best_rank:
+                    best, best_rank = ws, rank
+        # Any other worker lacks every input byte: a holder sooner than that wins
+        # without asking the loads heap.
+        if best is not None and best_rank[0] < total / bandwidth:
+            return best
+        other = self.least_loaded()
+        if other is not None and other not in held:
+            rank = (self._cost(other, held, total), other.index)
+            if best is None or rank < best_rank:
+                best = other
+        return best
+
+    def _pick_with(self, ts: TaskState, sig: Signature) -> WorkerInfo | None:
+        """pick() for a task with resources or restrictions."""
+        best = self._pick_constrained(sig)
         if not ts.deps:
             return best
         held, total = held_bytes(ts)
@@ -140,7 +185,7 @@ class Placement:
         for ws in held:
             if ws is best or not self.has_capacity(ws):
                 continue
-            if sig is not None and not (can_run(ws, sig) and has_room(ws, sig)):
+            if not (can_run(ws, sig) and has_room(ws, sig)):
                 continue
             rank = (self._cost(ws, held, total), ws.index)
             if best_rank is None or rank < best_rank:
@@ -246,19 +291,18 @@ class Placement:
         are the shortest of them, and the effect of a step shows only a round
         trip later.
         """
-        self.observed += 1
+        n = self.observed = self.observed + 1
         mean = self.mean_duration
-        mean += max(MIN_WEIGHT, 1.0 / (self.observed + PRIOR_WEIGHT)) * (duration - mean)
+        mean += (MIN_WEIGHT if n > WARM_UP else 1.0 / (n + PRIOR_WEIGHT)) * (duration - mean)
         self.mean_duration = mean
-        target = 1.0 + self.round_trip_s / max(mean, 1e-9)
         depth = self.depth
-        if depth < self.max_depth and target >= (depth + 1) * (1.0 + HYSTERESIS):
+        if mean <= self._grow_at[depth]:
             if now - self.grown_at < self.round_trip_s:
                 return False
             self.depth = depth + 1
             self.grown_at = now
             return True
-        if depth > 1 and target < depth * (1.0 - HYSTERESIS):
+        if mean > self._shrink_above[depth]:
             self.depth = depth - 1
         return False
 
@@ -266,6 +310,11 @@ class Placement:
 def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
     """Bytes of `ts`'s inputs each worker holds, and their total. Inputs kept by
     the scheduler travel with the task and count for nobody."""
+    if len(ts.deps) == 1:
+        dep = ts.deps[0]
+        if dep.value is not None:
+            return {}, 0
+        return dict.fromkeys(dep.who_has, dep.nbytes), dep.nbytes
     held: dict[WorkerInfo, int] = {}
     total = 0
     for dep in ts.deps:

@@ -113,18 +113,17 @@ class SchedulerState(ClientRequests, DataRequests):
         """Apply one message from `peer`; return what to send."""
         self._begin(msg.op, now)
         role = self.roles.get(peer, "")
-        if type(msg) is m.RegisterWorker and role == "worker" and peer not in self.workers:
+        handler = self._handlers.get((role, type(msg)))  # none for registrations
+        if handler is not None and (peer in self.workers or peer in self.clients):
+            handler(peer, msg)
+        elif type(msg) is m.RegisterWorker and role == "worker" and peer not in self.workers:
             self._register_worker(peer, msg)
         elif type(msg) is m.RegisterClient and role == "client" and peer not in self.clients:
             self._register_client(peer, msg)
+        elif handler is None:
+            self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
         else:
-            handler = self._handlers.get((role, type(msg)))
-            if handler is None:
-                self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
-            elif peer not in self.workers and peer not in self.clients:
-                self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
-            else:
-                handler(peer, msg)
+            self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
         return self._end()
 
     def lost(self, peer: str, now: float) -> list[Command]:
@@ -340,7 +339,7 @@ class SchedulerState(ClientRequests, DataRequests):
 
     def _check_release(self, ts: TaskState) -> None:
         """Let go of a task nothing needs any more."""
-        if ts.needed:
+        if ts.pending or ts.wanted_by:  # ts.needed, inline: this runs for every task
             return
         if ts.status is M or ts.status in ACTIVE:
             self._move(ts, R)
@@ -351,7 +350,7 @@ class SchedulerState(ClientRequests, DataRequests):
         stack = [ts]
         while stack:
             ts = stack.pop()
-            if ts.dependents or ts.needed or ts.status not in (R, E):
+            if ts.dependents or ts.pending or ts.wanted_by or ts.status not in (R, E):
                 continue
             self._move(ts, F)
             stack.extend(ts.deps)
@@ -445,7 +444,7 @@ class SchedulerState(ClientRequests, DataRequests):
                 self._refill[ws] = None
 
     def _to_memory(self, ts: TaskState, ws: WorkerInfo, msg: m.TaskFinished) -> None:
-        self._unassign(ts, free=False)
+        self._unassign(ts, False)
         ts.status = M
         ts.nbytes, ts.typename = msg.nbytes, msg.typename
         value = msg.value
@@ -471,7 +470,7 @@ class SchedulerState(ClientRequests, DataRequests):
         for dep in ts.deps:
             dep.pending -= 1
         for dep in ts.deps:
-            if not dep.needed:
+            if not (dep.pending or dep.wanted_by):  # not dep.needed
                 self._check_release(dep)
 
     def _to_erred(self, ts: TaskState, error: tuple) -> None:
