@@ -14,6 +14,7 @@ from shoal.scheduler.ingest import Plan, plan_graph
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
+    SMALL,
     ClientInfo,
     Send,
     Status,
@@ -52,8 +53,13 @@ class ClientRequests:
         tasks = self.tasks
         # Existing tasks that were let go but are needed again: recompute them first.
         again = [ts for key in plan.outside if (ts := tasks[key]).status is R]
+        index = plan.index
         for key in msg.wanted:
             ts = tasks[key]
+            if key in index:  # created just now: released, wanted by nobody else
+                ts.wanted_by = (client,)
+                client.wants[ts] = None
+                continue
             if client not in ts.wanted_by:
                 ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None
@@ -61,7 +67,7 @@ class ClientRequests:
                 self._report_memory(ts, (client,))
             elif ts.status is E:
                 self._report_error(ts, (client,))
-            elif ts.status is R and key not in plan.index:
+            elif ts.status is R:
                 again.append(ts)
         self._recompute(again)
         # Highest priority first, so that the first free slots go to it. Activating a
@@ -87,11 +93,19 @@ class ClientRequests:
             if len(dep_keys) == 1:
                 dep = tasks[dep_keys[0]]
                 ts.deps = (dep,)
-                dep.dependents = with_member(dep.dependents, ts)
+                users = dep.dependents  # with_member(), inline
+                if type(users) is tuple and len(users) < SMALL:
+                    dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
+                else:
+                    dep.dependents = with_member(users, ts)
             elif dep_keys:
                 ts.deps = tuple(map(tasks.__getitem__, dict.fromkeys(dep_keys)))
                 for dep in ts.deps:
-                    dep.dependents = with_member(dep.dependents, ts)
+                    users = dep.dependents
+                    if type(users) is tuple and len(users) < SMALL:
+                        dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
+                    else:
+                        dep.dependents = with_member(users, ts)
             tasks[key] = ts
             new.append(ts)
         return new

@@ -20,6 +20,7 @@ from shoal.scheduler.history import History
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
+    SMALL,
     ClientInfo,
     Command,
     Disconnect,
@@ -263,7 +264,11 @@ class SchedulerState(ClientRequests, DataRequests):
         self._fill(ws)
 
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
-        ts.who_has = with_member(ts.who_has, ws)
+        holders = ts.who_has  # with_member(), inline: once per task
+        if type(holders) is tuple and len(holders) < SMALL:
+            ts.who_has = holders + (ws,)  # noqa: RUF005 (faster than unpacking)
+        else:
+            ts.who_has = with_member(holders, ws)
         ws.has_what[ts] = None
         ws.nbytes += ts.nbytes
 
@@ -411,9 +416,9 @@ class SchedulerState(ClientRequests, DataRequests):
                 if dep.value is not None:
                     values[dep.key] = dep.value
                 else:
-                    who_has[dep.key] = tuple(w.address for w in dep.who_has)
+                    who_has[dep.key] = tuple([w.address for w in dep.who_has])
                     nbytes[dep.key] = dep.nbytes
-            deps = tuple(dep.key for dep in ts.deps)
+            deps = tuple([dep.key for dep in ts.deps])
         else:
             values = who_has = nbytes = NO_DEPS
             deps = ()
