@@ -209,18 +209,19 @@ class Cluster:
         profiler = self.profilers.get(phase)
         if profiler is not None:
             profiler.enable()
+        self.collector.before(msg)
         self.pauses.inside = True
         start = time.perf_counter()
         out = self.state.handle(peer, msg, self.now)
         took = time.perf_counter() - start
         self.pauses.inside = False
+        self.collector.after(msg, self.state)
         if profiler is not None:
             profiler.disable()
         spent = self.spent.setdefault(phase, [0.0, 0.0, 0])
         spent[0] += took
         spent[1] = max(spent[1], took)
         spent[2] += 1
-        self.collector.handled(msg, self.state)
         for cmd in out:
             if type(cmd) is Disconnect:
                 raise AssertionError(f"the scheduler dropped {cmd.peer}: {cmd.reason}")

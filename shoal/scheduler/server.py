@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Below this many tasks a full collection takes milliseconds: no need to freeze.
 FREEZE_AT_TASKS = 10_000
+# While it holds that many, the scheduler also freezes after this many messages,
+# so that what running tasks leave behind (holders, values) is walked in small parts.
+FREEZE_EVERY = 1_000
 
 
 class Collector:
@@ -35,11 +38,15 @@ class Collector:
     it), so the collector finds no garbage among them; but each of its full
     collections walks every live object, and with a million tasks that is 1 to
     2 s inside one handle call. With `freeze`, once the scheduler holds
-    FREEZE_AT_TASKS tasks, everything alive after each submitted graph moves
-    to the permanent generation (gc.freeze(), constant time), so that
-    collections walk only what came since. Whenever the scheduler holds no
-    tasks again, the frozen objects are collected once and frozen again, so
-    that garbage cycles caught frozen meanwhile do not stay for good.
+    FREEZE_AT_TASKS tasks, everything alive after each submitted graph, and
+    after every FREEZE_EVERY messages, moves to the permanent generation
+    (gc.freeze(), constant time), so that collections walk only what came
+    since. No collection runs while a graph comes in: its new links are young
+    objects pointing at task records all over memory, which young collections
+    would walk (30 to 60 ms per call with a million tasks), and all of it is
+    frozen right after. Whenever the scheduler holds no tasks again, the
+    frozen objects are collected once and frozen again, so that garbage
+    cycles caught frozen meanwhile do not stay for good.
 
     The collector is the whole process's: the `shoal scheduler` command turns
     this on; a scheduler embedded in another program (LocalCluster) leaves it
@@ -49,14 +56,25 @@ class Collector:
     def __init__(self, freeze: bool) -> None:
         self.freeze = freeze
         self.frozen = False  # objects were frozen since the scheduler last held no tasks
+        self._since = 0  # messages since the last freeze
 
-    def handled(self, msg: Message | None, state: SchedulerState) -> None:
-        """After the core handled `msg` (None: a lost connection)."""
+    def before(self, msg: Message) -> None:
+        """Before the core handles `msg`."""
+        if self.freeze and type(msg) is m.SubmitGraph:
+            gc.disable()
+
+    def after(self, msg: Message | None, state: SchedulerState) -> None:
+        """After the core handled `msg` (None: a lost connection), or raised."""
         if not self.freeze:
             return
-        if type(msg) is m.SubmitGraph and len(state.tasks) >= FREEZE_AT_TASKS:
-            gc.freeze()
-            self.frozen = True
+        if type(msg) is m.SubmitGraph:
+            gc.enable()
+        self._since += 1
+        if len(state.tasks) >= FREEZE_AT_TASKS:
+            if self._since >= FREEZE_EVERY or type(msg) is m.SubmitGraph:
+                gc.freeze()
+                self.frozen = True
+                self._since = 0
         elif self.frozen and not state.tasks:
             self.frozen = False
             gc.unfreeze()
@@ -128,8 +146,12 @@ class Scheduler:
                 except CommClosedError:
                     return
                 for msg in batch:
-                    self._run(state.handle(peer, msg, now()))
-                    collector.handled(msg, state)
+                    collector.before(msg)
+                    try:
+                        commands = state.handle(peer, msg, now())
+                    finally:
+                        collector.after(msg, state)
+                    self._run(commands)
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
@@ -141,7 +163,7 @@ class Scheduler:
                 log.info("worker %s left", worker.name)
             del self.comms[peer]
             self._run(state.lost(peer, now()))
-            collector.handled(None, state)
+            collector.after(None, state)
             self._workers_changed.set()
 
     async def wait_for_workers(self, n: int) -> None:
