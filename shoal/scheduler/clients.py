@@ -49,17 +49,18 @@ class ClientRequests:
         if isinstance(plan, str):
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
             return
-        new = self._create_tasks(msg, plan)
+        new, local = self._create_tasks(msg, plan)
         tasks = self.tasks
         # Existing tasks that were let go but are needed again: recompute them first.
-        again = [ts for key in plan.outside if (ts := tasks[key]).status is R]
+        again = [ts for ts in plan.outside.values() if ts.status is R]
         index = plan.index
         for key in msg.wanted:
-            ts = tasks[key]
             if key in index:  # created just now: released, wanted by nobody else
+                ts = local[key]
                 ts.wanted_by = (client,)
                 client.wants[ts] = None
                 continue
+            ts = tasks[key]
             if client not in ts.wanted_by:
                 ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None
@@ -75,8 +76,14 @@ class ClientRequests:
         for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
             self._activate(ts)
 
-    def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
+    def _create_tasks(
+        self, msg: m.SubmitGraph, plan: Plan
+    ) -> tuple[list[TaskState], dict[object, TaskState]]:
+        """The plan's new tasks, in its order, and the tasks they read or are, by key."""
         tasks = self.tasks
+        # Dependencies by key: the known ones the plan found, then each new task.
+        # A small dict of recent entries, where self.tasks may be huge and cold.
+        local = dict(plan.outside)
         keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
         prio, order = msg.priority, self._order
         options = msg.resources or msg.restrict or msg.retries
@@ -91,7 +98,7 @@ class ClientRequests:
                 ts.retries = msg.retries.get(i, 0)
             dep_keys = deps[i]
             if len(dep_keys) == 1:
-                dep = tasks[dep_keys[0]]
+                dep = local[dep_keys[0]]
                 ts.deps = (dep,)
                 users = dep.dependents  # with_member(), inline
                 if type(users) is tuple and len(users) < SMALL:
@@ -99,16 +106,16 @@ class ClientRequests:
                 else:
                     dep.dependents = with_member(users, ts)
             elif dep_keys:
-                ts.deps = tuple(map(tasks.__getitem__, dict.fromkeys(dep_keys)))
+                ts.deps = tuple(map(local.__getitem__, dict.fromkeys(dep_keys)))
                 for dep in ts.deps:
                     users = dep.dependents
                     if type(users) is tuple and len(users) < SMALL:
                         dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
                     else:
                         dep.dependents = with_member(users, ts)
-            tasks[key] = ts
+            tasks[key] = local[key] = ts
             new.append(ts)
-        return new
+        return new, local
 
     def _release_futures(self, peer: str, msg: m.ReleaseFutures) -> None:
         client = self.clients[peer]

@@ -14,6 +14,8 @@ from itertools import chain, filterfalse, repeat
 
 from shoal.protocol.messages import SubmitGraph
 
+_UNKNOWN = object()
+
 
 class Plan:
     """A checked submission: the new tasks to create, dependencies first."""
@@ -21,11 +23,12 @@ class Plan:
     __slots__ = ("index", "order", "outside")
 
     def __init__(
-        self, index: dict[object, int], order: Sequence[int], outside: Iterable[object]
+        self, index: dict[object, int], order: Sequence[int], outside: dict[object, object]
     ) -> None:
         self.index = index  # key -> position in the message, for new keys only
         self.order = order  # positions of the needed new tasks, dependencies first
-        # Keys already known that the needed new tasks read, in order of first use.
+        # Keys already known that the needed new tasks read, in order of first
+        # use, with what `known` holds for them: looked up once here.
         self.outside = outside
 
 
@@ -82,18 +85,29 @@ def _plan_in_order(
     users = chain.from_iterable(map(repeat, range(len(deps)), map(len, deps)))
     if not all(map(operator.lt, positions, users)):
         return None
-    outside = dict.fromkeys(filterfalse(index.__contains__, chain.from_iterable(deps)))
+    outside = _outside(deps, index, known)
     wanted = set(msg.wanted)
-    if not known.keys() >= outside.keys() or wanted.difference(index).difference(known):
+    if outside is None or wanted.difference(index).difference(known):
         return None
     if index.keys() <= wanted:
         return Plan(index, range(len(deps)), outside)
     needed = _needed(msg, index)
     order = [i for i in range(len(deps)) if i in needed]
-    outside = dict.fromkeys(
-        filterfalse(index.__contains__, chain.from_iterable(deps[i] for i in order))
-    )
+    outside = _outside((deps[i] for i in order), index, known)
+    assert outside is not None  # a subset of the above
     return Plan(index, order, outside)
+
+
+def _outside(
+    deps: Iterable[tuple[object, ...]], index: dict[object, int], known: Mapping[object, object]
+) -> dict[object, object] | None:
+    """Dependencies that are not new, each with what `known` holds for it, in
+    order of first use; None when one of them is not known either."""
+    keys = dict.fromkeys(filterfalse(index.__contains__, chain.from_iterable(deps)))
+    values = list(map(known.get, keys, repeat(_UNKNOWN)))
+    if any(map(operator.is_, values, repeat(_UNKNOWN))):  # `in` would compare, and read, each
+        return None
+    return dict(zip(keys, values, strict=True))
 
 
 def _plan_any(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
@@ -116,9 +130,8 @@ def _plan_any(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
         return order
     needed = _needed(msg, index)
     order = [i for i in order if i in needed]
-    outside = dict.fromkeys(
-        filterfalse(index.__contains__, chain.from_iterable(deps[i] for i in order))
-    )
+    outside = _outside((deps[i] for i in order), index, known)
+    assert outside is not None  # checked above
     return Plan(index, order, outside)
 
 
