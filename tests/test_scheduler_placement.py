@@ -7,8 +7,9 @@ import itertools
 import pytest
 
 from shoal.protocol import messages as m
-from shoal.scheduler.model import Status
+from shoal.scheduler.model import Status, TaskState
 from shoal.scheduler.placement import Placement
+from shoal.scheduler.queues import ReadyQueue
 from tests.scheduler_harness import Harness, computed
 
 GPU = {"GPU": 1.0}
@@ -273,3 +274,18 @@ def test_an_idle_worker_takes_queued_work_whatever_its_affinity() -> None:
     h.submit(c, {"t": ["x"]})
     out = h.finish(h.processing(wb)[0])
     assert computed(out, wb) == ["t"]
+
+
+def test_a_ready_queue_gives_the_lowest_priority_value_first() -> None:
+    tasks = {p: TaskState(f"t{p}", None, None, p) for p in (5, 1, 7, 3, 9, 2)}
+    for ts in tasks.values():
+        ts.status = Status.QUEUED
+    queue = ReadyQueue()
+    for p in (1, 3, 5, 2, 7, 9):  # 2 comes out of order
+        queue.push((p, tasks[p]))
+    tasks[3].status = Status.PROCESSING  # taken meanwhile: its entry is dropped
+    taken = []
+    while (entry := queue.first()) is not None:
+        assert queue.pop() is entry[1]
+        taken.append(entry[0])
+    assert taken == [1, 2, 5, 7, 9] and len(queue) == 0

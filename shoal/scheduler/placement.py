@@ -1,11 +1,11 @@
 """Which worker runs which task: worker load, data locality, the ready queues, depth.
 
-Pure and synchronous like the rest of the core. Ready tasks wait in priority
-heaps until a worker has a free slot; workers are found through a heap of
-their loads, so choosing one is O(log workers) for unconstrained tasks. A task
-whose inputs are held by workers (rather than travelling with it) also
-considers those holders, weighing the bytes it would have to fetch against
-their load.
+Pure and synchronous like the rest of the core. Ready tasks wait in ready
+queues (queues.py) until a worker has a free slot; workers are found through
+a heap of their loads, so choosing one is O(log workers) for unconstrained
+tasks. A task whose inputs are held by workers (rather than travelling with
+it) also considers those holders, weighing the bytes it would have to fetch
+against their load.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import heapq
 import math
 
-from shoal.scheduler.model import Status, TaskState, WorkerInfo
+from shoal.scheduler.model import TaskState, WorkerInfo
+from shoal.scheduler.queues import ReadyQueue
 
 # A signature groups tasks with the same needs: (sorted resources, restriction).
 Signature = tuple[tuple[tuple[str, float], ...], tuple[str, ...]]
-# (priority, task): priorities are unique to each task, so ties never compare tasks.
-Heap = list[tuple[int, TaskState]]
 
 # Assumed worker-to-worker bandwidth until fetches have been measured, bytes/s.
 DEFAULT_BANDWIDTH = 100e6
@@ -94,10 +93,10 @@ class Placement:
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
         self._touched: dict[WorkerInfo, None] = {}  # loads changed since the heap was read
-        self._queue: Heap = []
-        self._constrained: dict[Signature, Heap] = {}
+        self._queue = ReadyQueue()
+        self._constrained: dict[Signature, ReadyQueue] = {}
         # Queued tasks whose inputs mostly sit on one worker, by that worker.
-        self._affinity: dict[WorkerInfo, Heap] = {}
+        self._affinity: dict[WorkerInfo, ReadyQueue] = {}
 
     # -- workers ---------------------------------------------------------------
 
@@ -228,49 +227,58 @@ class Placement:
         most bytes of them will also find it in its own affinity queue."""
         entry = (ts.priority, ts)
         if ts.resources or ts.restrict:
-            heapq.heappush(self._constrained.setdefault(signature_of(ts), []), entry)
+            queue = self._constrained.get(sig := signature_of(ts))
+            if queue is None:
+                queue = self._constrained[sig] = ReadyQueue()
+            queue.push(entry)
         else:
-            heapq.heappush(self._queue, entry)
+            self._queue.push(entry)
         if ts.deps:
             held, _ = held_bytes(ts)
             if held:
                 # max() keeps the first of equals: the holder of the earliest input
                 ws = max(held, key=held.__getitem__)
-                heapq.heappush(self._affinity.setdefault(ws, []), entry)
+                queue = self._affinity.get(ws)
+                if queue is None:
+                    queue = self._affinity[ws] = ReadyQueue()
+                queue.push(entry)
 
     def has_queued(self) -> bool:
         """Whether a task without resources or restrictions is queued."""
-        return _top(self._queue)
+        return self._queue.first() is not None
 
     def has_queued_constrained(self) -> bool:
-        return any(_top(heap) for heap in self._constrained.values())
+        return any(queue.first() is not None for queue in self._constrained.values())
 
     def next_for(self, ws: WorkerInfo) -> TaskState | None:
         """Take a queued task that `ws` can run now, or None: the first of its own
         affinity queue, else the highest-priority one it may run."""
         mine = self._affinity.get(ws)
         if mine is not None:
-            while _top(mine):
-                ts = mine[0][1]
-                if not (ts.resources or ts.restrict) or self._fits(ws, signature_of(ts)):
-                    return heapq.heappop(mine)[1]
-                break  # its resources are busy here: take other work meanwhile
-            else:
+            entry = mine.first()
+            if entry is None:
                 del self._affinity[ws]
-        best_heap = _top(self._queue) and self._queue
+            elif not (entry[1].resources or entry[1].restrict):
+                return mine.pop()
+            elif self._fits(ws, signature_of(entry[1])):
+                return mine.pop()
+            # else its resources are busy here: take other work meanwhile
+        best_queue = self._queue
+        best = best_queue.first()
         if not self._constrained:
-            return heapq.heappop(best_heap)[1] if best_heap else None
-        for sig, heap in list(self._constrained.items()):
-            if not _top(heap):
+            return best_queue.pop() if best is not None else None
+        for sig, queue in list(self._constrained.items()):
+            entry = queue.first()
+            if entry is None:
                 del self._constrained[sig]
                 continue
             if not (can_run(ws, sig) and has_room(ws, sig)):
                 continue
-            if not best_heap or heap[0][0] < best_heap[0][0]:
-                best_heap = heap
-        if not best_heap:
+            if best is None or entry[0] < best[0]:
+                best, best_queue = entry, queue
+        if best is None:
             return None
-        return heapq.heappop(best_heap)[1]
+        return best_queue.pop()
 
     def _fits(self, ws: WorkerInfo, sig: Signature) -> bool:
         return can_run(ws, sig) and has_room(ws, sig)
@@ -324,12 +332,3 @@ def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
         for ws in dep.who_has:
             held[ws] = held.get(ws, 0) + dep.nbytes
     return held, total
-
-
-def _top(heap: Heap) -> bool:
-    """Drop stale entries (tasks no longer queued); whether any entry is left."""
-    while heap:
-        if heap[0][1].status is Status.QUEUED:
-            return True
-        heapq.heappop(heap)
-    return False
