@@ -19,6 +19,7 @@ from shoal.scheduler.model import (
     Send,
     Status,
     TaskState,
+    addresses,
     with_member,
     without_member,
 )
@@ -189,7 +190,7 @@ class ClientRequests:
             key=ts.key,
             nbytes=ts.nbytes,
             typename=ts.typename,
-            who_has=tuple([ws.address for ws in ts.who_has]),
+            who_has=addresses(ts.who_has),
             value=ts.value,
         )
         for client in clients:

@@ -52,6 +52,13 @@ def with_member(members: Members[T], item: T) -> Members[T]:
     return members
 
 
+def addresses(holders: Members[WorkerInfo]) -> tuple[str, ...]:
+    """The data addresses of `holders`, as messages carry them."""
+    if type(holders) is tuple and len(holders) == 1:
+        return (holders[0].address,)
+    return tuple([ws.address for ws in holders])
+
+
 def without_member(members: Members[T], item: T) -> Members[T]:
     """`members` less `item` (among them)."""
     if type(members) is tuple:

@@ -28,6 +28,7 @@ from shoal.scheduler.model import (
     Status,
     TaskState,
     WorkerInfo,
+    addresses,
     with_member,
     without_member,
 )
@@ -416,7 +417,7 @@ class SchedulerState(ClientRequests, DataRequests):
                 if dep.value is not None:
                     values[dep.key] = dep.value
                 else:
-                    who_has[dep.key] = tuple([w.address for w in dep.who_has])
+                    who_has[dep.key] = addresses(dep.who_has)
                     nbytes[dep.key] = dep.nbytes
             deps = tuple([dep.key for dep in ts.deps])
         else:
@@ -458,7 +459,8 @@ class SchedulerState(ClientRequests, DataRequests):
         self._add_replica(ts, ws)
         self._in_memory_now(ts)
         self._leave_active(ts)
-        self._check_release(ts)
+        if not (ts.pending or ts.wanted_by):  # not ts.needed
+            self._check_release(ts)
 
     def _in_memory_now(self, ts: TaskState) -> None:
         """Tell whoever waited for `ts`'s value: dependents, then clients."""
