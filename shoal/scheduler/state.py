@@ -370,7 +370,10 @@ class SchedulerState(ClientRequests, DataRequests):
             raise InvalidTransition(ts.key, ts.status, to, stimulus, self.history.tail(10))
         self.history.record((ts.key, ts.status, to, self._stimulus, self._now))
         self.transitions_done += 1
-        step(self, ts, *args)
+        if args:
+            step(self, ts, *args)
+        else:  # a plain call: no argument tuple to build
+            step(self, ts)
 
     def _to_waiting(self, ts: TaskState) -> None:
         """released -> waiting: count what it waits for; its dependencies are needed."""
