@@ -15,6 +15,7 @@ import heapq
 import itertools
 import json
 import math
+import os
 import pstats
 import random
 import time
@@ -390,6 +391,7 @@ def measure(workload: str, ntasks: int, nworkers: int, opts: argparse.Namespace)
         "tasks": len(graph.deps),
         "workers": nworkers,
         "want": opts.want,
+        "load_at_start": os.getloadavg()[0],
     }
     profilers = {"ingest": cProfile.Profile(), "run": cProfile.Profile()} if opts.profile else None
     # Best of `repeat`: other processes on the machine only ever add time.
@@ -546,6 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = make_parser().parse_args(argv)
     tasks, workers = QUICK if opts.quick else (FULL_TASKS if opts.full else TASKS, WORKERS)
     tasks, workers = opts.tasks or tasks, opts.workers or workers
+    # Other processes on the machine add to every figure: say how busy it was.
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     points = []
     for workload in opts.workload:
         for ntasks in tasks:
