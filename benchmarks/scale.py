@@ -15,6 +15,7 @@ import heapq
 import itertools
 import json
 import math
+import os
 import pstats
 import random
 import time
@@ -23,11 +24,12 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.client.graph import MAX_TASKS_PER_MESSAGE
+from shoal.client.graph import MAX_TASKS_PER_MESSAGE, MAX_WEIGHT_PER_MESSAGE, chunk_bounds
 from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import serialize
 from shoal.scheduler.model import Disconnect, Status
+from shoal.scheduler.server import Collector
 from shoal.scheduler.state import SchedulerState
 
 # One payload shared by every task: the scheduler routes payloads unopened, so
@@ -110,25 +112,28 @@ def chains(ntasks: int, rng: random.Random, length: int = 100) -> Graph:
 BUILDERS = {"mapreduce": map_reduce, "chains": chains}
 
 
+def chunks_of(graph: Graph) -> list[range]:
+    """The tasks of each SubmitGraph, split as the client splits them."""
+    return chunk_bounds(map(len, graph.deps), MAX_TASKS_PER_MESSAGE, MAX_WEIGHT_PER_MESSAGE)
+
+
 def bridges_of(graph: Graph, want: Container[int]) -> dict[int, None]:
     """Tasks read from a later chunk and not wanted: the client lists them as wanted
     in their own chunk and releases them after the last one (shoal.client.graph)."""
-    size = MAX_TASKS_PER_MESSAGE
     bridges: dict[int, None] = {}
-    for i, deps in enumerate(graph.deps):
-        for dep in deps:
-            if dep // size < i // size and dep not in want:
-                bridges[dep] = None
+    for chunk in chunks_of(graph):
+        for i in chunk:
+            for dep in graph.deps[i]:
+                if dep < chunk.start and dep not in want:
+                    bridges[dep] = None
     return bridges
 
 
 def submissions(graph: Graph, want: Container[int], bridges: dict[int, None]) -> Iterator[Message]:
     """The client's messages, made one at a time so that each is transient, as if
     just decoded: SubmitGraph chunks in dependency order, then the bridges' release."""
-    n = len(graph.deps)
     key = graph.key
-    for start in range(0, n, MAX_TASKS_PER_MESSAGE):
-        chunk = range(start, min(n, start + MAX_TASKS_PER_MESSAGE))
+    for chunk in chunks_of(graph):
         keys = tuple(key(i) for i in chunk)
         yield m.SubmitGraph(
             keys=keys,
@@ -136,7 +141,7 @@ def submissions(graph: Graph, want: Container[int], bridges: dict[int, None]) ->
             func=(0,) * len(chunk),
             args=(ARGS,) * len(chunk),
             deps=tuple(tuple(key(dep) for dep in graph.deps[i]) for i in chunk),
-            wanted=tuple(keys[i - start] for i in chunk if i in want or i in bridges),
+            wanted=tuple(keys[i - chunk.start] for i in chunk if i in want or i in bridges),
         )
     if bridges:
         yield m.ReleaseFutures(keys=tuple(key(i) for i in bridges))
@@ -158,6 +163,8 @@ class Cluster:
     A worker runs its tasks in the order they were assigned, each on the thread
     that frees first, and reports it done `duration` later (exponentially
     distributed around `mean_s`). Events are a heap of (finish, seq, peer, key).
+    After each call the garbage collection policy runs as in the scheduler's
+    shell (shoal.scheduler.server.Collector), outside the timed part.
     """
 
     def __init__(
@@ -168,8 +175,10 @@ class Cluster:
         seed: int,
         profilers: dict[str, cProfile.Profile] | None = None,
         history: int = 100_000,
+        freeze_gc: bool = True,
     ) -> None:
         self.state = SchedulerState(history=history)
+        self.collector = Collector(freeze_gc)
         self.rng = random.Random(seed)
         self.mean_s = mean_s
         self.now = 0.0
@@ -180,6 +189,7 @@ class Cluster:
         self.running: dict[str, dict[object, int]] = {}  # peer -> key -> seq of its event
         self.spent: dict[str, list[float]] = {}  # phase -> [seconds, longest call, calls]
         self.finished = 0  # TaskFinished delivered
+        self.pauses = GcPauses()
         for w in range(nworkers):
             peer, nthreads = f"w{w}", self.rng.randint(1, max_threads)
             self.threads[peer] = [0.0] * nthreads
@@ -200,9 +210,13 @@ class Cluster:
         profiler = self.profilers.get(phase)
         if profiler is not None:
             profiler.enable()
+        self.collector.before(msg)
+        self.pauses.inside = True
         start = time.perf_counter()
         out = self.state.handle(peer, msg, self.now)
         took = time.perf_counter() - start
+        self.pauses.inside = False
+        self.collector.after(msg, self.state)
         if profiler is not None:
             profiler.disable()
         spent = self.spent.setdefault(phase, [0.0, 0.0, 0])
@@ -243,12 +257,16 @@ class Cluster:
 
 
 class GcPauses:
-    """gc.callbacks hook: the longest collection and the total time collecting."""
+    """gc.callbacks hook: the longest collection and the total time collecting,
+    counting only collections inside `handle` calls (while `inside` is set)."""
 
     def __init__(self) -> None:
         self.longest = self.total = self._since = 0.0
+        self.inside = False
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.inside:
+            return
         if phase == "start":
             self._since = time.perf_counter()
         else:
@@ -266,9 +284,15 @@ def play(
     opts: argparse.Namespace,
     want: Container[int],
     profilers: dict[str, cProfile.Profile] | None = None,
+    pauses: GcPauses | None = None,
 ) -> Cluster:
     """A cluster that has ingested the graph and run it to the end."""
-    cluster = Cluster(nworkers, opts.threads, opts.duration, opts.seed, profilers, opts.history)
+    freeze = opts.gc == "freeze"
+    cluster = Cluster(
+        nworkers, opts.threads, opts.duration, opts.seed, profilers, opts.history, freeze
+    )
+    if pauses is not None:
+        cluster.pauses = pauses
     cluster.send(submissions(graph, want, bridges_of(graph, want)), "ingest")
     cluster.run()
     return cluster
@@ -304,6 +328,7 @@ def simulate(
     wanted = range(ntasks) if opts.want == "all" else graph.sinks
     want = wanted if opts.want == "all" else dict.fromkeys(wanted)
     gc.collect()
+    frozen = gc.get_freeze_count()
     if memory:
         tracemalloc.start()
         try:
@@ -314,6 +339,8 @@ def simulate(
             released = tracemalloc.get_traced_memory()[0] - base
         finally:
             tracemalloc.stop()
+            if not frozen:  # the policy is a scheduler process's; this one goes on
+                gc.unfreeze()
         return {
             "peak_B_per_task": peak / ntasks,
             "held_B_per_task": held / ntasks,
@@ -323,11 +350,13 @@ def simulate(
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:
-        cluster = play(graph, nworkers, opts, want, profilers)
+        cluster = play(graph, nworkers, opts, want, profilers, pauses)
         transitions = cluster.state.transitions_done
         finish(cluster, graph, wanted)
     finally:
         gc.callbacks.remove(pauses)
+        if not frozen:
+            gc.unfreeze()
     return timings(cluster, transitions, pauses)
 
 
@@ -362,6 +391,7 @@ def measure(workload: str, ntasks: int, nworkers: int, opts: argparse.Namespace)
         "tasks": len(graph.deps),
         "workers": nworkers,
         "want": opts.want,
+        "load_at_start": os.getloadavg()[0],
     }
     profilers = {"ingest": cProfile.Profile(), "run": cProfile.Profile()} if opts.profile else None
     # Best of `repeat`: other processes on the machine only ever add time.
@@ -495,6 +525,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--history", type=int, default=100_000, help="transitions the core keeps (its default)"
     )
     parser.add_argument(
+        "--gc",
+        choices=("freeze", "default"),
+        default="freeze",
+        help="garbage collection as `shoal scheduler` sets it (default), or Python's default",
+    )
+    parser.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the tracemalloc run"
     )
     parser.add_argument(
@@ -512,6 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = make_parser().parse_args(argv)
     tasks, workers = QUICK if opts.quick else (FULL_TASKS if opts.full else TASKS, WORKERS)
     tasks, workers = opts.tasks or tasks, opts.workers or workers
+    # Other processes on the machine add to every figure: say how busy it was.
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     points = []
     for workload in opts.workload:
         for ntasks in tasks:

@@ -594,5 +594,5 @@ def test_random_graphs_survive_random_failures(seed: int) -> None:
 @pytest.mark.timeout(60)
 def test_a_seed_replays_exactly() -> None:
     first, second = simulate(7), simulate(7)
-    assert first.scheduler.history == second.scheduler.history
+    assert list(first.scheduler.history) == list(second.scheduler.history)
     assert first.faults == second.faults

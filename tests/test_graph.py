@@ -196,10 +196,10 @@ def test_chunks_reference_only_known_keys() -> None:
         graph[f"k-{i}"] = (inc, f"k-{i - 1}")
     rows = g.graph_rows(graph, [f"k-{n - 1}", "k-5"], g.FunctionCache())
     msgs, bridges = g.messages(rows, [f"k-{n - 1}", "k-5"])
-    assert [len(m.keys) for m in msgs] == [10_000, 10_000, 5_000]
+    assert [len(m.keys) for m in msgs] == [5_000] * 5
     # The last task of each chunk is read by the next: wanted there, released after.
-    assert bridges == ["k-9999", "k-19999"]
-    assert msgs[1].wanted == ("k-19999",)
+    assert bridges == ["k-4999", "k-9999", "k-14999", "k-19999"]
+    assert msgs[1].wanted == ("k-9999",)
     seen: set = set()
     for m in msgs:
         for key, deps in zip(m.keys, m.deps, strict=True):
@@ -207,9 +207,33 @@ def test_chunks_reference_only_known_keys() -> None:
             seen.add(key)
         assert len(m.funcs) <= 2  # getitem for the literal, inc
         assert len(m.func) == len(m.keys) == len(m.args)
-    assert msgs[0].wanted == ("k-5", "k-9999")
+    assert msgs[0].wanted == ("k-5", "k-4999")
     assert msgs[-1].wanted == (f"k-{n - 1}",)
     assert msgs[0].priority == ()
+
+
+def test_chunks_are_bounded_by_tasks_and_dependency_links() -> None:
+    assert g.chunk_bounds([]) == []
+    assert g.chunk_bounds([0] * 25, max_tasks=10) == [range(0, 10), range(10, 20), range(20, 25)]
+    # Weight is tasks plus links: 1 + 3 each here, so 3 tasks fit in 12.
+    assert g.chunk_bounds([3] * 7, max_weight=12) == [range(0, 3), range(3, 6), range(6, 7)]
+    # A task heavier than the bound goes alone.
+    assert g.chunk_bounds([0, 50, 0], max_weight=10) == [range(0, 1), range(1, 2), range(2, 3)]
+    # Many leaves, then reducers over 20 leaves each: the reducers come in smaller messages.
+    leaves = {f"leaf-{i}": i for i in range(10_000)}
+    reducers = {
+        f"r-{j}": (sum, [f"leaf-{(j * 20 + i) % 10_000}" for i in range(20)]) for j in range(3_000)
+    }
+    rows = g.graph_rows({**leaves, **reducers}, list(reducers), g.FunctionCache())
+    msgs, bridges = g.messages(rows, list(reducers))
+    weights = [len(m.keys) + sum(map(len, m.deps)) for m in msgs]
+    assert max(weights) <= g.MAX_WEIGHT_PER_MESSAGE and len(msgs) > 2
+    seen: set = set()
+    for m in msgs:
+        for key, deps in zip(m.keys, m.deps, strict=True):
+            assert set(deps) <= seen
+            seen.add(key)
+    assert len(seen) == 13_000 and set(bridges) <= set(leaves)
 
 
 def test_large_graph_is_linear_enough() -> None:

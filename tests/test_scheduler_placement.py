@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from shoal.protocol import messages as m
-from shoal.scheduler.model import Status
+from shoal.scheduler.model import Status, TaskState
+from shoal.scheduler.placement import Placement
+from shoal.scheduler.queues import ReadyQueue
 from tests.scheduler_harness import Harness, computed
 
 GPU = {"GPU": 1.0}
@@ -122,17 +126,42 @@ def test_depth_follows_task_durations() -> None:
     h = Harness()
     w1, w2 = h.worker("a"), h.worker("b")
     c = h.client()
-    h.submit(c, {f"t{i}": [] for i in range(100)})
-    assert h.state.placement.depth == 2
+    h.submit(c, {f"t{i}": [] for i in range(1_000)})
+    placement = h.state.placement
+    assert placement.depth == 2
     assert [len(h.processing(w)) for w in (w1, w2)] == [2, 2]
-    # Tasks much shorter than a round trip: more in flight, idle workers filled at once.
+    # One task far shorter than a round trip does not move it: the mean starts
+    # from a prior, and the first report only replaces the finished task.
     out = h.finish("t0", duration=1e-6)
-    assert h.state.placement.depth == 16
-    assert [len(computed(out, w)) for w in (w1, w2)] == [15, 14]
-    assert [len(h.processing(w)) for w in (w1, w2)] == [16, 16]
-    # Long tasks: one per thread; nothing more is sent until the backlog drains below it.
-    out = h.finish("t2", duration=10.0)
-    assert h.state.placement.depth == 1 and computed(out) == []
+    assert placement.depth == 2 and computed(out, w1) == ["t4"]
+    # A run of them raises it one step per report at most; each step fills
+    # every worker to the new depth at once.
+    depth = 2
+    while depth < 16:
+        out = h.finish(h.processing(w1)[0], duration=1e-6)
+        assert placement.depth in (depth, depth + 1)
+        if placement.depth > depth:
+            depth = placement.depth
+            assert len(computed(out, w2)) == 1
+        assert [len(h.processing(w)) for w in (w1, w2)] == [depth, depth]
+    # Long tasks: one step down per report; nothing more is sent until the
+    # backlog drains below the new depth.
+    out = h.finish(h.processing(w1)[0], duration=10.0)
+    assert placement.depth == 15 and computed(out) == []
+    out = h.finish(h.processing(w2)[0], duration=10.0)
+    assert placement.depth == 14 and computed(out) == []
+
+
+def test_depth_grows_one_step_per_round_trip_at_most() -> None:
+    # Reports of very short tasks every 0.3 ms: each would raise the depth, but
+    # the first reports after many tasks start together are the shortest ones.
+    placement = Placement(initial_depth=2, max_depth=16, round_trip_s=0.002)
+    grew = [placement.observe(1e-6, now=i * 3e-4) for i in range(40)]
+    times = [i * 3e-4 for i, up in enumerate(grew) if up]
+    assert len(times) == placement.depth - 2 >= 2
+    assert all(later - earlier >= 0.002 for earlier, later in itertools.pairwise(times))
+    # A long task lowers it at once, one step.
+    assert not placement.observe(10.0, now=1.0) and placement.depth == len(times) + 1
 
 
 def test_root_tasks_are_queued_not_flooded() -> None:
@@ -245,3 +274,18 @@ def test_an_idle_worker_takes_queued_work_whatever_its_affinity() -> None:
     h.submit(c, {"t": ["x"]})
     out = h.finish(h.processing(wb)[0])
     assert computed(out, wb) == ["t"]
+
+
+def test_a_ready_queue_gives_the_lowest_priority_value_first() -> None:
+    tasks = {p: TaskState(f"t{p}", None, None, p) for p in (5, 1, 7, 3, 9, 2)}
+    for ts in tasks.values():
+        ts.status = Status.QUEUED
+    queue = ReadyQueue()
+    for p in (1, 3, 5, 2, 7, 9):  # 2 comes out of order
+        queue.push((p, tasks[p]))
+    tasks[3].status = Status.PROCESSING  # taken meanwhile: its entry is dropped
+    taken = []
+    while (entry := queue.first()) is not None:
+        assert queue.pop() is entry[1]
+        taken.append(entry[0])
+    assert taken == [1, 2, 5, 7, 9] and len(queue) == 0

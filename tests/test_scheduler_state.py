@@ -305,6 +305,16 @@ def test_keys_no_wanted_key_needs_are_not_created() -> None:
     assert computed(out) == ["a"]
 
 
+def test_tasks_are_ordered_as_listed_or_else_dependencies_first() -> None:
+    h = Harness()
+    h.worker("a", nthreads=8)
+    c = h.client()
+    h.submit(c, {"a": [], "b": ["a"], "x": []})  # dependencies first: kept as listed
+    h.submit(c, {"r": ["q", "p"], "q": ["p"], "p": [], "y": []})  # sorted (Kahn)
+    rank = {key: ts.priority for key, ts in h.state.tasks.items()}
+    assert sorted(rank, key=rank.__getitem__) == ["a", "b", "x", "p", "y", "q", "r"]
+
+
 @scenario
 def test_resubmitting_known_keys_reports_at_once() -> None:
     h = Harness()
@@ -693,7 +703,7 @@ def test_tiny_values_survive_their_worker() -> None:
         ),
         Send(c, m.WorkersChanged(workers=1)),
     ]
-    assert h.status("t") == "memory" and h.task("t").who_has == {}
+    assert h.status("t") == "memory" and not h.task("t").who_has
     # Only small values are kept: a larger one comes back as a holder only.
     big = serialize(b"x" * (m.INLINE_VALUE_BYTES + 1), "result")
     h.submit(c, {"big": []})

@@ -194,6 +194,7 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         allow_insecure=args.allow_insecure,
         heartbeat_timeout=args.heartbeat_timeout,
         allowed_failures=args.allowed_failures,
+        freeze_gc=True,  # this process is the scheduler's alone
     )
     try:
         await scheduler.start()

@@ -11,7 +11,18 @@ from typing import Any
 
 from shoal.protocol import messages as m
 from shoal.scheduler.ingest import Plan, plan_graph
-from shoal.scheduler.model import ACTIVE, ClientInfo, Status, TaskState
+from shoal.scheduler.model import (
+    ACTIVE,
+    ORDER_SPAN,
+    SMALL,
+    ClientInfo,
+    Send,
+    Status,
+    TaskState,
+    addresses,
+    with_member,
+    without_member,
+)
 
 M, E, R = Status.MEMORY, Status.ERRED, Status.RELEASED
 
@@ -33,7 +44,7 @@ class ClientRequests:
 
     def _unwant(self, client: ClientInfo, ts: TaskState) -> None:
         del client.wants[ts]
-        del ts.wanted_by[client]
+        ts.wanted_by = without_member(ts.wanted_by, client)
         self._check_release(ts)
 
     def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
@@ -42,49 +53,76 @@ class ClientRequests:
         if isinstance(plan, str):
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
             return
-        new = self._create_tasks(msg, plan)
+        new, local = self._create_tasks(msg, plan)
+        tasks = self.tasks
+        # Existing tasks that were let go but are needed again (recomputed below).
+        again = [ts for ts in plan.outside.values() if ts.status is R]
+        index = plan.index
         for key in msg.wanted:
-            ts = self.tasks[key]
+            if key in index:  # created just now: released, wanted by nobody else
+                ts = local[key]
+                ts.wanted_by = (client,)
+                client.wants[ts] = None
+                continue
+            ts = tasks[key]
             if client not in ts.wanted_by:
-                ts.wanted_by[client] = None
+                ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None
             if ts.status is M:
                 self._report_memory(ts, (client,))
             elif ts.status is E:
                 self._report_error(ts, (client,))
-        # Existing tasks that were let go but are needed again.
-        created = set(new)
-        again = [dep for ts in new for dep in ts.deps if dep.status is R and dep not in created]
-        again += [ts for key in msg.wanted if (ts := self.tasks[key]).status is R]
+            elif ts.status is R:
+                again.append(ts)
         # Highest priority first, so that the first free slots go to it. Activating a
         # task before its dependencies is fine: it counts them as not in memory.
         for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
             self._activate(ts)
         # Then the old ones, now counted as needed by the new tasks that wait for them
         # (a new task that erred at once needs none of them).
-        self._recompute([ts for ts in again if ts not in created and ts.needed])
+        self._recompute([ts for ts in again if ts.needed])
 
-    def _create_tasks(self, msg: m.SubmitGraph, plan: Plan) -> list[TaskState]:
+    def _create_tasks(
+        self, msg: m.SubmitGraph, plan: Plan
+    ) -> tuple[list[TaskState], dict[object, TaskState]]:
+        """The plan's new tasks, in its order, and the tasks they read or are, by key."""
         tasks = self.tasks
-        funcs, prio = msg.funcs, msg.priority
+        # Dependencies by key: the known ones the plan found, then each new task.
+        # A small dict of recent entries, where self.tasks may be huge and cold.
+        local = dict(plan.outside)
+        keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
+        prio, order = msg.priority, self._order
+        options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
         for i in plan.order:
-            key = msg.keys[i]
-            ts = TaskState(key, funcs[msg.func[i]], msg.args[i], (-prio[i] if prio else 0, 0))
-            ts.priority = (ts.priority[0], next(self._order))
-            ts.resources = msg.resources.get(i)
-            ts.restrict = msg.restrict.get(i)
-            ts.retries = msg.retries.get(i, 0)
-            ts.timeout = msg.timeout.get(i, 0.0)
-            deps = []
-            for dep_key in dict.fromkeys(msg.deps[i]):
-                dep = tasks[dep_key]
-                deps.append(dep)
-                dep.dependents[ts] = None
-            ts.deps = tuple(deps)
-            tasks[key] = ts
+            key = keys[i]
+            priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
+            ts = TaskState(key, funcs[func[i]], args[i], priority)
+            if options:
+                ts.resources = msg.resources.get(i)
+                ts.restrict = msg.restrict.get(i)
+                ts.retries = msg.retries.get(i, 0)
+                ts.timeout = msg.timeout.get(i, 0.0)
+            dep_keys = deps[i]
+            if len(dep_keys) == 1:
+                dep = local[dep_keys[0]]
+                ts.deps = (dep,)
+                users = dep.dependents  # with_member(), inline
+                if type(users) is tuple and len(users) < SMALL:
+                    dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
+                else:
+                    dep.dependents = with_member(users, ts)
+            elif dep_keys:
+                ts.deps = tuple(map(local.__getitem__, dict.fromkeys(dep_keys)))
+                for dep in ts.deps:
+                    users = dep.dependents
+                    if type(users) is tuple and len(users) < SMALL:
+                        dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
+                    else:
+                        dep.dependents = with_member(users, ts)
+            tasks[key] = local[key] = ts
             new.append(ts)
-        return new
+        return new, local
 
     def _release_futures(self, peer: str, msg: m.ReleaseFutures) -> None:
         client = self.clients[peer]
@@ -162,11 +200,11 @@ class ClientRequests:
             key=ts.key,
             nbytes=ts.nbytes,
             typename=ts.typename,
-            who_has=tuple(ws.address for ws in ts.who_has),
+            who_has=addresses(ts.who_has),
             value=ts.value,
         )
         for client in clients:
-            self._send(client.peer, msg)
+            self._out.append(Send(client.peer, msg))
 
     def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
         assert ts.error is not None

@@ -7,20 +7,29 @@ size of the submission; nothing here changes scheduler state.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Container
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain, filterfalse, repeat
 
 from shoal.protocol.messages import SubmitGraph
+
+_UNKNOWN = object()
 
 
 class Plan:
     """A checked submission: the new tasks to create, dependencies first."""
 
-    __slots__ = ("index", "order")
+    __slots__ = ("index", "order", "outside")
 
-    def __init__(self, index: dict[object, int], order: list[int]) -> None:
+    def __init__(
+        self, index: dict[object, int], order: Sequence[int], outside: dict[object, object]
+    ) -> None:
         self.index = index  # key -> position in the message, for new keys only
         self.order = order  # positions of the needed new tasks, dependencies first
+        # Keys already known that the needed new tasks read, in order of first
+        # use, with what `known` holds for them: looked up once here.
+        self.outside = outside
 
 
 def check_columns(msg: SubmitGraph) -> str | None:
@@ -48,15 +57,63 @@ def check_columns(msg: SubmitGraph) -> str | None:
     return None
 
 
-def plan_graph(msg: SubmitGraph, known: Container[object]) -> Plan | str:
+def plan_graph(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
     """Check a submission against the keys the scheduler already has.
 
     Keys already known are kept as they are (their new definitions are
     ignored). Returns the plan, or the reason to refuse the whole submission.
+    A submission of new keys listed dependencies first (as clients send them)
+    is checked by a few passes in C; any other takes the general way.
     """
     problem = check_columns(msg)
     if problem:
         return problem
+    keys = msg.keys
+    index = dict(zip(keys, range(len(keys)), strict=True))
+    if len(index) == len(keys) and known.keys().isdisjoint(keys):
+        plan = _plan_in_order(msg, index, known)
+        if plan is not None:
+            return plan
+    return _plan_any(msg, known)
+
+
+def _plan_in_order(
+    msg: SubmitGraph, index: dict[object, int], known: Mapping[object, object]
+) -> Plan | None:
+    """The plan of new keys whose dependencies all come before them, or None
+    when they do not (or when something is wrong: _plan_any says what)."""
+    deps = msg.deps
+    # Each dependency's position (-1: known already) must be below its user's.
+    positions = map(index.get, chain.from_iterable(deps), repeat(-1))
+    users = chain.from_iterable(map(repeat, range(len(deps)), map(len, deps)))
+    if not all(map(operator.lt, positions, users)):
+        return None
+    outside = _outside(deps, index, known)
+    wanted = set(msg.wanted)
+    if outside is None or wanted.difference(index).difference(known):
+        return None
+    if index.keys() <= wanted:
+        return Plan(index, range(len(deps)), outside)
+    needed = _needed(msg, index)
+    order = [i for i in range(len(deps)) if i in needed]
+    outside = _outside((deps[i] for i in order), index, known)
+    assert outside is not None  # a subset of the above
+    return Plan(index, order, outside)
+
+
+def _outside(
+    deps: Iterable[tuple[object, ...]], index: dict[object, int], known: Mapping[object, object]
+) -> dict[object, object] | None:
+    """Dependencies that are not new, each with what `known` holds for it, in
+    order of first use; None when one of them is not known either."""
+    keys = dict.fromkeys(filterfalse(index.__contains__, chain.from_iterable(deps)))
+    values = list(map(known.get, keys, repeat(_UNKNOWN)))
+    if any(map(operator.is_, values, repeat(_UNKNOWN))):  # `in` would compare, and read, each
+        return None
+    return dict(zip(keys, values, strict=True))
+
+
+def _plan_any(msg: SubmitGraph, known: Mapping[object, object]) -> Plan | str:
     index: dict[object, int] = {}
     for i, key in enumerate(msg.keys):
         if key in index:
@@ -75,7 +132,10 @@ def plan_graph(msg: SubmitGraph, known: Container[object]) -> Plan | str:
     if isinstance(order, str):
         return order
     needed = _needed(msg, index)
-    return Plan(index, [i for i in order if i in needed])
+    order = [i for i in order if i in needed]
+    outside = _outside((deps[i] for i in order), index, known)
+    assert outside is not None  # checked above
+    return Plan(index, order, outside)
 
 
 def _topological(msg: SubmitGraph, index: dict[object, int]) -> list[int] | str:

@@ -8,9 +8,12 @@ are dicts (insertion-ordered), never sets, so that runs are reproducible.
 from __future__ import annotations
 
 import enum
+from typing import TypeAlias, TypeVar
 
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
+
+T = TypeVar("T")
 
 
 class Status(enum.StrEnum):
@@ -26,6 +29,43 @@ class Status(enum.StrEnum):
 
 
 ACTIVE = frozenset({Status.WAITING, Status.QUEUED, Status.PROCESSING})
+
+# A task's priority is one int, unique to it, lowest first: the client's
+# priority (negated: higher runs first) times ORDER_SPAN plus the order in
+# which the scheduler created it. Workers get it as the pair of both.
+ORDER_SPAN = 1 << 48
+
+# The records a task links to (its dependents, holders, clients) are a tuple
+# while they are few (48 bytes for one, where a dict takes 224) and a dict
+# from SMALL up; either iterates in the order they were added.
+SMALL = 8
+Members: TypeAlias = tuple[T, ...] | dict[T, None]
+
+
+def with_member(members: Members[T], item: T) -> Members[T]:
+    """`members` and `item` (not among them yet)."""
+    if type(members) is tuple:
+        if len(members) < SMALL:
+            return members + (item,)  # noqa: RUF005 (faster than unpacking)
+        return dict.fromkeys(members + (item,))  # noqa: RUF005
+    members[item] = None
+    return members
+
+
+def addresses(holders: Members[WorkerInfo]) -> tuple[str, ...]:
+    """The data addresses of `holders`, as messages carry them."""
+    if type(holders) is tuple and len(holders) == 1:
+        return (holders[0].address,)
+    return tuple([ws.address for ws in holders])
+
+
+def without_member(members: Members[T], item: T) -> Members[T]:
+    """`members` less `item` (among them)."""
+    if type(members) is tuple:
+        i = members.index(item)
+        return members[:i] + members[i + 1 :]
+    del members[item]
+    return members
 
 
 class TaskState:
@@ -60,7 +100,7 @@ class TaskState:
         key: object,
         func: Serialized | None,
         args: Serialized | None,
-        priority: tuple[int, int],
+        priority: int,
     ) -> None:
         self.key = key
         self.status = Status.RELEASED
@@ -69,12 +109,12 @@ class TaskState:
         self.args = args
         self.priority = priority
         self.deps: tuple[TaskState, ...] = ()
-        self.dependents: dict[TaskState, None] = {}
+        self.dependents: Members[TaskState] = ()
         # Dependencies not yet in memory, while waiting.
         self.waiting_on = 0
         # Dependents in an active state (they still need this task's value).
         self.pending = 0
-        self.wanted_by: dict[ClientInfo, None] = {}
+        self.wanted_by: Members[ClientInfo] = ()
         self.resources: dict[str, float] | None = None
         self.restrict: tuple[str, ...] | None = None
         self.retries = 0
@@ -82,7 +122,7 @@ class TaskState:
         # (worker name, cause) of each worker that died while it ran there; None: none
         self.deaths: list[tuple[str, str]] | None = None
         self.processing_on: WorkerInfo | None = None
-        self.who_has: dict[WorkerInfo, None] = {}
+        self.who_has: Members[WorkerInfo] = ()
         self.nbytes = 0
         self.typename = ""
         self.value: Serialized | None = None

@@ -1,26 +1,34 @@
 """Which worker runs which task: worker load, data locality, the ready queues, depth.
 
-Pure and synchronous like the rest of the core. Ready tasks wait in priority
-heaps until a worker has a free slot; workers are found through a heap of
-their loads, so choosing one is O(log workers) for unconstrained tasks. A task
-whose inputs are held by workers (rather than travelling with it) also
-considers those holders, weighing the bytes it would have to fetch against
-their load.
+Pure and synchronous like the rest of the core. Ready tasks wait in ready
+queues (queues.py) until a worker has a free slot; workers are found through
+a heap of their loads, so choosing one is O(log workers) for unconstrained
+tasks. A task whose inputs are held by workers (rather than travelling with
+it) also considers those holders, weighing the bytes it would have to fetch
+against their load.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
+import math
 
-from shoal.scheduler.model import Status, TaskState, WorkerInfo
+from shoal.scheduler.model import TaskState, WorkerInfo
+from shoal.scheduler.queues import ReadyQueue
 
 # A signature groups tasks with the same needs: (sorted resources, restriction).
 Signature = tuple[tuple[tuple[str, float], ...], tuple[str, ...]]
-Heap = list[tuple[tuple[int, int], int, TaskState]]
 
 # Assumed worker-to-worker bandwidth until fetches have been measured, bytes/s.
 DEFAULT_BANDWIDTH = 100e6
+# The mean run time starts from a prior worth this many observations; after a
+# few, each new one moves it by this fraction.
+PRIOR_WEIGHT = 4
+MIN_WEIGHT = 0.05
+WARM_UP = round(1 / MIN_WEIGHT) - PRIOR_WEIGHT  # observations until then
+# The depth moves only once its target is this fraction past the edge of the
+# current depth's band, so that a mean near an edge does not make it flap.
+HYSTERESIS = 0.1
 
 
 def signature_of(ts: TaskState) -> Signature:
@@ -49,6 +57,11 @@ class Placement:
     worker, several per thread are in flight so that no thread waits for the
     scheduler; with long tasks, one per thread, so that work is not promised
     to a busy worker while another is idle.
+
+    The mean run time starts from the prior that puts `initial_depth` in the
+    middle of its band, and the depth moves by one step per observed task at
+    most, and grows by one step per round trip at most (see `observe`): a
+    first short task does not send a flood of work.
     """
 
     def __init__(
@@ -59,17 +72,31 @@ class Placement:
         bandwidth: float = DEFAULT_BANDWIDTH,
     ) -> None:
         self.workers: dict[str, WorkerInfo] = {}  # by name, in joining order
-        self.depth = initial_depth
+        self.depth = max(1, min(initial_depth, max_depth))
         self.max_depth = max_depth
         self.round_trip_s = round_trip_s
-        self.mean_duration: float | None = None
+        # Depth d is right for 1 + round_trip / mean in [d, d + 1): start in the middle.
+        self.mean_duration = round_trip_s / (self.depth - 0.5)
+        self.observed = 0  # run times seen
+        self.grown_at = float("-inf")  # when the depth last grew
+        # By depth, the mean run time at or below which it grows and above which
+        # it shrinks: 1 + round_trip / mean >= (depth + 1) * (1 + HYSTERESIS)
+        # and < depth * (1 - HYSTERESIS), solved for the mean.
+        self._grow_at = [
+            round_trip_s / ((d + 1) * (1 + HYSTERESIS) - 1) if d < max_depth else -1.0
+            for d in range(max_depth + 1)
+        ]
+        self._shrink_above = [
+            round_trip_s / (d * (1 - HYSTERESIS) - 1) if d * (1 - HYSTERESIS) > 1 else math.inf
+            for d in range(max_depth + 1)
+        ]
         self.bandwidth = bandwidth
         self._loads: list[tuple[float, int, int, WorkerInfo]] = []
-        self._queue: Heap = []
-        self._constrained: dict[Signature, Heap] = {}
+        self._touched: dict[WorkerInfo, None] = {}  # loads changed since the heap was read
+        self._queue = ReadyQueue()
+        self._constrained: dict[Signature, ReadyQueue] = {}
         # Queued tasks whose inputs mostly sit on one worker, by that worker.
-        self._affinity: dict[WorkerInfo, Heap] = {}
-        self._pushes = itertools.count()
+        self._affinity: dict[WorkerInfo, ReadyQueue] = {}
 
     # -- workers ---------------------------------------------------------------
 
@@ -81,15 +108,29 @@ class Placement:
         ws.gone = True
         del self.workers[ws.name]
         self._affinity.pop(ws, None)
+        self._touched.pop(ws, None)
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
         return len(ws.processing) < ws.nthreads * self.depth
 
     def touch(self, ws: WorkerInfo) -> None:
-        """Record that `ws`'s load changed."""
-        ws.version += 1
-        heapq.heappush(self._loads, (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws))
-        if len(self._loads) > 2 * len(self.workers) + 64:
+        """Record that `ws`'s load changed. The loads heap learns it when next
+        read, once however often it changed meanwhile."""
+        self._touched[ws] = None
+
+    def _push_touched(self) -> None:
+        loads = self._loads
+        for ws in self._touched:
+            if not ws.gone:
+                ws.version += 1
+                entry = (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws)
+                # Filling a worker, its old entry is usually the top one.
+                if loads and loads[0][3] is ws:
+                    heapq.heapreplace(loads, entry)
+                else:
+                    heapq.heappush(loads, entry)
+        self._touched.clear()
+        if len(loads) > 2 * len(self.workers) + 64:
             self._loads = [
                 (len(w.processing) / w.nthreads, w.index, w.version, w)
                 for w in self.workers.values()
@@ -105,8 +146,35 @@ class Placement:
         plus the bytes it lacks over the observed bandwidth. Ties go to the
         worker that joined first.
         """
-        sig = signature_of(ts) if ts.resources or ts.restrict else None
-        best = self._least_loaded() if sig is None else self._pick_constrained(sig)
+        if ts.resources or ts.restrict:
+            return self._pick_with(ts, signature_of(ts))
+        if not ts.deps:
+            return self.least_loaded()
+        held, total = held_bytes(ts)
+        if not held:
+            return self.least_loaded()
+        best, best_rank = None, (0.0, 0)
+        depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
+        for ws, nbytes in held.items():  # _cost(), inline
+            queued = len(ws.processing)
+            if queued < ws.nthreads * depth:
+                rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
+                if best is None or rank < best_rank:
+                    best, best_rank = ws, rank
+        # Any other worker lacks every input byte: a holder sooner than that wins
+        # without asking the loads heap.
+        if best is not None and best_rank[0] < total / bandwidth:
+            return best
+        other = self.least_loaded()
+        if other is not None and other not in held:
+            rank = (self._cost(other, held, total), other.index)
+            if best is None or rank < best_rank:
+                best = other
+        return best
+
+    def _pick_with(self, ts: TaskState, sig: Signature) -> WorkerInfo | None:
+        """pick() for a task with resources or restrictions."""
+        best = self._pick_constrained(sig)
         if not ts.deps:
             return best
         held, total = held_bytes(ts)
@@ -116,7 +184,7 @@ class Placement:
         for ws in held:
             if ws is best or ws.gone or not self.has_capacity(ws):
                 continue
-            if sig is not None and not (can_run(ws, sig) and has_room(ws, sig)):
+            if not (can_run(ws, sig) and has_room(ws, sig)):
                 continue
             rank = (self._cost(ws, held, total), ws.index)
             if best_rank is None or rank < best_rank:
@@ -125,10 +193,13 @@ class Placement:
 
     def _cost(self, ws: WorkerInfo, held: dict[WorkerInfo, int], total: int) -> float:
         """Seconds until `ws` could start a task whose inputs are `held` where they are."""
-        queue = len(ws.processing) / ws.nthreads * (self.mean_duration or 0.0)
+        queue = len(ws.processing) / ws.nthreads * self.mean_duration
         return queue + (total - held.get(ws, 0)) / self.bandwidth
 
-    def _least_loaded(self) -> WorkerInfo | None:
+    def least_loaded(self) -> WorkerInfo | None:
+        """The worker with the lowest load (tasks per thread), if it has a free slot."""
+        if self._touched:
+            self._push_touched()
         loads = self._loads
         while loads:
             load, _, version, ws = loads[0]
@@ -149,50 +220,65 @@ class Placement:
                 best, best_rank = ws, rank
         return best
 
-    def idle_workers(self) -> list[WorkerInfo]:
-        return [ws for ws in self.workers.values() if self.has_capacity(ws)]
-
     # -- ready queues ----------------------------------------------------------
 
     def enqueue(self, ts: TaskState) -> None:
         """Queue a ready task. When its inputs sit on workers, the one holding the
         most bytes of them will also find it in its own affinity queue."""
-        entry = (ts.priority, next(self._pushes), ts)
+        entry = (ts.priority, ts)
         if ts.resources or ts.restrict:
-            heapq.heappush(self._constrained.setdefault(signature_of(ts), []), entry)
+            queue = self._constrained.get(sig := signature_of(ts))
+            if queue is None:
+                queue = self._constrained[sig] = ReadyQueue()
+            queue.push(entry)
         else:
-            heapq.heappush(self._queue, entry)
+            self._queue.push(entry)
         if ts.deps:
             held, _ = held_bytes(ts)
             if held:
                 # max() keeps the first of equals: the holder of the earliest input
                 ws = max(held, key=held.__getitem__)
-                heapq.heappush(self._affinity.setdefault(ws, []), entry)
+                queue = self._affinity.get(ws)
+                if queue is None:
+                    queue = self._affinity[ws] = ReadyQueue()
+                queue.push(entry)
+
+    def has_queued(self) -> bool:
+        """Whether a task without resources or restrictions is queued."""
+        return self._queue.first() is not None
+
+    def has_queued_constrained(self) -> bool:
+        return any(queue.first() is not None for queue in self._constrained.values())
 
     def next_for(self, ws: WorkerInfo) -> TaskState | None:
         """Take a queued task that `ws` can run now, or None: the first of its own
         affinity queue, else the highest-priority one it may run."""
         mine = self._affinity.get(ws)
         if mine is not None:
-            while _top(mine):
-                ts = mine[0][2]
-                if not (ts.resources or ts.restrict) or self._fits(ws, signature_of(ts)):
-                    return heapq.heappop(mine)[2]
-                break  # its resources are busy here: take other work meanwhile
-            else:
+            entry = mine.first()
+            if entry is None:
                 del self._affinity[ws]
-        best_heap = _top(self._queue) and self._queue
-        for sig, heap in list(self._constrained.items()):
-            if not _top(heap):
+            elif not (entry[1].resources or entry[1].restrict):
+                return mine.pop()
+            elif self._fits(ws, signature_of(entry[1])):
+                return mine.pop()
+            # else its resources are busy here: take other work meanwhile
+        best_queue = self._queue
+        best = best_queue.first()
+        if not self._constrained:
+            return best_queue.pop() if best is not None else None
+        for sig, queue in list(self._constrained.items()):
+            entry = queue.first()
+            if entry is None:
                 del self._constrained[sig]
                 continue
             if not (can_run(ws, sig) and has_room(ws, sig)):
                 continue
-            if not best_heap or heap[0][0] < best_heap[0][0]:
-                best_heap = heap
-        if not best_heap:
+            if best is None or entry[0] < best[0]:
+                best, best_queue = entry, queue
+        if best is None:
             return None
-        return heapq.heappop(best_heap)[2]
+        return best_queue.pop()
 
     def _fits(self, ws: WorkerInfo, sig: Signature) -> bool:
         return can_run(ws, sig) and has_room(ws, sig)
@@ -202,21 +288,41 @@ class Placement:
         if duration > 0:
             self.bandwidth += 0.25 * (nbytes / duration - self.bandwidth)
 
-    def observe(self, duration: float) -> bool:
-        """Learn from one task's run time; True when the depth grew."""
+    def observe(self, duration: float, now: float) -> bool:
+        """Learn from one task's run time, reported at `now`; True when the depth grew.
+
+        The mean moves towards `duration` by 1 / (observations + PRIOR_WEIGHT),
+        at least MIN_WEIGHT. The depth follows 1 + round_trip / mean one step at
+        a time: up once that target reaches (depth + 1) * (1 + HYSTERESIS),
+        down once it falls below depth * (1 - HYSTERESIS). It grows once per
+        round trip at most: the first reports after many tasks start together
+        are the shortest of them, and the effect of a step shows only a round
+        trip later.
+        """
+        n = self.observed = self.observed + 1
         mean = self.mean_duration
-        mean = duration if mean is None else mean + 0.05 * (duration - mean)
+        mean += (MIN_WEIGHT if n > WARM_UP else 1.0 / (n + PRIOR_WEIGHT)) * (duration - mean)
         self.mean_duration = mean
-        depth = 1 + int(self.round_trip_s / max(mean, 1e-9))
-        depth = max(1, min(self.max_depth, depth))
-        grew = depth > self.depth
-        self.depth = depth
-        return grew
+        depth = self.depth
+        if mean <= self._grow_at[depth]:
+            if now - self.grown_at < self.round_trip_s:
+                return False
+            self.depth = depth + 1
+            self.grown_at = now
+            return True
+        if mean > self._shrink_above[depth]:
+            self.depth = depth - 1
+        return False
 
 
 def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
     """Bytes of `ts`'s inputs each worker holds, and their total. Inputs kept by
     the scheduler travel with the task and count for nobody."""
+    if len(ts.deps) == 1:
+        dep = ts.deps[0]
+        if dep.value is not None:
+            return {}, 0
+        return dict.fromkeys(dep.who_has, dep.nbytes), dep.nbytes
     held: dict[WorkerInfo, int] = {}
     total = 0
     for dep in ts.deps:
@@ -226,12 +332,3 @@ def held_bytes(ts: TaskState) -> tuple[dict[WorkerInfo, int], int]:
         for ws in dep.who_has:
             held[ws] = held.get(ws, 0) + dep.nbytes
     return held, total
-
-
-def _top(heap: Heap) -> bool:
-    """Drop stale entries (tasks no longer queued); whether any entry is left."""
-    while heap:
-        if heap[0][2].status is Status.QUEUED:
-            return True
-        heapq.heappop(heap)
-    return False

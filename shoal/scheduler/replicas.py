@@ -7,7 +7,14 @@ module readable; it uses the core's transitions and never does I/O.
 from __future__ import annotations
 
 from shoal.protocol import messages as m
-from shoal.scheduler.model import ClientInfo, Status, TaskState, WorkerInfo
+from shoal.scheduler.model import (
+    ClientInfo,
+    Status,
+    TaskState,
+    WorkerInfo,
+    with_member,
+    without_member,
+)
 
 M, R, E, W = Status.MEMORY, Status.RELEASED, Status.ERRED, Status.WAITING
 DATA_LOST = "shoal.errors.DataLost"
@@ -61,7 +68,7 @@ class DataRequests:
         self.placement.observe_transfer(msg.nbytes, msg.duration)
 
     def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
-        del ts.who_has[ws]
+        ts.who_has = without_member(ts.who_has, ws)
         del ws.has_what[ts]
         ws.nbytes -= ts.nbytes
         if not ws.gone:
@@ -125,9 +132,9 @@ class DataRequests:
         for key, addresses in msg.who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = TaskState(key, None, None, (0, next(self._order)))
+                ts = self.tasks[key] = TaskState(key, None, None, next(self._order))
             if client not in ts.wanted_by:
-                ts.wanted_by[client] = None
+                ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None
             holders = [w for a in addresses if (w := self.by_address.get(a)) is not None]
             if ts.status is R and holders:

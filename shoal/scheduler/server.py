@@ -8,6 +8,7 @@ nothing here decides anything about tasks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 from shoal.errors import CommClosedError, MessageTooLarge
 from shoal.protocol import messages as m
 from shoal.protocol.comm import Comm, Listener, listen
+from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.model import Command, Send
 from shoal.scheduler.state import SchedulerState
@@ -26,6 +28,62 @@ log = logging.getLogger(__name__)
 # The clock wakes the core at its next deadline, and at least this often.
 CLOCK_MAX_SLEEP_S = 0.25
 CLOCK_MIN_SLEEP_S = 0.01
+# Below this many tasks a full collection takes milliseconds: no need to freeze.
+FREEZE_AT_TASKS = 10_000
+# While it holds that many, the scheduler also freezes after this many messages,
+# so that what running tasks leave behind (holders, values) is walked in small parts.
+FREEZE_EVERY = 1_000
+
+
+class Collector:
+    """How a scheduler process uses Python's cyclic garbage collector.
+
+    The core frees task records by reference counts (forgetting a task unlinks
+    it), so the collector finds no garbage among them; but each of its full
+    collections walks every live object, and with a million tasks that is 1 to
+    2 s inside one handle call. With `freeze`, once the scheduler holds
+    FREEZE_AT_TASKS tasks, everything alive after each submitted graph, and
+    after every FREEZE_EVERY messages, moves to the permanent generation
+    (gc.freeze(), constant time), so that collections walk only what came
+    since. No collection runs while a graph comes in: its new links are young
+    objects pointing at task records all over memory, which young collections
+    would walk (30 to 60 ms per call with a million tasks), and all of it is
+    frozen right after. Whenever the scheduler holds no tasks again, the
+    frozen objects are collected once and frozen again, so that garbage
+    cycles caught frozen meanwhile do not stay for good.
+
+    The collector is the whole process's: the `shoal scheduler` command turns
+    this on; a scheduler embedded in another program (LocalCluster) leaves it
+    alone by default. benchmarks/scale.py applies it as the command does.
+    """
+
+    def __init__(self, freeze: bool) -> None:
+        self.freeze = freeze
+        self.frozen = False  # objects were frozen since the scheduler last held no tasks
+        self._since = 0  # messages since the last freeze
+
+    def before(self, msg: Message) -> None:
+        """Before the core handles `msg`."""
+        if self.freeze and type(msg) is m.SubmitGraph:
+            gc.disable()
+
+    def after(self, msg: Message | None, state: SchedulerState) -> None:
+        """After the core handled `msg` (None: a lost connection), or raised."""
+        if not self.freeze:
+            return
+        if type(msg) is m.SubmitGraph:
+            gc.enable()
+        self._since += 1
+        if len(state.tasks) >= FREEZE_AT_TASKS:
+            if self._since >= FREEZE_EVERY or type(msg) is m.SubmitGraph:
+                gc.freeze()
+                self.frozen = True
+                self._since = 0
+        elif self.frozen and not state.tasks:
+            self.frozen = False
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
 
 class Scheduler:
@@ -33,7 +91,8 @@ class Scheduler:
 
     `await start()` returns once it accepts connections; `address` is then
     the address to give workers and clients. `close()` stops it and closes
-    every connection. Extra keyword arguments configure SchedulerState.
+    every connection. `freeze_gc` sets the process's garbage collection
+    policy (see Collector). Extra keyword arguments configure SchedulerState.
     """
 
     def __init__(
@@ -44,6 +103,7 @@ class Scheduler:
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
         sock: socket.socket | None = None,
+        freeze_gc: bool = False,
         **state_options: Any,
     ) -> None:
         self.address = address
@@ -51,6 +111,7 @@ class Scheduler:
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
         self._state_options = state_options
         self.state = SchedulerState(**state_options)
+        self.collector = Collector(freeze_gc)
         self.comms: dict[str, Comm] = {}
         self._listener: Listener | None = None
         self._peer_ids = itertools.count(1)
@@ -98,7 +159,7 @@ class Scheduler:
     async def _serve(self, comm: Comm) -> None:
         role = comm.peer_role
         peer = f"{role}-{next(self._peer_ids)}"
-        state, now = self.state, time.monotonic
+        state, now, collector = self.state, time.monotonic, self.collector
         self.comms[peer] = comm
         state.connected(peer, role)
         try:
@@ -108,7 +169,12 @@ class Scheduler:
                 except CommClosedError:
                     return
                 for msg in batch:
-                    self._run(state.handle(peer, msg, now()))
+                    collector.before(msg)
+                    try:
+                        commands = state.handle(peer, msg, now())
+                    finally:
+                        collector.after(msg, state)
+                    self._run(commands)
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
@@ -120,6 +186,7 @@ class Scheduler:
                 log.info("worker %s left", worker.name)
             del self.comms[peer]
             self._run(state.lost(peer, now()))
+            collector.after(None, state)
             self._workers_changed.set()
 
     async def wait_for_workers(self, n: int) -> None:

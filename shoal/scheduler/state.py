@@ -9,7 +9,6 @@ through the TRANSITIONS table.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +16,11 @@ from shoal.errors import InvalidTransition
 from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
+from shoal.scheduler.history import History
 from shoal.scheduler.model import (
     ACTIVE,
+    ORDER_SPAN,
+    SMALL,
     ClientInfo,
     Command,
     Disconnect,
@@ -26,9 +28,16 @@ from shoal.scheduler.model import (
     Status,
     TaskState,
     WorkerInfo,
+    addresses,
+    with_member,
+    without_member,
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
+
+# The maps of a compute-task message for a task without dependencies: shared,
+# since messages are only ever encoded, never changed.
+NO_DEPS: dict = {}
 
 R, W, Q, P, M, E, F = (
     Status.RELEASED,
@@ -85,14 +94,15 @@ class SchedulerState(ClientRequests, DataRequests):
         # Nanny-supervised workers whose connection dropped, awaiting the cause of
         # death until the deadline; gone from placement, otherwise still filed.
         self.dying: dict[WorkerInfo, float] = {}
-        self.history: deque[tuple[object, str, str, str, float]] = deque(maxlen=history)
+        self.history = History(history)
         self.transitions_done = 0
         self._order = itertools.count()
         self._stimuli = itertools.count()
         self._client_ids = itertools.count(1)
         self._worker_index = itertools.count()
         self._now = 0.0
-        self._stimulus = ""
+        self._stimulus = 0  # the number of the call being handled
+        self._what = ""  # what it handles
         self._out: list[Command] = []
         self._free: dict[WorkerInfo, list[object]] = {}
         self._refill: dict[WorkerInfo, None] = {}  # workers whose tasks were taken back
@@ -124,21 +134,20 @@ class SchedulerState(ClientRequests, DataRequests):
         """Apply one message from `peer`; return what to send."""
         self._begin(msg.op, now)
         role = self.roles.get(peer, "")
-        if type(msg) is m.RegisterWorker and role == "worker" and peer not in self.workers:
+        handler = self._handlers.get((role, type(msg)))  # none for registrations
+        ws = self.workers.get(peer)
+        if ws is not None:
+            ws.last_seen = now
+        if handler is not None and (ws is not None or peer in self.clients or role == "nanny"):
+            handler(peer, msg)
+        elif type(msg) is m.RegisterWorker and role == "worker" and ws is None:
             self._register_worker(peer, msg)
         elif type(msg) is m.RegisterClient and role == "client" and peer not in self.clients:
             self._register_client(peer, msg)
+        elif handler is None:
+            self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
         else:
-            handler = self._handlers.get((role, type(msg)))
-            ws = self.workers.get(peer)
-            if ws is not None:
-                ws.last_seen = now
-            if handler is None:
-                self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
-            elif ws is None and peer not in self.clients and role != "nanny":
-                self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
-            else:
-                handler(peer, msg)
+            self._out.append(Disconnect(peer, f"{msg.op} from a {role} before it registered"))
         return self._end()
 
     def lost(self, peer: str, now: float) -> list[Command]:
@@ -180,7 +189,8 @@ class SchedulerState(ClientRequests, DataRequests):
 
     def _begin(self, what: str, now: float) -> None:
         self._now = now
-        self._stimulus = f"{what}-{next(self._stimuli)}"
+        self._stimulus = next(self._stimuli)
+        self._what = what
         self._out = []
 
     def _end(self) -> list[Command]:
@@ -271,7 +281,7 @@ class SchedulerState(ClientRequests, DataRequests):
         killed = self._count_death(ws, cause) if cause is not None else []
         lost = []
         for ts in ws.has_what:
-            del ts.who_has[ws]
+            ts.who_has = without_member(ts.who_has, ws)
             if not ts.who_has and ts.value is None:
                 lost.append(ts)
         ws.has_what = {}
@@ -328,10 +338,8 @@ class SchedulerState(ClientRequests, DataRequests):
             # the value or will; saying so again costs nothing and settles it.
             self._free.setdefault(ws, []).append(msg.key)
             return
-        if self.placement.observe(msg.duration):
-            for other in self.placement.idle_workers():
-                if other is not ws:
-                    self._fill(other)
+        if self.placement.observe(msg.duration, self._now):
+            self._fill_idle()
         self._move(ts, M, ws, msg)
         self._fill(ws)
 
@@ -349,18 +357,39 @@ class SchedulerState(ClientRequests, DataRequests):
         self._fill(ws)
 
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
-        ts.who_has[ws] = None
+        holders = ts.who_has  # with_member(), inline: once per task
+        if type(holders) is tuple and len(holders) < SMALL:
+            ts.who_has = holders + (ws,)  # noqa: RUF005 (faster than unpacking)
+        else:
+            ts.who_has = with_member(holders, ws)
         ws.has_what[ts] = None
         ws.nbytes += ts.nbytes
 
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while not ws.gone and placement.has_capacity(ws):
+        while len(ws.processing) < ws.nthreads * placement.depth and not ws.gone:
             ts = placement.next_for(ws)
             if ts is None:
                 return
             self._move(ts, P, ws)
+
+    def _fill_idle(self) -> None:
+        """The depth grew: queued tasks fill the free slots, least loaded worker first.
+
+        Workers come from the loads heap, so this costs nothing with no task
+        queued and O(log workers) per task sent otherwise. Tasks with resources
+        or restrictions, if any are queued, are offered to every worker.
+        """
+        placement = self.placement
+        while placement.has_queued():
+            ws = placement.least_loaded()
+            if ws is None:
+                break
+            self._fill(ws)  # takes at least one task: it has a free slot
+        if placement.has_queued_constrained():
+            for ws in list(placement.workers.values()):
+                self._fill(ws)
 
     # -- life cycle helpers --------------------------------------------------------
 
@@ -413,7 +442,7 @@ class SchedulerState(ClientRequests, DataRequests):
 
     def _check_release(self, ts: TaskState) -> None:
         """Let go of a task nothing needs any more."""
-        if ts.needed:
+        if ts.pending or ts.wanted_by:  # ts.needed, inline: this runs for every task
             return
         if ts.status is M or ts.status in ACTIVE:
             self._move(ts, R)
@@ -424,7 +453,7 @@ class SchedulerState(ClientRequests, DataRequests):
         stack = [ts]
         while stack:
             ts = stack.pop()
-            if ts.dependents or ts.needed or ts.status not in (R, E):
+            if ts.dependents or ts.pending or ts.wanted_by or ts.status not in (R, E):
                 continue
             self._move(ts, F)
             stack.extend(ts.deps)
@@ -434,10 +463,14 @@ class SchedulerState(ClientRequests, DataRequests):
     def _move(self, ts: TaskState, to: Status, *args: Any) -> None:
         step = TRANSITIONS.get((ts.status, to))
         if step is None:
-            raise InvalidTransition(ts.key, ts.status, to, self._stimulus, list(self.history)[-10:])
-        self.history.append((ts.key, ts.status, to, self._stimulus, self._now))
+            stimulus = f"{self._what}-{self._stimulus}"
+            raise InvalidTransition(ts.key, ts.status, to, stimulus, self.history.tail(10))
+        self.history.record((ts.key, ts.status, to, self._stimulus, self._now))
         self.transitions_done += 1
-        step(self, ts, *args)
+        if args:
+            step(self, ts, *args)
+        else:  # a plain call: no argument tuple to build
+            step(self, ts)
 
     def _to_waiting(self, ts: TaskState) -> None:
         """released -> waiting: count what it waits for; its dependencies are needed."""
@@ -465,9 +498,10 @@ class SchedulerState(ClientRequests, DataRequests):
         self.placement.enqueue(ts)
 
     def _to_processing(self, ts: TaskState, ws: WorkerInfo) -> None:
-        frees = self._free.pop(ws, None)
-        if frees:  # frees decided earlier must reach the worker before this task
-            self._send(ws.peer, m.FreeKeys(keys=tuple(frees)))
+        if self._free:
+            frees = self._free.pop(ws, None)
+            if frees:  # frees decided earlier must reach the worker before this task
+                self._send(ws.peer, m.FreeKeys(keys=tuple(frees)))
         ts.status = P
         ts.processing_on = ws
         ws.processing[ts] = None
@@ -475,27 +509,32 @@ class SchedulerState(ClientRequests, DataRequests):
             for name, amount in ts.resources.items():
                 ws.free[name] -= amount
         self.placement.touch(ws)
-        values, who_has, nbytes = {}, {}, {}
-        for dep in ts.deps:
-            if ws in dep.who_has:
-                continue
-            if dep.value is not None:
-                values[dep.key] = dep.value
-            else:
-                who_has[dep.key] = tuple(w.address for w in dep.who_has)
-                nbytes[dep.key] = dep.nbytes
+        if ts.deps:
+            values, who_has, nbytes = {}, {}, {}
+            for dep in ts.deps:
+                if ws in dep.who_has:
+                    continue
+                if dep.value is not None:
+                    values[dep.key] = dep.value
+                else:
+                    who_has[dep.key] = addresses(dep.who_has)
+                    nbytes[dep.key] = dep.nbytes
+            deps = tuple([dep.key for dep in ts.deps])
+        else:
+            values = who_has = nbytes = NO_DEPS
+            deps = ()
         msg = m.ComputeTask(
             key=ts.key,
             func=ts.func,
             args=ts.args,
-            deps=tuple(dep.key for dep in ts.deps),
+            deps=deps,
             values=values,
             who_has=who_has,
-            priority=ts.priority,
+            priority=divmod(ts.priority, ORDER_SPAN),
             nbytes=nbytes,
             timeout=ts.timeout,
         )
-        self._send(ws.peer, msg)
+        self._out.append(Send(ws.peer, msg))
 
     def _unassign(self, ts: TaskState, free: bool) -> None:
         ws = ts.processing_on
@@ -512,7 +551,7 @@ class SchedulerState(ClientRequests, DataRequests):
                 self._refill[ws] = None
 
     def _to_memory(self, ts: TaskState, ws: WorkerInfo, msg: m.TaskFinished) -> None:
-        self._unassign(ts, free=False)
+        self._unassign(ts, False)
         ts.status = M
         ts.nbytes, ts.typename = msg.nbytes, msg.typename
         value = msg.value
@@ -521,7 +560,8 @@ class SchedulerState(ClientRequests, DataRequests):
         self._add_replica(ts, ws)
         self._in_memory_now(ts)
         self._leave_active(ts)
-        self._check_release(ts)
+        if not (ts.pending or ts.wanted_by):  # not ts.needed
+            self._check_release(ts)
 
     def _in_memory_now(self, ts: TaskState) -> None:
         """Tell whoever waited for `ts`'s value: dependents, then clients."""
@@ -538,7 +578,7 @@ class SchedulerState(ClientRequests, DataRequests):
         for dep in ts.deps:
             dep.pending -= 1
         for dep in ts.deps:
-            if not dep.needed:
+            if not (dep.pending or dep.wanted_by):  # not dep.needed
                 self._check_release(dep)
 
     def _to_erred(self, ts: TaskState, error: tuple) -> None:
@@ -567,7 +607,7 @@ class SchedulerState(ClientRequests, DataRequests):
                 ws.nbytes -= ts.nbytes
                 if not ws.gone:
                     self._free.setdefault(ws, []).append(ts.key)
-            ts.who_has = {}
+            ts.who_has = ()
             ts.value = None
             ts.status = R
             return
@@ -580,7 +620,7 @@ class SchedulerState(ClientRequests, DataRequests):
         ts.status = F
         del self.tasks[ts.key]
         for dep in ts.deps:
-            del dep.dependents[ts]
+            dep.dependents = without_member(dep.dependents, ts)
 
     # -- checks --------------------------------------------------------------------------
 

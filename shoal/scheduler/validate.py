@@ -56,6 +56,8 @@ def _validate_task(state: SchedulerState, ts: TaskState) -> None:
     for dep in ts.deps:
         assert state.tasks.get(dep.key) is dep, f"{ts} depends on forgotten {dep}"
         assert ts in dep.dependents, f"{ts} not among the dependents of {dep}"
+    for members in (ts.dependents, ts.wanted_by, ts.who_has):
+        assert len(set(members)) == len(members), f"{ts} links to one record twice: {members}"
     for dependent in ts.dependents:
         assert ts in dependent.deps, f"{dependent} is a dependent of {ts} without the edge"
     active = sum(1 for d in ts.dependents if d.status in ACTIVE)
