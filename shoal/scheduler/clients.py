@@ -44,6 +44,8 @@ class ClientRequests:
 
     def _unwant(self, client: ClientInfo, ts: TaskState) -> None:
         del client.wants[ts]
+        if not client.wants:  # a dict keeps its largest size until replaced
+            client.wants = {}
         ts.wanted_by = without_member(ts.wanted_by, client)
         self._check_release(ts)
 

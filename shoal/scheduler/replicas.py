@@ -70,6 +70,8 @@ class DataRequests:
     def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         ts.who_has = without_member(ts.who_has, ws)
         del ws.has_what[ts]
+        if not ws.has_what:  # a dict keeps its largest size until replaced
+            ws.has_what = {}
         ws.nbytes -= ts.nbytes
         if not ws.gone:
             self._free.setdefault(ws, []).append(ts.key)

@@ -490,6 +490,8 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         if status is M:
             for ws in ts.who_has:
                 del ws.has_what[ts]
+                if not ws.has_what:  # a dict keeps its largest size until replaced
+                    ws.has_what = {}
                 ws.nbytes -= ts.nbytes
                 if not ws.gone:
                     self._free.setdefault(ws, []).append(ts.key)
@@ -505,6 +507,8 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
     def _to_forgotten(self, ts: TaskState) -> None:
         ts.status = F
         del self.tasks[ts.key]
+        if not self.tasks:  # a dict keeps its largest size until replaced
+            self.tasks = {}
         for dep in ts.deps:
             dep.dependents = without_member(dep.dependents, ts)
 
