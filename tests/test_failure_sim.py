@@ -45,7 +45,7 @@ from shoal.worker.execute import Executor
 from shoal.worker.state import Status as KeyStatus
 from shoal.worker.state import WorkerState
 
-SEEDS = [*range(40), 189, 979]  # 28, 189 and 979 once exposed bugs in the cores
+SEEDS = [*range(40), 189, 979, 2347, 3701]  # 28 and these once exposed core bugs
 KILLED = "shoal.errors.KilledWorker"
 RAISED = "builtins.ValueError"
 MODULUS = 1_000_003

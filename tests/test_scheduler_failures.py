@@ -314,3 +314,20 @@ def test_lineage_is_not_brought_back_for_a_task_that_errs_at_once() -> None:
     # a errs with e at once, so nothing needs d: it is not computed again.
     assert h.status("a") == "erred" and h.status("d") == "released"
     assert computed(out, w1) == []
+
+
+def test_a_value_let_go_while_another_lost_one_comes_back_is_not_lost_twice() -> None:
+    h = Harness()
+    a = h.worker("a")
+    c = h.client()
+    h.submit(c, {"p": [], "x": ["p"], "y": [], "z": ["x", "y"]}, wanted=["z"])
+    h.finish("p")
+    h.finish("x")
+    h.finish("y")  # a holds x and y; z runs on a
+    h.worker("b")
+    h.submit(c, {"e": ["p"]}, wanted=["e"])
+    h.err("p")
+    # Losing a brings x back, which errs with p at once; z errs, so y is let go
+    # before its own turn comes.
+    h.lose(a)
+    assert h.status("z") == "erred" and h.status("y") in ("released", "forgotten")

@@ -101,7 +101,9 @@ class WorkerEvents:
         ws.has_what = {}
         # Values first: a task moved off this worker must not be re-sent to fetch them here.
         for ts in lost:
-            self._data_lost(ts)
+            # Bringing back an earlier one can make a dependent err and let this one go.
+            if ts.status is Status.MEMORY:
+                self._data_lost(ts)
         for ts in killed:
             if ts.status in ACTIVE:
                 assert ts.deaths is not None
