@@ -407,10 +407,11 @@ def test_freed_pending_task_with_no_other_holder_fails_its_dependents() -> None:
     core(compute("a"))
     core(compute("b", deps=["a"], who_has={}))  # a is known here: no holder needed
     core(compute("c", deps=["b"]))
-    # c waited on b, which now has no holder to fetch from: both are dropped
+    # c waited on b, which now has no holder to fetch from: both are dropped,
+    # each report naming the tasks it dropped, outermost first
     assert sent(core(FreeKeys(keys=("a",)))) == [
-        DataMissing(key="b", tried=(), tasks=("c",)),
         DataMissing(key="a", tried=(), tasks=("b",)),
+        DataMissing(key="b", tried=(), tasks=("c",)),
     ]
     assert core.state.keys.keys() == {"block"}
 

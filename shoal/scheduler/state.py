@@ -9,6 +9,7 @@ through the TRANSITIONS table.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,12 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         self._what = ""  # what it handles
         self._out: list[Command] = []
         self._free: dict[WorkerInfo, list[object]] = {}
+        # Cascades as a work list: a transition that causes others (a release that
+        # frees dependencies, an error that fails dependents) queues them here, and
+        # the outermost one drains the queue. No transition calls another
+        # recursively, so the depth of a graph never meets the recursion limit.
+        self._cascade: deque[tuple[Callable[..., None], TaskState, Any]] = deque()
+        self._draining = False
         self._refill: dict[WorkerInfo, None] = {}  # workers whose tasks were taken back
         self._handlers: dict[tuple[str, type[Message]], Callable[[str, Any], None]] = {
             ("worker", m.TaskFinished): self._task_finished,
@@ -463,9 +470,33 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         """A task stops needing its dependencies (it finished, failed or was dropped)."""
         for dep in ts.deps:
             dep.pending -= 1
+        cascade = None
         for dep in ts.deps:
             if not (dep.pending or dep.wanted_by):  # not dep.needed
-                self._check_release(dep)
+                if cascade is None:
+                    cascade = self._cascade
+                cascade.append((SchedulerState._check_release, dep, None))
+        if cascade is not None and not self._draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Carry out the queued steps of a cascade, and those they queue, in order."""
+        self._draining = True
+        cascade = self._cascade
+        try:
+            while cascade:
+                step, ts, arg = cascade.popleft()
+                if arg is None:
+                    step(self, ts)
+                else:
+                    step(self, ts, arg)
+        finally:
+            self._draining = False
+
+    def _err_dependent(self, ts: TaskState, error: tuple) -> None:
+        """A dependency of `ts` erred: so does `ts`, if it still waits for it."""
+        if ts.status is W:
+            self._move(ts, E, error)
 
     def _to_erred(self, ts: TaskState, error: tuple) -> None:
         """processing/waiting/released -> erred, and everything waiting on it too."""
@@ -476,13 +507,17 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         ts.error = error
         if ts.wanted_by:
             self._report_error(ts, ts.wanted_by)
-        blame = error[4] if error[4] is not None else ts.key
-        for dependent in list(ts.dependents):
-            if dependent.status is W:
-                self._move(dependent, E, (*error[:4], blame))
+        if ts.dependents:
+            inherited = (*error[:4], error[4] if error[4] is not None else ts.key)
+            cascade = self._cascade
+            for dependent in list(ts.dependents):
+                if dependent.status is W:
+                    cascade.append((SchedulerState._err_dependent, dependent, inherited))
         if was_active:
             self._leave_active(ts)
         self._maybe_forget(ts)
+        if self._cascade and not self._draining:
+            self._drain()
 
     def _to_released(self, ts: TaskState) -> None:
         """Drop a value, or stop a task that is no longer needed."""

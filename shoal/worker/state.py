@@ -136,6 +136,8 @@ class WorkerState:
         # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
         self.requests: dict[tuple[str, tuple[Key, ...]], tuple[float, int]] = {}
         self._acquired: list[Key] = []  # keys to report in one KeysAcquired
+        self._unhold: list[KeyState] = []  # records whose dependencies are to be let go
+        self._releasing = False
         self.history: deque[tuple[Key, str, str, str, float]] = deque(maxlen=history_size)
         self._ready: list[tuple[tuple[int, ...], int, Key]] = []  # lazy deletion heap
         self._arrivals = 0
@@ -378,26 +380,35 @@ class WorkerState:
     def _fall_back(self, rec: KeyState) -> None:
         """`rec`'s value is needed here and will not be made here: fetch it from the
         next holder. With none left, drop it and every task here waiting on it, and
-        tell the scheduler, which places those tasks again."""
-        if rec.holders:
-            self._move(rec, S.FETCH)
-            return
-        dependents, tried = list(rec.dependents), tuple(rec.tried)
-        rec.dependents.clear()
-        rec.wanted = False
-        self._move(rec, S.FORGOTTEN)
-        dropped = []
-        for key in dependents:
-            task = self.keys.get(key)
-            if task is None or task.status is not S.WAITING:
-                continue  # dropped already, through another dependency
-            dropped.append(key)
-            task.wanted = False
-            if task.dependents:  # tasks here wait on this one in turn
-                self._fall_back(task)
-            else:
-                self._move(task, S.FORGOTTEN)
-        self._send(DataMissing(key=rec.key, tried=tried, tasks=tuple(dropped)))
+        tell the scheduler, which places those tasks again.
+
+        Tasks dropped that other tasks here wait on fall back in turn, from a work
+        list rather than by recursion, so a chain of any length is dropped.
+        """
+        stack = [rec]
+        while stack:
+            rec = stack.pop()
+            if self.keys.get(rec.key) is not rec:
+                continue  # let go meanwhile, its dependents with it: reported already
+            if rec.holders:
+                self._move(rec, S.FETCH)
+                continue
+            dependents, tried = list(rec.dependents), tuple(rec.tried)
+            rec.dependents.clear()
+            rec.wanted = False
+            self._move(rec, S.FORGOTTEN)
+            dropped = []
+            for key in dependents:
+                task = self.keys.get(key)
+                if task is None or task.status is not S.WAITING:
+                    continue  # dropped already, through another dependency
+                dropped.append(key)
+                task.wanted = False
+                if task.dependents:  # tasks here wait on this one in turn
+                    stack.append(task)
+                else:
+                    self._move(task, S.FORGOTTEN)
+            self._send(DataMissing(key=rec.key, tried=tried, tasks=tuple(dropped)))
 
     def _release_if_unneeded(self, rec: KeyState) -> None:
         if rec.wanted or rec.dependents or rec.status is S.CANCELLED:
@@ -405,13 +416,28 @@ class WorkerState:
         self._move(rec, S.CANCELLED if rec.status is S.EXECUTING else S.FORGOTTEN)
 
     def _release_deps(self, rec: KeyState) -> None:
-        deps, rec.deps, rec.missing = rec.deps, (), {}
-        rec.func = rec.args = None
-        for key in deps:
-            dep = self.keys.get(key)
-            if dep is not None:  # None: dropped as unobtainable just before
-                del dep.dependents[rec.key]
-                self._release_if_unneeded(dep)
+        """`rec` no longer holds its dependencies: let go of those nothing else needs.
+
+        Letting go of one can let go of its own dependencies: those are queued and
+        taken by the outermost call, never by recursion.
+        """
+        unhold = self._unhold
+        unhold.append(rec)
+        if self._releasing:
+            return
+        self._releasing = True
+        try:
+            while unhold:
+                rec = unhold.pop()
+                deps, rec.deps, rec.missing = rec.deps, (), {}
+                rec.func = rec.args = None
+                for key in deps:
+                    dep = self.keys.get(key)
+                    if dep is not None:  # None: dropped as unobtainable just before
+                        del dep.dependents[rec.key]
+                        self._release_if_unneeded(dep)
+        finally:
+            self._releasing = False
 
     def _request_fetches(self) -> None:
         """Ask holders for the keys to fetch, at most `max_fetches` requests at once.
