@@ -42,7 +42,7 @@ def pending_chain(n: int, wanted: list[str] | None = None) -> tuple[Harness, str
 
 @pytest.mark.parametrize("n", [5_000, N])
 def test_a_chain_whose_head_raises_fails_every_dependent(n: int) -> None:
-    h, worker, client = pending_chain(n)
+    h, _, client = pending_chain(n)
     out = h.err("k0")
     (report,) = sent(out, client, m.KeyErred)
     assert (report.key, report.typename, report.message, report.blame) == (
@@ -59,7 +59,7 @@ def test_a_chain_whose_head_raises_fails_every_dependent(n: int) -> None:
 
 def test_every_key_of_a_chain_hears_the_error_of_its_head() -> None:
     n = 5_000
-    h, worker, client = pending_chain(n, wanted=list(chain(n)))
+    h, _, client = pending_chain(n, wanted=list(chain(n)))
     out = h.err("k0")
     reports = sent(out, client, m.KeyErred)
     assert [r.key for r in reports] == list(chain(n))
