@@ -535,7 +535,10 @@ def test_same_events_same_commands() -> None:
 def test_every_transition_is_exercised() -> None:
     LIVE.clear()
     for name, test in list(globals().items()):
-        if name.startswith("test_") and test is not test_every_transition_is_exercised:
+        if name.startswith("test_") and test not in (
+            test_every_transition_is_exercised,
+            test_a_transition_outside_the_table_raises,  # moves only by hand
+        ):
             params = getattr(test, "pytestmark", [])
             if params:
                 for ready in (False, True):
@@ -606,3 +609,44 @@ def test_computing_a_key_still_stuck_past_its_timeout_fails_at_once() -> None:
     (msg,) = sent(core(timed("hang", 1.0)))
     assert msg.typename == "shoal.errors.TaskTimeout"
     assert "an earlier run is still stuck here past it" in msg.message
+
+
+# -- the transition table ---------------------------------------------------------------
+
+
+def one_key_in_each_status() -> tuple[Core, dict[Status, object]]:
+    """A core holding a record in every status but FORGOTTEN."""
+    core = Core(nthreads=2, max_fetches=1)
+    core(compute("m"))
+    core(done("m"))  # memory
+    core(compute("x"))  # executing
+    core(compute("c"))
+    core(FreeKeys(keys=("c",)))  # cancelled: freed while its thread runs it
+    core(compute("r"))  # ready: both threads are taken
+    core(compute("w", deps=["f"], who_has={"f": ("tcp://h1:1",)}))  # waiting on f, in flight
+    core(compute("w2", deps=["g"], who_has={"g": ("tcp://h2:1",)}))  # g: to fetch, one at a time
+    core.state._record("new")  # released: made, not yet placed
+    by_status = {core.status(key): key for key in ("m", "x", "c", "r", "w", "f", "g", "new")}
+    return core, by_status
+
+
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        (a, b)
+        for a in Status
+        for b in Status
+        if (a, b) not in TRANSITIONS and a is not Status.FORGOTTEN
+    ],
+)
+def test_a_transition_outside_the_table_raises(start: Status, to: Status) -> None:
+    core, by_status = one_key_in_each_status()
+    assert set(by_status) == set(Status) - {Status.FORGOTTEN}
+    rec = core.state.keys[by_status[start]]
+    history = len(core.state.history)
+    with pytest.raises(InvalidTransition) as info:
+        core.state._move(rec, to)
+    assert (info.value.key, info.value.start, info.value.finish) == (rec.key, start, to)
+    assert rec.status is start and len(core.state.history) == history
+    del core.state.keys["new"]  # a released record lives only within one event
+    core.state.validate()
