@@ -8,6 +8,7 @@ transition takes 88. Nothing here makes decisions.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator
 
@@ -37,8 +38,11 @@ class History:
         return zip(it, it, it, it, it, strict=True)
 
     def __reversed__(self) -> Iterator[Entry]:
-        return reversed(list(self))
+        """Newest first, lazily: reading the last few costs a few steps, not the whole."""
+        it = reversed(self._flat)
+        for now, stimulus, finish, start, key in zip(it, it, it, it, it, strict=True):
+            yield key, start, finish, stimulus, now
 
     def tail(self, n: int) -> list[Entry]:
         """The last `n` entries, oldest first."""
-        return list(self)[-n:]
+        return list(itertools.islice(reversed(self), n))[::-1]
