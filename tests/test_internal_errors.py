@@ -47,14 +47,19 @@ def test_bugs_are_not_shoal_errors_that_a_user_could_swallow() -> None:
 
 def test_the_story_of_keys_is_their_recent_transitions_oldest_first() -> None:
     history = History(4)
-    for i, (key, start, finish) in enumerate(
-        [("a", "released", "waiting"), ("b", "released", "waiting"), ("a", "waiting", "queued")]
-        + [(("t", 1), "released", "waiting"), ("a", "queued", "processing")]
-    ):
+    moves = [
+        ("a", "released", "waiting"),
+        ("b", "released", "waiting"),
+        ("a", "waiting", "queued"),
+        (("t", 1), "released", "waiting"),
+        ("a", "queued", "processing"),
+    ]
+    for i, (key, start, finish) in enumerate(moves):
         history.record((key, start, finish, i, float(i)))
     # The oldest entry fell out of the bounded record.
-    assert history.story(["a"]) == [("a", "waiting", "queued", 2, 2.0)] + [
-        ("a", "queued", "processing", 4, 4.0)
+    assert history.story(["a"]) == [
+        ("a", "waiting", "queued", 2, 2.0),
+        ("a", "queued", "processing", 4, 4.0),
     ]
     assert history.story([("t", 1), "b"], limit=1) == [(("t", 1), "released", "waiting", 3, 3.0)]
     assert "'a': queued -> processing (stimulus 4, t=4.000)" in tell(history.story(["a"]))
@@ -157,7 +162,7 @@ def test_an_error_in_the_scheduler_core_stops_it_and_clients_are_told_why(
         with Client(address, token=TOKEN, timeout=WAIT_S, reconnect_timeout=0) as client:
             waiting = client.submit(inc, 1, key="waiting")  # no workers: it stays pending
             boom = client.submit(inc, 2, key="boom")
-            why = "internal error in the scheduler .*RuntimeError: injected fault in handle"
+            why = r"internal error in the scheduler .*RuntimeError: injected fault in handle"
             with pytest.raises(SchedulerLost, match=why):
                 boom.result(timeout=WAIT_S)
             with pytest.raises(SchedulerLost, match=why):
@@ -178,7 +183,7 @@ def test_a_clock_task_that_raises_stops_the_scheduler_loudly(tmp_path: Path) -> 
     try:
         with Client(address, token=TOKEN, timeout=WAIT_S, reconnect_timeout=0) as client:
             pending = client.submit(inc, 1, key="pending")
-            with pytest.raises(SchedulerLost, match="tick of the clock.*injected fault in tick"):
+            with pytest.raises(SchedulerLost, match=r"tick of the clock.*injected fault in tick"):
                 pending.result(timeout=WAIT_S)
         assert exit_code(proc) == INTERNAL_ERROR_EXIT
     finally:

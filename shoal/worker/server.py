@@ -345,6 +345,7 @@ class Worker:
                 self._on_messages(leftover)
                 group.create_task(self._read_scheduler(), name=f"worker {self.name} reader")
                 group.create_task(self._clock(), name=f"worker {self.name} clock")
+                group.create_task(self._watch_listener(), name=f"worker {self.name} listener")
                 await self._stop.wait()
                 self._fetcher.closing = True
                 raise _Stop
@@ -354,6 +355,11 @@ class Worker:
             self._fail(failures.exceptions[0], "running a background task")
         finally:
             await self._shutdown()
+
+    async def _watch_listener(self) -> None:
+        assert self._listener is not None
+        await self._listener.serving()
+        raise RuntimeError(f"the data listener at {self.address} stopped accepting connections")
 
     def _fail(self, exc: BaseException, doing: str, event: object = None) -> None:
         """An internal error: log it once with its keys' story, and stop the worker."""
