@@ -1,8 +1,10 @@
 """Every exception class shoal raises, in one place.
 
-Three families: bad bytes or a misbehaving peer (ProtocolError and its
-children), user data that cannot cross the wire (SerializationError), and a
-connection that is gone (CommClosedError).
+ShoalError and its children are what a user may meet and handle: bad bytes
+or a misbehaving peer (ProtocolError), user data that cannot cross the wire
+(SerializationError), a connection that is gone (CommClosedError), and what
+became of tasks. InternalError and its children are shoal's own bugs: they
+are deliberately not ShoalErrors, so that `except ShoalError` never hides one.
 """
 
 
@@ -40,10 +42,19 @@ class CommClosedError(ShoalError):
     """The connection is closed; the message says why when it is known."""
 
 
-# -- tasks, graphs and clusters ------------------------------------------------
+# -- our own bugs ----------------------------------------------------------------
 
 
-class InvalidTransition(ShoalError):
+class InternalError(Exception):
+    """A bug in shoal itself, never the user's doing and never to be handled.
+
+    A core that raises is half-changed: the process that holds it logs the
+    error once, with the recent transitions of the keys involved, and stops
+    for its supervisor to restart it. Not a ShoalError on purpose.
+    """
+
+
+class InvalidTransition(InternalError):
     """A state core was asked for a transition its table does not allow: our bug."""
 
     def __init__(self, key: object, start: str, finish: str, stimulus: str, history: list) -> None:
@@ -52,6 +63,9 @@ class InvalidTransition(ShoalError):
             f"recent history: {history}"
         )
         self.key, self.start, self.finish = key, start, finish
+
+
+# -- tasks, graphs and clusters ------------------------------------------------
 
 
 class GraphError(ShoalError, ValueError):

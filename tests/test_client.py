@@ -154,6 +154,7 @@ def test_scheduler_info_and_release(cluster: Scheduler, client: Client) -> None:
 
 
 def test_lost_scheduler_fails_pending_futures() -> None:
+    RELEASE.clear()  # an earlier test may have left it set: the task must block
     thread = LoopThread("test-cluster")
     scheduler, workers = thread.run(start_cluster(), WAIT_S)
     try:

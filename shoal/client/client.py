@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,14 +25,21 @@ from shoal.errors import (
     CommClosedError,
     FutureCancelled,
     GraphError,
+    HandshakeError,
     MessageTooLarge,
-    ShoalError,
+    RegistrationError,
+    SchedulerLost,
 )
 from shoal.protocol.messages import CancelKeys, ReleaseFutures, Replicate
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
 
 log = logging.getLogger(__name__)
+
+# How long a client keeps trying to reach its scheduler again after losing it.
+RECONNECT_TIMEOUT_S = 600.0
+# Between registrations that fail once connected (a scheduler still starting).
+REGISTER_RETRY_S = 1.0
 
 
 class Client:
@@ -43,7 +51,17 @@ class Client:
     `async with Client(...)` starts it, and the methods that wait return
     awaitables. Extra keyword arguments go to LocalCluster when `address` is None.
 
+    `timeout` bounds connecting at start and each request. When the scheduler
+    is lost, pending futures fail at once with SchedulerLost, and the client
+    tries to reach a scheduler at the same address again, with jittered
+    backoff, for `reconnect_timeout` seconds (10 minutes by default; None: for
+    ever; 0: once). Meanwhile `status` is "reconnecting" and new work fails
+    with SchedulerLost; once a scheduler answers, the client is "running"
+    again. Past the bound it is "lost" and refuses new work with SchedulerLost.
+
     Raises:
+        TypeError, ValueError: `reconnect_timeout` is not None or a finite
+            number of seconds at least 0.
         OSError, TimeoutError: no scheduler answered at `address` within `timeout`.
         HandshakeError: the scheduler refused the token or the protocol version.
         CommClosedError: the scheduler closed the connection before registering us.
@@ -56,10 +74,12 @@ class Client:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         timeout: float = 10.0,
+        reconnect_timeout: float | None = RECONNECT_TIMEOUT_S,
         asynchronous: bool = False,
         name: str = "",
         **cluster_kwargs: Any,
     ) -> None:
+        self.reconnect_timeout = _checked_reconnect_timeout(reconnect_timeout)
         self.address, self.token, self.tls = address, token, tls
         self.timeout, self.asynchronous, self.name = timeout, asynchronous, name
         self.status = "created"
@@ -71,6 +91,7 @@ class Client:
         self._pool = DataPool(token, tls, timeout, name)
         self._link: SchedulerLink | None = None
         self._reconnecting: asyncio.Future[None] | None = None
+        self._lost_reason = ""  # why the client is "lost", for the errors it raises
         self._callback_runner: ThreadPoolExecutor | None = None
         self._scatter_turn = 0  # where the next scatter starts its round of workers
         self._thread: LoopThread | None = None
@@ -121,23 +142,49 @@ class Client:
     def _link_lost(self, reason: str) -> None:
         """The scheduler is gone (its pending futures failed): join it again, or
         the one that takes its place, for new work."""
-        if self.status == "running":
-            self._reconnecting = asyncio.ensure_future(self._reconnect(reason))
+        if self.status != "running":
+            return
+        if getattr(self.cluster, "failure", None) is not None:
+            # Our own in-process scheduler stopped on an internal error: no other
+            # will come at its address.
+            self.status, self._lost_reason = "lost", reason
+            return
+        self.status = "reconnecting"
+        self._reconnecting = asyncio.ensure_future(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
-        assert self.address is not None
-        log.warning("%s; reconnecting for up to %g s", reason, self.timeout)
-        link = SchedulerLink(self._keys, self.address, self.timeout, self._link_lost)
-        try:
-            await link.open(self.name, self.token, self.tls)
-        except (OSError, TimeoutError, ShoalError) as exc:
-            log.error("client %s could not reconnect: %s", self.client_id, exc)
-            return
-        if self.status != "running":
+        """Try to register again until it works or `reconnect_timeout` has passed."""
+        bound = math.inf if self.reconnect_timeout is None else self.reconnect_timeout
+        log.warning("%s; reconnecting for up to %g s", reason, bound)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        while True:
+            link = SchedulerLink(self._keys, self.address or "", self.timeout, self._link_lost)
+            try:
+                await link.open(self.name, self.token, self.tls, max(0.0, deadline - loop.time()))
+                break
+            except (HandshakeError, RegistrationError) as exc:  # final: a setting is wrong
+                return self._give_up(reason, exc)
+            except (OSError, TimeoutError, CommClosedError) as exc:
+                if loop.time() >= deadline:
+                    return self._give_up(reason, exc)
+                # It answered and did not register us: a scheduler still starting.
+                await asyncio.sleep(min(REGISTER_RETRY_S, max(0.0, deadline - loop.time())))
+            except Exception as exc:  # shell boundary: our bug must not pass unseen
+                log.error("client %s failed reconnecting", self.client_id, exc_info=True)
+                return self._give_up(reason, exc)
+        if self.status != "reconnecting":
             await link.close("the client closed while reconnecting")
             return
-        self._link, self.client_id = link, link.client_id
+        self._link, self.client_id, self.status = link, link.client_id, "running"
         log.info("client %s connected to %s again", self.client_id, self.address)
+
+    def _give_up(self, reason: str, exc: BaseException) -> None:
+        if self.status != "reconnecting":
+            return
+        self.status = "lost"
+        self._lost_reason = f"{reason}; reconnecting failed: {exc}"
+        log.error("client %s gave up reconnecting: %s", self.client_id, exc)
 
     def __await__(self) -> Any:
         return self._start().__await__()
@@ -172,8 +219,12 @@ class Client:
                     self._keys.fail(key, type(exc), str(exc))
 
     def _hand_over(self, submission: graphs.Submission, keys: list[Key], keepalive: object) -> None:
-        """Queue messages from any thread with one loop callback, without waiting."""
-        if self.status != "running":
+        """Queue messages from any thread with one loop callback, without waiting.
+
+        While reconnecting, the futures fail with SchedulerLost (on the loop)."""
+        if self.status == "lost":
+            raise SchedulerLost(self._lost_reason)
+        if self.status not in ("running", "reconnecting"):
             raise CommClosedError(f"the client is {self.status}, not running")
         # Submitted again after a cancel: compute anew. Done here, before returning,
         # so that a result() called next cannot see the old cancel.
@@ -529,6 +580,7 @@ class Client:
         self.status = "closing"
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
         if self._link is not None:
             await self._link.close(f"the client of the scheduler at {self.address} is closed")
         await self._pool.close()
@@ -556,6 +608,25 @@ class Client:
     def __repr__(self) -> str:
         workers = self._link.workers if self._link is not None else 0
         return f"<Client {self.address} workers={workers} status={self.status}>"
+
+
+def _checked_reconnect_timeout(value: object) -> float | None:
+    """`reconnect_timeout` as given, once checked.
+
+    Raises:
+        TypeError: neither None nor a number.
+        ValueError: negative, infinite or NaN (None means for ever).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"reconnect_timeout must be seconds (a number) or None, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"reconnect_timeout must be a finite number of seconds at least 0, or None "
+            f"for ever, not {value!r}"
+        )
+    return float(value)
 
 
 def _call_back(fn: Callable[[Future], object], future: Future) -> None:

@@ -64,9 +64,15 @@ class SchedulerLink:
         self._request_ids = itertools.count(1)
         self._worker_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    async def open(self, name: str, token: str | bytes | None, tls: TLSConfig | None) -> None:
-        """Connect (trying again while nothing answers, for `timeout` seconds),
-        register, and start reading.
+    async def open(
+        self,
+        name: str,
+        token: str | bytes | None,
+        tls: TLSConfig | None,
+        retry_for: float | None = None,
+    ) -> None:
+        """Connect (trying again while nothing answers, for `retry_for` seconds, by
+        default `timeout`), register, and start reading.
 
         Raises:
             OSError, TimeoutError: no scheduler answered within the timeout.
@@ -75,7 +81,7 @@ class SchedulerLink:
         """
         comm = await connect_retrying(
             self.address,
-            retry_for=self.timeout,
+            retry_for=self.timeout if retry_for is None else retry_for,
             role="client",
             name=name,
             token=token,
@@ -175,11 +181,14 @@ class SchedulerLink:
         """Queue messages for the scheduler (this tick's batch).
 
         Raises:
-            CommClosedError: the connection is gone.
+            SchedulerLost: the connection to the scheduler was lost.
+            CommClosedError: the connection is not open yet.
             MessageTooLarge: a message is over the scheduler's limits.
         """
-        if self.lost is not None or self._comm is None:
-            raise CommClosedError(self.lost or "the client is not connected")
+        if self.lost is not None:
+            raise SchedulerLost(self.lost)
+        if self._comm is None:
+            raise CommClosedError("the client is not connected")
         self._comm.send(*msgs)
 
     async def request(self, make: Callable[[int], Message], wait: bool = False) -> Any:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy.nanny import FATAL_EXIT, NANNY_ENV, RESTART_EXIT
+from shoal.deploy.nanny import FATAL_EXIT, INTERNAL_ERROR_EXIT, NANNY_ENV, RESTART_EXIT
 from shoal.deploy.options import parse_bytes, parse_resources
 from shoal.errors import ShoalError
 from shoal.protocol.handshake import PROTOCOL_VERSION
@@ -205,6 +205,9 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     print(f"shoal scheduler listening at {scheduler.address}", flush=True)
     signals = _Signals()
     await signals.race(scheduler.finished())
+    if scheduler.failure is not None:  # logged already; its supervisor restarts it
+        await scheduler.close()
+        return INTERNAL_ERROR_EXIT
     log.info("scheduler stopping (%s)", signals.name or "closed")
     await scheduler.close()
     return 0
@@ -252,7 +255,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
         if signalled:
             return 0
         if finished.exception() is not None:
-            return 1  # an internal error, logged already
+            return INTERNAL_ERROR_EXIT  # logged already; its nanny restarts it
         if worker.restart_requested:
             return RESTART_EXIT
         log.warning(

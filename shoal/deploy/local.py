@@ -7,7 +7,9 @@ Worker processes run without a nanny unless `nanny=True`: each then runs
 under its own supervisor, as `shoal worker` does, which restarts it when it
 dies or crosses `memory_limit`. A fresh random token guards the ports.
 `close()` stops the workers (SIGTERM, then SIGKILL after a grace period) and
-the scheduler.
+the scheduler. An internal error in the in-process scheduler never ends the
+program: that scheduler stops, its clients' pending futures fail with
+SchedulerLost naming the error, and `failure` holds it until `close()`.
 """
 
 from __future__ import annotations
@@ -216,6 +218,11 @@ class LocalCluster:
             self._loop_thread.stop()
             self._loop_thread = None
         return None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The internal error that stopped the in-process scheduler, if one did."""
+        return self.scheduler.failure
 
     # -- protocols -------------------------------------------------------------------
 

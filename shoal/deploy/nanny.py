@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # Exit codes of a worker process, as its nanny reads them.
 RESTART_EXIT = 75  # it left the scheduler to be started afresh (a stuck task)
 FATAL_EXIT = 3  # it could not start (no scheduler in time, refused): do not retry
+# An internal error (a bug in shoal) stopped it; it logged the error. Restarted, as
+# any death. `shoal scheduler` exits with it too (EX_SOFTWARE in sysexits.h).
+INTERNAL_ERROR_EXIT = 70
 # The environment variable that tells a worker process a nanny looks after it.
 NANNY_ENV = "SHOAL_NANNY"
 
@@ -58,6 +61,8 @@ def cause_of_exit(code: int, last_rss: int) -> str:
             name = f"signal {-code}"
         oom = " (the kernel's out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{oom}{used}"
+    if code == INTERNAL_ERROR_EXIT:
+        return f"stopped by an internal error (exit code {code}; its log tells it){used}"
     return f"exited with code {code}{used}"
 
 

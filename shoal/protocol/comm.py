@@ -270,6 +270,20 @@ class Listener:
             elif conn is not None:
                 conn.close()
 
+    async def serving(self) -> None:
+        """Wait while the listener accepts connections; return once close() stopped it.
+
+        Raises:
+            Exception: the bug that stopped its accept loop, for its owner to treat
+                as its own internal error.
+        """
+        serving = self._serving
+        if serving is None:
+            return
+        await asyncio.wait({serving})  # not `await serving`: a cancelled waiter leaves it be
+        if not serving.cancelled():
+            serving.result()
+
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
             raise ConnectionRefusedError(f"{self.address} is not serving")

@@ -3,14 +3,15 @@
 Each transition is (key, start, finish, stimulus, now): the stimulus is the
 number of the call to `handle` or `lost` that made it. The five lie flat in a
 bounded deque, one slot each: 40 bytes a transition, where a tuple per
-transition takes 88. Nothing here makes decisions.
+transition takes 88. Nothing here makes decisions. `story` tells what
+happened to some keys, for the one ERROR line of an internal error.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 Entry = tuple[object, str, str, int, float]
 
@@ -46,3 +47,10 @@ class History:
     def tail(self, n: int) -> list[Entry]:
         """The last `n` entries, oldest first."""
         return list(itertools.islice(reversed(self), n))[::-1]
+
+    def story(self, keys: Collection[object], limit: int = 50) -> list[Entry]:
+        """The last `limit` entries about `keys`, oldest first.
+
+        Walks the whole record: for an error report, never for a decision.
+        """
+        return [entry for entry in self if entry[0] in keys][-limit:]

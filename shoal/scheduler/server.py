@@ -2,7 +2,9 @@
 
 One listener serves workers and clients on one port. Each connection's read
 loop feeds messages to the core and carries out the commands it returns;
-nothing here decides anything about tasks.
+nothing here decides anything about tasks. An exception from the core (or from
+this shell) is an internal error: logged once with the story of its keys, it
+stops the scheduler, and nothing calls into the half-changed core again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from shoal.errors import CommClosedError, MessageTooLarge
 from shoal.protocol import messages as m
 from shoal.protocol.comm import Comm, Listener, listen
 from shoal.protocol.schema import Message
+from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.model import Command, Send
 from shoal.scheduler.state import SchedulerState
@@ -33,6 +36,12 @@ FREEZE_AT_TASKS = 10_000
 # While it holds that many, the scheduler also freezes after this many messages,
 # so that what running tasks leave behind (holders, values) is walked in small parts.
 FREEZE_EVERY = 1_000
+# The reason sent to peers on an internal error stays short: it crosses the wire.
+REASON_CHARS = 1000
+
+
+class _Stop(Exception):
+    """Raised in the TaskGroup's body to cancel every background task on purpose."""
 
 
 class Collector:
@@ -93,6 +102,13 @@ class Scheduler:
     the address to give workers and clients. `close()` stops it and closes
     every connection. `freeze_gc` sets the process's garbage collection
     policy (see Collector). Extra keyword arguments configure SchedulerState.
+
+    An internal error (an exception from the core or from this shell) is
+    logged once at ERROR with the recent transitions of the keys involved;
+    the scheduler then closes every connection with a reason naming the
+    error and stops by itself: `finished()` returns and `failure` holds the
+    exception. It never calls into the half-changed core again. The
+    `shoal scheduler` command then exits with INTERNAL_ERROR_EXIT.
     """
 
     def __init__(
@@ -117,7 +133,10 @@ class Scheduler:
         self._peer_ids = itertools.count(1)
         self._stopped = asyncio.Event()
         self._workers_changed = asyncio.Event()
-        self._clock_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()  # set to stop the service: close(), or a failure
+        self._main: asyncio.Task[None] | None = None  # owns the TaskGroup, awaited by close()
+        self.failure: BaseException | None = None  # the internal error that stopped it
+        self._failure_reason = ""  # what peers are told of it
 
     async def start(self) -> Scheduler:
         """Listen; return once connections are accepted.
@@ -138,56 +157,118 @@ class Scheduler:
         )
         self.address = self._listener.address
         self.state.address = self.address
-        self._clock_task = asyncio.create_task(self._clock(), name="scheduler clock")
+        self._main = asyncio.create_task(self._run(), name=f"scheduler {self.address}")
         log.info("scheduler listening at %s", self.address)
         return self
+
+    async def _run(self) -> None:
+        """Own every background task; stop them all on close() or a failure."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._clock(), name="scheduler clock")
+                group.create_task(self._watch_listener(), name="scheduler listener")
+                await self._stop.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        except* Exception as failures:  # a background task died: the same loud path
+            self._fail(failures.exceptions[0], "running a background task", [])
+        finally:
+            await self._shutdown()
+
+    async def _watch_listener(self) -> None:
+        assert self._listener is not None
+        await self._listener.serving()
+        raise RuntimeError(f"the listener at {self.address} stopped accepting connections")
 
     async def _clock(self) -> None:
         """Wake the core when time alone calls for a decision (silent workers)."""
         state = self.state
-        while True:
-            deadline = state.next_deadline()
+        while self.failure is None:
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                self._run(state.tick(now))
-                pause = CLOCK_MIN_SLEEP_S
-            else:
-                pause = CLOCK_MAX_SLEEP_S if deadline is None else deadline - now
-                pause = max(CLOCK_MIN_SLEEP_S, min(pause, CLOCK_MAX_SLEEP_S))
+            try:
+                deadline = state.next_deadline()
+                if deadline is not None and now >= deadline:
+                    self._run_commands(state.tick(now))
+                    pause = CLOCK_MIN_SLEEP_S
+                else:
+                    pause = CLOCK_MAX_SLEEP_S if deadline is None else deadline - now
+                    pause = max(CLOCK_MIN_SLEEP_S, min(pause, CLOCK_MAX_SLEEP_S))
+            except Exception as exc:  # shell boundary: the core's bug stops the scheduler
+                self._fail(exc, "handling a tick of the clock", keys_named(None, exc))
+                return
             await asyncio.sleep(pause)
 
     async def _serve(self, comm: Comm) -> None:
+        if self.failure is not None:  # accepted while stopping: say why, and no more
+            await comm.close(self._failure_reason)
+            return
         role = comm.peer_role
         peer = f"{role}-{next(self._peer_ids)}"
         state, now, collector = self.state, time.monotonic, self.collector
         self.comms[peer] = comm
-        state.connected(peer, role)
+        msg: Message | None = None
         try:
+            state.connected(peer, role)
             while True:
                 try:
                     batch = await comm.read()
                 except CommClosedError:
                     return
                 for msg in batch:
+                    if self.failure is not None:  # found on another connection meanwhile
+                        await comm.close(self._failure_reason)
+                        return
                     collector.before(msg)
                     try:
                         commands = state.handle(peer, msg, now())
                     finally:
                         collector.after(msg, state)
-                    self._run(commands)
+                    self._run_commands(commands)
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
                         log.info("worker %s joined from %s", msg.name, comm.peer_address)
                         self._workers_changed.set()
+        except Exception as exc:  # shell boundary: an internal error, never the peer's fault
+            doing = f"handling {msg.op} from {peer}" if msg is not None else f"connecting {peer}"
+            self._fail(exc, doing, keys_named(msg, exc))
+            await comm.close(self._failure_reason)
         finally:
-            worker = state.workers.get(peer)
-            if worker is not None:
-                log.info("worker %s left", worker.name)
             del self.comms[peer]
-            self._run(state.lost(peer, now()))
-            collector.after(None, state)
-            self._workers_changed.set()
+            if self.failure is None:  # a broken core is never called again
+                self._lost(peer)
+
+    def _lost(self, peer: str) -> None:
+        worker = self.state.workers.get(peer)
+        if worker is not None:
+            log.info("worker %s left", worker.name)
+        try:
+            self._run_commands(self.state.lost(peer, time.monotonic()))
+            self.collector.after(None, self.state)
+        except Exception as exc:  # shell boundary: the core's bug stops the scheduler
+            self._fail(exc, f"handling the loss of {peer}", keys_named(None, exc))
+        self._workers_changed.set()
+
+    def _fail(self, exc: BaseException, doing: str, keys: list[object]) -> None:
+        """An internal error: log it once with its keys' story, and stop the service."""
+        if self.failure is not None:
+            log.debug("a further error after the internal error: %r", exc)
+            return
+        self.failure = exc
+        what = f"{type(exc).__name__}: {exc}"
+        story = tell(self.state.history.story(keys)) if keys else "  (no keys involved)"
+        log.error(
+            "internal error while %s, the scheduler stops: %s\nrecent transitions of %s:\n%s",
+            doing,
+            what,
+            keys or "no keys",
+            story,
+            exc_info=exc,
+        )
+        reason = f"internal error in the scheduler while {doing}: {what}"
+        self._failure_reason = reason[:REASON_CHARS]
+        self._stop.set()
 
     async def wait_for_workers(self, n: int) -> None:
         """Return once at least `n` workers are registered (wrap in a timeout)."""
@@ -195,7 +276,7 @@ class Scheduler:
             self._workers_changed.clear()
             await self._workers_changed.wait()
 
-    def _run(self, commands: list[Command]) -> None:
+    def _run_commands(self, commands: list[Command]) -> None:
         comms = self.comms
         for command in commands:
             comm = comms.get(command.peer)
@@ -214,17 +295,29 @@ class Scheduler:
                 comm.abort(command.reason)
 
     async def close(self) -> None:
-        """Stop listening and close every connection."""
-        if self._clock_task is not None:
-            self._clock_task.cancel()
-            self._clock_task = None
+        """Stop listening and close every connection. Returns once done; does not
+        raise the internal error that may have stopped the scheduler (see `failure`)."""
+        if self._main is None:  # never started, or start() failed
+            if self._listener is not None:
+                await self._listener.close()
+                self._listener = None
+            self._stopped.set()
+            return
+        self._stop.set()
+        await asyncio.wait({self._main})
+
+    async def _shutdown(self) -> None:
+        if self.failure is not None:  # tell every peer why, in the one message it reads last
+            comms = list(self.comms.values())
+            await asyncio.gather(*(comm.close(self._failure_reason) for comm in comms))
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
         self._stopped.set()
 
     async def finished(self) -> None:
-        """Wait until close() completed."""
+        """Wait until the scheduler stopped: close() completed, or an internal error
+        stopped it (then `failure` holds it)."""
         await self._stopped.wait()
 
     async def __aenter__(self) -> Scheduler:

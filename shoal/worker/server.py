@@ -2,6 +2,8 @@
 
 Messages in -> `WorkerState.handle` -> commands out: every decision is the core's.
 One TaskGroup owns the background tasks; user code never runs on the event loop.
+An exception from the core or this shell is an internal error: logged once with
+the story of its keys, it stops the worker, and the core is not called again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from shoal.protocol.messages import (
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized, serialize
+from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
 from shoal.worker.events import (
     Command,
@@ -264,7 +267,8 @@ class Worker:
         """Return once the worker has stopped (close(), or the scheduler was lost).
 
         Raises:
-            Exception: the internal error that stopped the worker, if one did.
+            Exception: the internal error that stopped the worker, if one did (it
+                was logged once already, with the recent transitions of its keys).
         """
         if self._main is None:
             raise RuntimeError(f"worker {self.name} was not started")
@@ -341,24 +345,62 @@ class Worker:
                 self._on_messages(leftover)
                 group.create_task(self._read_scheduler(), name=f"worker {self.name} reader")
                 group.create_task(self._clock(), name=f"worker {self.name} clock")
+                group.create_task(self._watch_listener(), name=f"worker {self.name} listener")
                 await self._stop.wait()
                 self._fetcher.closing = True
                 raise _Stop
         except* _Stop:
             pass
-        except* Exception as failure:
-            log.error("worker %s stopped by an internal error", self.name, exc_info=failure)
-            self._failure = failure
+        except* Exception as failures:  # a background task died: the same loud path
+            self._fail(failures.exceptions[0], "running a background task")
         finally:
             await self._shutdown()
+
+    async def _watch_listener(self) -> None:
+        assert self._listener is not None
+        await self._listener.serving()
+        raise RuntimeError(f"the data listener at {self.address} stopped accepting connections")
+
+    def _fail(self, exc: BaseException, doing: str, event: object = None) -> None:
+        """An internal error: log it once with its keys' story, and stop the worker."""
+        if self._failure is not None:
+            log.debug("a further error after the internal error: %r", exc)
+            return
+        self._failure = exc
+        keys = keys_named(event, exc)
+        story = tell(self.state.history.story(keys)) if keys else "  (no keys involved)"
+        log.error(
+            "internal error in worker %s while %s, the worker stops: %s: %s\n"
+            "recent transitions of %s:\n%s",
+            self.name,
+            doing,
+            type(exc).__name__,
+            exc,
+            keys or "no keys",
+            story,
+            exc_info=exc,
+        )
+        self._stop.set()
+
+    def _handle(self, event: object, now: float) -> None:
+        """Feed one event to the core and carry out its commands; never a broken core."""
+        if self._failure is not None:
+            return
+        try:
+            self._dispatch(self.state.handle(event, now))
+        except Exception as exc:  # shell boundary: the core's bug stops the worker, loudly
+            self._fail(exc, f"handling {type(event).__name__}", event)
 
     async def _shutdown(self) -> None:
         self._stop.set()
         comm = self._scheduler
         if comm is not None and not comm.closed:
-            if self._leave_reason is not None:
-                self._send(WorkerLeaving(reason=self._leave_reason))
-            await comm.close(self._leave_reason or "")
+            if self._failure is not None:  # no WorkerLeaving: to the scheduler, a death
+                await comm.close(f"internal error in worker {self.name}")
+            else:
+                if self._leave_reason is not None:
+                    self._send(WorkerLeaving(reason=self._leave_reason))
+                await comm.close(self._leave_reason or "")
         if self._listener is not None:
             await self._listener.close()
         if self._pool is not None:
@@ -387,10 +429,10 @@ class Worker:
         process = psutil.Process()
         process.cpu_percent()  # the first reading only starts the measurement
         next_beat = time.monotonic()
-        while True:
+        while self._failure is None:
             now = time.monotonic()
             if self.state.timed and self._pool is not None:
-                self._dispatch(self.state.handle(Tick(self._pool.running()), now))
+                self._handle(Tick(self._pool.running()), now)
             if now >= next_beat:
                 next_beat = now + self._heartbeat_interval
                 self._send(
@@ -409,25 +451,20 @@ class Worker:
         for msg in msgs:
             kind = type(msg)
             if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
-                self._dispatch(self.state.handle(msg, now))
+                self._handle(msg, now)
             else:
                 log.warning("ignoring unexpected %s from the scheduler", msg.op)
 
     def _on_event(self, event: FetchDone | FetchFailed) -> None:
-        self._dispatch(self.state.handle(event, time.monotonic()))
+        self._handle(event, time.monotonic())
 
     def _on_executed(self, batch: list[ExecutionDone]) -> None:
         """Completions from the thread pool, delivered on the loop, one call per burst."""
         if self._stop.is_set():
             return  # stopping: the scheduler hears WorkerLeaving, not these
-        try:
-            now = time.monotonic()
-            for event in batch:
-                self._dispatch(self.state.handle(event, now))
-        except Exception as exc:  # shell boundary: a core bug stops the worker, loudly
-            log.error("worker %s failed handling completed tasks", self.name, exc_info=True)
-            self._failure = exc
-            self._stop.set()
+        now = time.monotonic()
+        for event in batch:
+            self._handle(event, now)
 
     def _dispatch(self, commands: list[Command]) -> None:
         for command in commands:
@@ -461,14 +498,21 @@ class Worker:
     async def _serve_peer(self, comm: Comm) -> None:
         """Listener handler: answer each GetData with the values held here, and take
         the values of each PutData into memory."""
-        while self._answer(comm, await comm.read()):
-            pass  # values answered or put are no longer referenced from this frame
+        try:
+            while self._failure is None and self._answer(comm, await comm.read()):
+                pass  # values answered or put are no longer referenced from this frame
+        except CommClosedError:
+            return  # the peer went away
+        except Exception as exc:  # shell boundary: our bug, never the peer's
+            self._fail(exc, f"serving {comm.peer_address}")
 
     def _answer(self, comm: Comm, msgs: list[Message]) -> bool:
         """Answer a peer's requests; False when the connection must end."""
         for msg in msgs:
+            if self._failure is not None:
+                return False
             if type(msg) is PutData:
-                self._dispatch(self.state.handle(DataPut(msg.data), time.monotonic()))
+                self._handle(DataPut(msg.data), time.monotonic())
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
                 stored = tuple(k for k in msg.data if k not in refused)
                 comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -41,6 +40,7 @@ from shoal.worker.events import (
     Tick,
     Value,
 )
+from shoal.worker.history import TransitionLog
 
 # Fetch requests in flight at once, to all peers together.
 MAX_FETCHES = 16
@@ -138,7 +138,7 @@ class WorkerState:
         self._acquired: list[Key] = []  # keys to report in one KeysAcquired
         self._unhold: list[KeyState] = []  # records whose dependencies are to be let go
         self._releasing = False
-        self.history: deque[tuple[Key, str, str, str, float]] = deque(maxlen=history_size)
+        self.history = TransitionLog(maxlen=history_size)
         self._ready: list[tuple[tuple[int, ...], int, Key]] = []  # lazy deletion heap
         self._arrivals = 0
         self._events = 0
