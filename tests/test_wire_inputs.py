@@ -10,6 +10,7 @@ import typing
 import pytest
 
 from shoal.errors import ProtocolError
+from shoal.protocol import messages  # noqa: F401  (registers every op)
 from shoal.protocol.schema import REGISTRY, from_wire
 from shoal.protocol.serialize import serialize
 
