@@ -17,6 +17,7 @@ from shoal.errors import CommClosedError, HandshakeError, ProtocolError
 from shoal.protocol import handshake as hs
 from shoal.protocol.batched import Outbox
 from shoal.protocol.codec import decode_batch
+from shoal.protocol.escape import peer_text
 from shoal.protocol.limits import HANDSHAKE_LIMITS, Limits
 from shoal.protocol.messages import (
     Authenticate,
@@ -166,11 +167,14 @@ class Comm:
                             fut.set_result(None)
                         continue
                     if cls is Close:
-                        self._set_closed(f"closed by the peer: {msg.reason or 'no reason given'}")
+                        reason = peer_text(msg.reason) if msg.reason else "no reason given"
+                        self._set_closed(f"closed by the peer: {reason}")
                         self.transport.lose(None)
                         return
                     if cls is HandshakeFailed:
-                        raise HandshakeError(f"the peer refused the handshake: {msg.reason}")
+                        raise HandshakeError(
+                            f"the peer refused the handshake: {peer_text(msg.reason)}"
+                        )
                     if cls in _HANDSHAKE_TYPES:
                         raise ProtocolError(f"unexpected {msg.op} after the handshake")
                 self._inbox.append(msg)
@@ -288,7 +292,9 @@ async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | N
     hello = hs.make_hello(role, name, token, comm.limits)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
-        raise HandshakeError(f"{comm.peer_address} refused the connection: {theirs.reason}")
+        raise HandshakeError(
+            f"{comm.peer_address} refused the connection: {peer_text(theirs.reason)}"
+        )
     if not isinstance(theirs, Hello):
         raise ProtocolError(f"expected hello from {comm.peer_address}, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)
@@ -308,7 +314,7 @@ async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | N
         comm.send(hello, Authenticate(proof=own_proof))
     reply = await comm._next_handshake_message()
     if isinstance(reply, HandshakeFailed):
-        raise HandshakeError(f"the {peer} refused the handshake: {reply.reason}")
+        raise HandshakeError(f"the {peer} refused the handshake: {peer_text(reply.reason)}")
     if not isinstance(reply, Welcome):
         raise ProtocolError(f"expected welcome from {comm.peer_address}, got {reply.op}")
     if token is not None:
@@ -325,7 +331,7 @@ async def listener_handshake(comm: Comm, role: str, name: str, token: bytes | No
     comm._outbox.put(hello)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
-        raise HandshakeError(f"the peer gave up the handshake: {theirs.reason}")
+        raise HandshakeError(f"the peer gave up the handshake: {peer_text(theirs.reason)}")
     if not isinstance(theirs, Hello):
         raise ProtocolError(f"expected hello, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)
