@@ -125,3 +125,40 @@ def test_refusal_log_tracks_a_bounded_number_of_hosts() -> None:
         _, due = refusals.refused(host, "y", 1.0 + i)
     assert len(refusals._windows) == 3
     assert len(due) == 1 and "from a" in due[0]
+
+
+async def test_a_peer_that_floods_requests_and_never_reads_is_cut_off(caplog, monkeypatch) -> None:
+    """Its answers queue up to a bound (reading from it pauses), and once it has
+    taken nothing for the stall timeout it is disconnected with that reason."""
+    from shoal.protocol import connection
+    from shoal.scheduler.server import Scheduler
+
+    high, stall = 256 * 1024, 0.5
+    monkeypatch.setattr(connection, "QUEUE_HIGH_WATER", high)
+    monkeypatch.setattr(connection, "QUEUE_LOW_WATER", high // 4)
+    monkeypatch.setattr(connection, "STALL_TIMEOUT_S", stall)
+    caplog.set_level(logging.WARNING, logger="shoal")
+    keys = tuple(f"key-{i:04d}" for i in range(500))  # each answer is about 6 KB
+    async with Scheduler() as scheduler:
+        peer = await connect(scheduler.address, role="client", name="flood")
+        peer.send(m.RegisterClient(name="flood"))
+        async with asyncio.timeout(10):
+            await peer.read()  # client-registered
+        peer.transport.pause_reading()  # from here on it never reads
+        (theirs,) = scheduler.comms.values()
+        sent = 0
+        async with asyncio.timeout(30):
+            while not theirs.closed:
+                if peer.transport.write_buffer_size < 1024 * 1024 and sent < 20_000:
+                    peer.send(*[m.WhoHas(keys=keys, request_id=i) for i in range(100)])
+                    sent += 100
+                await asyncio.sleep(0.01)
+        # Far more answers were asked for than were ever queued at once.
+        assert sent * 6000 > 20 * high
+        assert theirs.queued_peak < high + 4 * 1024 * 1024
+        assert "read nothing" in str(theirs._closed_exc)
+        assert any(
+            "disconnecting" in r.getMessage() and "read nothing" in r.getMessage()
+            for r in caplog.records
+        )
+        peer.abort()

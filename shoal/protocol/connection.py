@@ -12,11 +12,12 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from shoal.errors import CommClosedError, HandshakeError, ProtocolError
 from shoal.protocol import handshake as hs
 from shoal.protocol.batched import Outbox
-from shoal.protocol.codec import decode_batch
+from shoal.protocol.codec import Buffer, decode_batch
 from shoal.protocol.escape import peer_text
 from shoal.protocol.limits import HANDSHAKE_LIMITS, Limits
 from shoal.protocol.messages import (
@@ -39,6 +40,16 @@ CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Reading pauses while this many received messages wait for read().
 INBOX_HIGH_WATER = 100_000
+# Back-pressure on a peer that sends requests and does not read the answers.
+# Above QUEUE_HIGH_WATER bytes queued for the socket, reading from the peer
+# pauses: its requests wait in the kernel, so it cannot make us queue more than
+# the answers to what we had read. Reading resumes at QUEUE_LOW_WATER. A peer
+# that lets the queue stay above the mark and takes no byte of it for
+# STALL_TIMEOUT_S is disconnected with that reason.
+QUEUE_HIGH_WATER = 8 * 1024 * 1024
+QUEUE_LOW_WATER = 1024 * 1024
+STALL_TIMEOUT_S = 30.0
+BACKLOG_CHECK_S = 0.1
 
 _HANDSHAKE_TYPES = (Hello, Authenticate, Welcome, HandshakeFailed)
 
@@ -70,7 +81,13 @@ class Comm:
         self._handshaken = False
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
-        self._outbox = Outbox(transport.write, HANDSHAKE_LIMITS)
+        # Bytes queued for the socket: the most seen (for tests and metrics), and
+        # while over QUEUE_HIGH_WATER the timer that watches the peer read them.
+        self.queued_peak = 0
+        self._backlog: asyncio.TimerHandle | None = None
+        self._backlog_size = 0
+        self._backlog_since = 0.0
+        self._outbox = Outbox(self._write, HANDSHAKE_LIMITS)
         self._peer_limits = HANDSHAKE_LIMITS
         self._outbox.on_error = self._write_failed
         transport.decoder.hold = True
@@ -147,7 +164,7 @@ class Comm:
                 self._waiter = None
         msgs = list(self._inbox)
         self._inbox.clear()
-        if self._handshaken and not self.closed:
+        if self._handshaken and not self.closed and self._backlog is None:
             self.transport.resume_reading()
         return msgs
 
@@ -184,6 +201,42 @@ class Comm:
             self.transport.pause_reading()
         self._wake()
 
+    # -- back-pressure -------------------------------------------------------
+
+    def _write(self, buffers: Sequence[Buffer]) -> None:
+        transport = self.transport
+        transport.write(buffers)
+        queued = transport.write_buffer_size
+        if queued > self.queued_peak:
+            self.queued_peak = queued
+        if queued > QUEUE_HIGH_WATER and self._backlog is None and self._handshaken:
+            transport.pause_reading()
+            self._backlog_size, self._backlog_since = queued, self._loop.time()
+            self._backlog = self._loop.call_later(BACKLOG_CHECK_S, self._check_backlog)
+
+    def _check_backlog(self) -> None:
+        """While over the mark: resume reading once the peer took enough; cut off
+        a peer that took nothing for STALL_TIMEOUT_S."""
+        self._backlog = None
+        if self.closed:
+            return
+        queued, now = self.transport.write_buffer_size, self._loop.time()
+        if queued <= QUEUE_LOW_WATER:
+            if len(self._inbox) <= INBOX_HIGH_WATER:
+                self.transport.resume_reading()
+            return
+        if queued < self._backlog_size:  # it reads, slowly: that is allowed
+            self._backlog_size, self._backlog_since = queued, now
+        elif now - self._backlog_since >= STALL_TIMEOUT_S:
+            reason = (
+                f"the peer read nothing for {now - self._backlog_since:.0f} s "
+                f"while {queued} bytes waited for it"
+            )
+            log.warning("disconnecting %s: %s", self.peer_address, reason)
+            self.abort(reason)
+            return
+        self._backlog = self._loop.call_later(BACKLOG_CHECK_S, self._check_backlog)
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -209,6 +262,9 @@ class Comm:
             if isinstance(exc, ProtocolError):
                 log.warning("closing connection from %s: %s", self.peer_address, exc)
             self._set_closed(f"closed: {exc}" if exc is not None else "was closed")
+        if self._backlog is not None:
+            self._backlog.cancel()
+            self._backlog = None
         for fut in self._pings.values():
             if not fut.done():
                 fut.set_exception(self._closed_error())
