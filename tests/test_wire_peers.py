@@ -162,3 +162,24 @@ async def test_a_peer_that_floods_requests_and_never_reads_is_cut_off(caplog, mo
             for r in caplog.records
         )
         peer.abort()
+
+
+async def test_a_client_pointed_at_a_workers_data_port_hears_what_it_reached() -> None:
+    from shoal.scheduler.server import Scheduler
+    from shoal.worker.server import Worker
+
+    async with Scheduler() as scheduler:
+        worker = await Worker(scheduler.address, name="w1").start()
+        try:
+            comm = await connect(worker.address, role="client")
+            comm.send(m.RegisterClient(name="lost"))
+            with pytest.raises(Exception, match="closed") as caught:
+                async with asyncio.timeout(10):
+                    while True:
+                        await comm.read()
+            text = str(caught.value)
+            assert "data port of worker 'w1'" in text and "register-client" in text
+            assert scheduler.address in text and "no reason given" not in text
+            comm.abort()
+        finally:
+            await worker.close()
