@@ -58,6 +58,11 @@ def _ignore_write_error(exc: BaseException) -> None:
     """Installed once a Comm is closed: nothing more is written, nothing to report."""
 
 
+def _drop_writes(buffers: Sequence[Buffer]) -> None:
+    """Installed once a Comm is closed, in place of its bound `_write` (a cycle)."""
+    raise CommClosedError("the connection is closed")
+
+
 class Comm:
     """One authenticated connection to a peer, carrying batches of messages.
 
@@ -271,6 +276,7 @@ class Comm:
         # Nothing more will be written: let the outbox forget us (a bound method of
         # ours there is a reference cycle that only the cyclic GC could break).
         self._outbox.on_error = _ignore_write_error
+        self._outbox._write = _drop_writes
         self._wake()
 
     def _write_failed(self, exc: BaseException) -> None:
