@@ -128,3 +128,8 @@ class FetchError(ShoalError):
 
 class RegistrationError(ShoalError):
     """The scheduler refused a worker or client (a name already in use, say)."""
+
+
+class NestingTooDeep(ShoalError, ValueError):
+    """Arguments (or a structure of futures) nest lists, tuples, sets and dicts
+    deeper than shoal walks (MAX_NESTING in shoal.protocol.taskspec, 100)."""

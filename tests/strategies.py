@@ -52,7 +52,7 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
         bytes: st.binary(max_size=40),
         int: small_ints,
         bool: st.booleans(),
-        float: st.floats(allow_nan=False),
+        float: st.floats(allow_nan=False, allow_infinity=False),
         Serialized: payloads,
         Any: plain_data,
     }

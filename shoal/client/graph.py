@@ -15,10 +15,10 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from shoal.client.futures import Future
-from shoal.errors import GraphError
+from shoal.errors import GraphError, NestingTooDeep
 from shoal.protocol.messages import SubmitGraph
 from shoal.protocol.serialize import Serialized, serialize
-from shoal.protocol.taskspec import ArgSpec, Call, Ref
+from shoal.protocol.taskspec import MAX_NESTING, ArgSpec, Call, Ref
 
 Key = str | tuple[str | int, ...]
 
@@ -111,12 +111,17 @@ def _digest(frames: Iterable[bytes | bytearray | memoryview], prefix: bytes = b"
 # -- arguments -----------------------------------------------------------------
 
 
-def convert(obj: Any, keys: Mapping[Key, object] | frozenset[Key], deps: dict[Key, None]) -> Any:
+def convert(
+    obj: Any, keys: Mapping[Key, object] | frozenset[Key], deps: dict[Key, None], depth: int = 0
+) -> Any:
     """`obj` with graph keys and Futures replaced by Ref and tasks by Call.
 
     Lists, tuples and dicts (values) are walked. Keys referenced are added to
     `deps` in first-seen order. Returns `obj` itself when nothing was replaced,
     so `converted is obj` tells that no walk is needed on the worker.
+
+    Raises:
+        NestingTooDeep: containers nested more than MAX_NESTING deep.
     """
     kind = type(obj)
     if kind is str:
@@ -126,20 +131,21 @@ def convert(obj: Any, keys: Mapping[Key, object] | frozenset[Key], deps: dict[Ke
         return obj
     if kind is tuple:
         if obj and callable(obj[0]):
-            return Call(obj[0], _convert_items(obj[1:], keys, deps), {})
+            return Call(obj[0], _convert_items(obj[1:], keys, deps, depth), {})
         if keys and is_key(obj) and obj in keys:
             deps[obj] = None
             return Ref(obj)
-        items = _convert_items(obj, keys, deps)
+        items = _convert_items(obj, keys, deps, depth)
         return obj if items is obj else items
     if kind is list:
-        items = _convert_items(obj, keys, deps)
+        items = _convert_items(obj, keys, deps, depth)
         return obj if items is obj else list(items)
     if kind is dict:
+        _check_depth(depth)
         changed = False
         out = {}
         for k, v in obj.items():
-            new = convert(v, keys, deps)
+            new = convert(v, keys, deps, depth + 1)
             changed = changed or new is not v
             out[k] = new
         return out if changed else obj
@@ -149,9 +155,20 @@ def convert(obj: Any, keys: Mapping[Key, object] | frozenset[Key], deps: dict[Ke
     return obj
 
 
-def _convert_items(items: tuple | list, keys: Any, deps: dict[Key, None]) -> tuple | list:
+def _check_depth(depth: int) -> None:
+    if depth >= MAX_NESTING:
+        raise NestingTooDeep(
+            f"task arguments nest containers more than {MAX_NESTING} deep; "
+            "pass deeply nested data as one object that is not a list, tuple or dict"
+        )
+
+
+def _convert_items(
+    items: tuple | list, keys: Any, deps: dict[Key, None], depth: int = 0
+) -> tuple | list:
     """Converted items as a tuple, or `items` itself when none changed."""
-    out = [convert(item, keys, deps) for item in items]
+    _check_depth(depth)
+    out = [convert(item, keys, deps, depth + 1) for item in items]
     if all(new is old for new, old in zip(out, items, strict=True)):
         return items
     return tuple(out)
@@ -162,6 +179,7 @@ def arg_payload(args: tuple, kwargs: dict, keys: Any) -> tuple[Serialized, tuple
 
     Raises:
         SerializationError: an argument cannot be pickled.
+        NestingTooDeep: containers nested more than MAX_NESTING deep.
     """
     deps: dict[Key, None] = {}
     # The argument tuple itself is never a task, even when its first item is callable.

@@ -11,59 +11,80 @@ from typing import Any
 
 from shoal.client.futures import Future
 from shoal.client.state import Key, KeyState, Status
+from shoal.errors import NestingTooDeep
 from shoal.protocol.serialize import Serialized, deserialize
+from shoal.protocol.taskspec import MAX_NESTING
 
 # Returned by a leaf function to drop the leaf from its container.
 SKIP = object()
 
 
+def _check_depth(depth: int) -> None:
+    if depth >= MAX_NESTING:
+        raise NestingTooDeep(f"futures nested in containers more than {MAX_NESTING} deep")
+
+
 def futures_in(obj: Any) -> list[Future]:
-    """Every Future in `obj`, depth first, in container order (with repeats)."""
+    """Every Future in `obj`, depth first, in container order (with repeats).
+
+    Raises:
+        NestingTooDeep: containers nested more than MAX_NESTING deep.
+    """
     found: list[Future] = []
-    _collect(obj, found)
+    _collect(obj, found, 0)
     return found
 
 
-def _collect(obj: Any, found: list[Future]) -> None:
+def _collect(obj: Any, found: list[Future], depth: int) -> None:
     if isinstance(obj, Future):
         found.append(obj)
     elif type(obj) in (list, tuple, set, frozenset):
+        _check_depth(depth)
         for item in obj:
-            _collect(item, found)
+            _collect(item, found, depth + 1)
     elif type(obj) is dict:
+        _check_depth(depth)
         for item in obj.values():
-            _collect(item, found)
+            _collect(item, found, depth + 1)
 
 
-def replace_futures(obj: Any, leaf: Callable[[Future], Any]) -> Any:
-    """`obj` with each Future replaced by `leaf(future)`; SKIP drops it."""
+def replace_futures(obj: Any, leaf: Callable[[Future], Any], depth: int = 0) -> Any:
+    """`obj` with each Future replaced by `leaf(future)`; SKIP drops it.
+
+    Raises:
+        NestingTooDeep: containers nested more than MAX_NESTING deep.
+    """
     if isinstance(obj, Future):
         return leaf(obj)
     kind = type(obj)
     if kind in (list, tuple, set, frozenset):
-        items = [replace_futures(item, leaf) for item in obj]
+        _check_depth(depth)
+        items = [replace_futures(item, leaf, depth + 1) for item in obj]
         return kind(item for item in items if item is not SKIP)
     if kind is dict:
+        _check_depth(depth)
         out = {}
         for k, v in obj.items():
-            new = replace_futures(v, leaf)
+            new = replace_futures(v, leaf, depth + 1)
             if new is not SKIP:
                 out[k] = new
         return out
     return obj
 
 
-def key_leaves(keys: Any) -> list[Any]:
+def key_leaves(keys: Any, depth: int = 0) -> list[Any]:
     """The keys and Futures of a compute() request: a key, or nested lists of them."""
     if type(keys) is list:
-        return [leaf for item in keys for leaf in key_leaves(item)]
+        _check_depth(depth)
+        return [leaf for item in keys for leaf in key_leaves(item, depth + 1)]
     return [keys]
 
 
-def replace_keys(keys: Any, leaf: Callable[[Any], Any]) -> Any:
+def replace_keys(keys: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
     """The nesting of `keys` with each leaf replaced by `leaf(it)`."""
     if type(keys) is list:
-        return [replace_keys(item, leaf) for item in keys]
+        _check_depth(depth)
+        return [replace_keys(item, leaf, depth + 1) for item in keys]
     return leaf(keys)
 
 

@@ -12,6 +12,7 @@ import itertools
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 from shoal.errors import CommClosedError, ProtocolError
@@ -23,8 +24,10 @@ from shoal.protocol.connection import (
     connector_handshake,
     listener_handshake,
 )
+from shoal.protocol.escape import peer_text
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.limits import DEFAULT_LIMITS, HANDSHAKE_LIMITS, Limits
+from shoal.protocol.refusals import RefusalLog
 from shoal.protocol.tls import TLSConfig
 from shoal.protocol.transports import (
     SocketTransport,
@@ -174,6 +177,7 @@ class Listener:
         self._serving: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
         self.comms: set[Comm] = set()
+        self.refusals = RefusalLog()
 
     async def _start(self) -> None:
         bind = self._bind
@@ -241,15 +245,14 @@ class Listener:
                         )
                     await listener_handshake(comm, self._role, self._name, self._token)
             except ProtocolError as exc:
-                log.warning("refused connection from %s: %s", peer, exc)
+                self._log_refusal(peer, f"refused connection from {peer}: {exc}")
                 return
             except TimeoutError:
-                log.warning(
-                    "handshake with %s timed out after %.1f s", peer, self._handshake_timeout
-                )
+                timeout = self._handshake_timeout
+                self._log_refusal(peer, f"handshake with {peer} timed out after {timeout:.1f} s")
                 return
             except ssl.SSLError as exc:  # a certificate refused either way: the peer's fault
-                log.warning("refused TLS connection from %s: %s", peer, exc)
+                self._log_refusal(peer, f"refused TLS connection from {peer}: {exc}")
                 return
             except (CommClosedError, OSError) as exc:
                 log.debug("connection from %s ended during the handshake: %s", peer, exc)
@@ -284,6 +287,16 @@ class Listener:
         if not serving.cancelled():
             serving.result()
 
+    def _log_refusal(self, peer: str, line: str) -> None:
+        """One WARNING per refusal, up to a few per host and window; then a count."""
+        line = peer_text(line, 1000)  # reasons quote what the peer sent
+        host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+        full, summaries = self.refusals.refused(host, line, time.monotonic())
+        if full:
+            log.warning("%s", line)
+        for summary in summaries:
+            log.warning("%s", summary)
+
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
             raise ConnectionRefusedError(f"{self.address} is not serving")
@@ -303,6 +316,8 @@ class Listener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for summary in self.refusals.close(time.monotonic()):
+            log.warning("%s", summary)
 
     async def __aenter__(self) -> Listener:
         return self

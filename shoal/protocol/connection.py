@@ -12,11 +12,13 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from shoal.errors import CommClosedError, HandshakeError, ProtocolError
 from shoal.protocol import handshake as hs
 from shoal.protocol.batched import Outbox
-from shoal.protocol.codec import decode_batch
+from shoal.protocol.codec import Buffer, decode_batch
+from shoal.protocol.escape import peer_text
 from shoal.protocol.limits import HANDSHAKE_LIMITS, Limits
 from shoal.protocol.messages import (
     Authenticate,
@@ -38,12 +40,27 @@ CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Reading pauses while this many received messages wait for read().
 INBOX_HIGH_WATER = 100_000
+# Back-pressure on a peer that sends requests and does not read the answers.
+# Above QUEUE_HIGH_WATER bytes queued for the socket, reading from the peer
+# pauses: its requests wait in the kernel, so it cannot make us queue more than
+# the answers to what we had read. Reading resumes at QUEUE_LOW_WATER. A peer
+# that lets the queue stay above the mark and takes no byte of it for
+# STALL_TIMEOUT_S is disconnected with that reason.
+QUEUE_HIGH_WATER = 8 * 1024 * 1024
+QUEUE_LOW_WATER = 1024 * 1024
+STALL_TIMEOUT_S = 30.0
+BACKLOG_CHECK_S = 0.1
 
 _HANDSHAKE_TYPES = (Hello, Authenticate, Welcome, HandshakeFailed)
 
 
 def _ignore_write_error(exc: BaseException) -> None:
     """Installed once a Comm is closed: nothing more is written, nothing to report."""
+
+
+def _drop_writes(buffers: Sequence[Buffer]) -> None:
+    """Installed once a Comm is closed, in place of its bound `_write` (a cycle)."""
+    raise CommClosedError("the connection is closed")
 
 
 class Comm:
@@ -69,7 +86,13 @@ class Comm:
         self._handshaken = False
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
-        self._outbox = Outbox(transport.write, HANDSHAKE_LIMITS)
+        # Bytes queued for the socket: the most seen (for tests and metrics), and
+        # while over QUEUE_HIGH_WATER the timer that watches the peer read them.
+        self.queued_peak = 0
+        self._backlog: asyncio.TimerHandle | None = None
+        self._backlog_size = 0
+        self._backlog_since = 0.0
+        self._outbox = Outbox(self._write, HANDSHAKE_LIMITS)
         self._peer_limits = HANDSHAKE_LIMITS
         self._outbox.on_error = self._write_failed
         transport.decoder.hold = True
@@ -146,7 +169,7 @@ class Comm:
                 self._waiter = None
         msgs = list(self._inbox)
         self._inbox.clear()
-        if self._handshaken and not self.closed:
+        if self._handshaken and not self.closed and self._backlog is None:
             self.transport.resume_reading()
         return msgs
 
@@ -166,11 +189,14 @@ class Comm:
                             fut.set_result(None)
                         continue
                     if cls is Close:
-                        self._set_closed(f"closed by the peer: {msg.reason or 'no reason given'}")
+                        reason = peer_text(msg.reason) if msg.reason else "no reason given"
+                        self._set_closed(f"closed by the peer: {reason}")
                         self.transport.lose(None)
                         return
                     if cls is HandshakeFailed:
-                        raise HandshakeError(f"the peer refused the handshake: {msg.reason}")
+                        raise HandshakeError(
+                            f"the peer refused the handshake: {peer_text(msg.reason)}"
+                        )
                     if cls in _HANDSHAKE_TYPES:
                         raise ProtocolError(f"unexpected {msg.op} after the handshake")
                 self._inbox.append(msg)
@@ -179,6 +205,42 @@ class Comm:
         elif len(self._inbox) > INBOX_HIGH_WATER:
             self.transport.pause_reading()
         self._wake()
+
+    # -- back-pressure -------------------------------------------------------
+
+    def _write(self, buffers: Sequence[Buffer]) -> None:
+        transport = self.transport
+        transport.write(buffers)
+        queued = transport.write_buffer_size
+        if queued > self.queued_peak:
+            self.queued_peak = queued
+        if queued > QUEUE_HIGH_WATER and self._backlog is None and self._handshaken:
+            transport.pause_reading()
+            self._backlog_size, self._backlog_since = queued, self._loop.time()
+            self._backlog = self._loop.call_later(BACKLOG_CHECK_S, self._check_backlog)
+
+    def _check_backlog(self) -> None:
+        """While over the mark: resume reading once the peer took enough; cut off
+        a peer that took nothing for STALL_TIMEOUT_S."""
+        self._backlog = None
+        if self.closed:
+            return
+        queued, now = self.transport.write_buffer_size, self._loop.time()
+        if queued <= QUEUE_LOW_WATER:
+            if len(self._inbox) <= INBOX_HIGH_WATER:
+                self.transport.resume_reading()
+            return
+        if queued < self._backlog_size:  # it reads, slowly: that is allowed
+            self._backlog_size, self._backlog_since = queued, now
+        elif now - self._backlog_since >= STALL_TIMEOUT_S:
+            reason = (
+                f"the peer read nothing for {now - self._backlog_since:.0f} s "
+                f"while {queued} bytes waited for it"
+            )
+            log.warning("disconnecting %s: %s", self.peer_address, reason)
+            self.abort(reason)
+            return
+        self._backlog = self._loop.call_later(BACKLOG_CHECK_S, self._check_backlog)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -205,12 +267,16 @@ class Comm:
             if isinstance(exc, ProtocolError):
                 log.warning("closing connection from %s: %s", self.peer_address, exc)
             self._set_closed(f"closed: {exc}" if exc is not None else "was closed")
+        if self._backlog is not None:
+            self._backlog.cancel()
+            self._backlog = None
         for fut in self._pings.values():
             if not fut.done():
                 fut.set_exception(self._closed_error())
         # Nothing more will be written: let the outbox forget us (a bound method of
         # ours there is a reference cycle that only the cyclic GC could break).
         self._outbox.on_error = _ignore_write_error
+        self._outbox._write = _drop_writes
         self._wake()
 
     def _write_failed(self, exc: BaseException) -> None:
@@ -288,7 +354,9 @@ async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | N
     hello = hs.make_hello(role, name, token, comm.limits)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
-        raise HandshakeError(f"{comm.peer_address} refused the connection: {theirs.reason}")
+        raise HandshakeError(
+            f"{comm.peer_address} refused the connection: {peer_text(theirs.reason)}"
+        )
     if not isinstance(theirs, Hello):
         raise ProtocolError(f"expected hello from {comm.peer_address}, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)
@@ -308,7 +376,7 @@ async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | N
         comm.send(hello, Authenticate(proof=own_proof))
     reply = await comm._next_handshake_message()
     if isinstance(reply, HandshakeFailed):
-        raise HandshakeError(f"the {peer} refused the handshake: {reply.reason}")
+        raise HandshakeError(f"the {peer} refused the handshake: {peer_text(reply.reason)}")
     if not isinstance(reply, Welcome):
         raise ProtocolError(f"expected welcome from {comm.peer_address}, got {reply.op}")
     if token is not None:
@@ -325,7 +393,7 @@ async def listener_handshake(comm: Comm, role: str, name: str, token: bytes | No
     comm._outbox.put(hello)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
-        raise HandshakeError(f"the peer gave up the handshake: {theirs.reason}")
+        raise HandshakeError(f"the peer gave up the handshake: {peer_text(theirs.reason)}")
     if not isinstance(theirs, Hello):
         raise ProtocolError(f"expected hello, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)

@@ -11,6 +11,7 @@ import hmac
 import secrets
 
 from shoal import __version__
+from shoal.protocol.escape import peer_text
 from shoal.protocol.limits import Limits
 from shoal.protocol.messages import ROLES, Hello
 
@@ -68,7 +69,7 @@ def incompatibility(local: Hello, remote: Hello, remote_address: str) -> str | N
         return (
             f"incompatible versions: this {local.role} speaks protocol {local.protocol} "
             f"(shoal {local.version}), the {describe(remote, remote_address)} speaks "
-            f"protocol {remote.protocol} (shoal {remote.version[:40]})"
+            f"protocol {remote.protocol} (shoal {peer_text(remote.version, 40)})"
         )
     if remote.role not in ROLES:
         return f"peer at {remote_address} claims unknown role {remote.role[:40]!r}"

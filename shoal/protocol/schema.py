@@ -9,6 +9,7 @@ and fills defaults for missing optional ones. Anything else is ProtocolError.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -110,9 +111,14 @@ def _exact(tp: type, label: str) -> Validator:
 
 
 def _check_float(value: object, where: str) -> object:
+    # Every float on the wire is a duration, a size, a resource amount or a load:
+    # NaN and the infinities have no meaning there and would poison comparisons
+    # (a NaN resource fits nowhere and everywhere), so they are refused here.
     if type(value) is float:
+        if not math.isfinite(value):
+            raise ProtocolError(f"{where}: expected a finite number, got {value!r}")
         return value
-    if type(value) is int:
+    if type(value) is int:  # msgpack ints are at most 64 bits: always finite as floats
         return float(value)
     _fail(where, "float", value)
 

@@ -13,6 +13,11 @@ from typing import Any
 
 from shoal.protocol.serialize import register_plain
 
+# How deep a task's arguments, or a structure of futures, may nest containers.
+# Past it the client refuses them (NestingTooDeep) rather than exhaust Python's
+# recursion limit in some walk on the client or the worker, far from the cause.
+MAX_NESTING = 100
+
 
 class Ref:
     """The value of another task, `key`, resolved on the worker."""

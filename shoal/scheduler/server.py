@@ -20,6 +20,7 @@ from typing import Any
 from shoal.errors import CommClosedError, MessageTooLarge
 from shoal.protocol import messages as m
 from shoal.protocol.comm import Comm, Listener, listen
+from shoal.protocol.escape import peer_text
 from shoal.protocol.schema import Message
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
@@ -228,7 +229,7 @@ class Scheduler:
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
-                        log.info("worker %s joined from %s", msg.name, comm.peer_address)
+                        log.info("worker %s joined from %s", peer_text(msg.name), comm.peer_address)
                         self._workers_changed.set()
         except Exception as exc:  # shell boundary: an internal error, never the peer's fault
             doing = f"handling {msg.op} from {peer}" if msg is not None else f"connecting {peer}"
@@ -242,7 +243,7 @@ class Scheduler:
     def _lost(self, peer: str) -> None:
         worker = self.state.workers.get(peer)
         if worker is not None:
-            log.info("worker %s left", worker.name)
+            log.info("worker %s left", peer_text(worker.name))
         try:
             self._run_commands(self.state.lost(peer, time.monotonic()))
             self.collector.after(None, self.state)
@@ -291,7 +292,9 @@ class Scheduler:
                     log.error("cannot send to %s: %s", command.peer, exc)
                     comm.abort(str(exc))
             else:
-                log.warning("closing connection %s: %s", comm.peer_address, command.reason)
+                # A reason may quote what a peer sent (a nanny's cause of death).
+                reason = peer_text(command.reason, 1000)
+                log.warning("closing connection %s: %s", comm.peer_address, reason)
                 comm.abort(command.reason)
 
     async def close(self) -> None:

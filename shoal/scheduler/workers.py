@@ -25,12 +25,8 @@ class WorkerEvents:
     """Handlers of worker membership and liveness (see SchedulerState)."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
-        if msg.name in self.placement.workers or msg.nthreads < 1:
-            reason = (
-                f"a worker named {msg.name!r} is already registered"
-                if msg.nthreads >= 1
-                else f"nthreads must be at least 1, not {msg.nthreads}"
-            )
+        reason = self._registration_problem(msg)
+        if reason is not None:
             # The connection stays open so that the refusal is delivered; an
             # unregistered peer can do nothing else on it.
             self._send(peer, m.RegistrationRefused(reason=reason))
@@ -51,6 +47,18 @@ class WorkerEvents:
         self._send(peer, m.WorkerRegistered(name=ws.name))
         self._workers_changed()
         self._fill(ws)
+
+    def _registration_problem(self, msg: m.RegisterWorker) -> str | None:
+        """Why a worker may not join, checked in this order; None when it may."""
+        if msg.name in self.placement.workers:
+            return f"a worker named {msg.name!r} is already registered"
+        if msg.nthreads < 1:
+            return f"nthreads must be at least 1, not {msg.nthreads}"
+        holder = self.by_address.get(msg.address)
+        # A dying worker's successor may take its address: the dying one serves nothing.
+        if holder is not None and holder not in self.dying:
+            return f"worker {holder.name!r} already serves data at {msg.address!r}"
+        return None
 
     def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
         self._remove_worker(self.workers[peer])

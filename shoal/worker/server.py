@@ -499,18 +499,22 @@ class Worker:
         """Listener handler: answer each GetData with the values held here, and take
         the values of each PutData into memory."""
         try:
-            while self._failure is None and self._answer(comm, await comm.read()):
+            while (refusal := self._answer(comm, await comm.read())) is None:
                 pass  # values answered or put are no longer referenced from this frame
         except CommClosedError:
             return  # the peer went away
         except Exception as exc:  # shell boundary: our bug, never the peer's
             self._fail(exc, f"serving {comm.peer_address}")
+            return
+        # Say what the peer reached: a client given this port for the scheduler's
+        # would otherwise hear only that the connection closed.
+        await comm.close(refusal)
 
-    def _answer(self, comm: Comm, msgs: list[Message]) -> bool:
-        """Answer a peer's requests; False when the connection must end."""
+    def _answer(self, comm: Comm, msgs: list[Message]) -> str | None:
+        """Answer a peer's requests; why the connection must end, if it must."""
         for msg in msgs:
             if self._failure is not None:
-                return False
+                return f"worker {self.name!r} stopped on an internal error"
             if type(msg) is PutData:
                 self._handle(DataPut(msg.data), time.monotonic())
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
@@ -519,7 +523,11 @@ class Worker:
                 continue
             if type(msg) is not GetData:
                 log.warning("closing connection from %s: unexpected %s", comm.peer_address, msg.op)
-                return False
+                return (
+                    f"{comm.local_address} is the data port of worker {self.name!r}: it "
+                    f"answers get-data and put-data only, not {msg.op} (its scheduler is at "
+                    f"{self.scheduler_address})"
+                )
             answer = self._data_for(msg)
             try:
                 comm.send(answer)
@@ -529,7 +537,7 @@ class Worker:
                 )
                 missing = answer.missing + tuple(answer.data)
                 comm.send(DataSent(data={}, request_id=msg.request_id, missing=missing))
-        return True
+        return None
 
     def _data_for(self, msg: GetData) -> DataSent:
         data: dict[Key, Serialized] = {}
