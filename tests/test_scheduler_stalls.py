@@ -1,4 +1,4 @@
-"""Ready tasks no current worker can run: the clients are told, and no_workers_timeout fails them."""
+"""Ready tasks no worker can run: their clients are told; no_workers_timeout fails them."""
 
 from __future__ import annotations
 
@@ -74,9 +74,7 @@ def test_a_worker_that_can_run_it_joining_in_time_ends_the_stall() -> None:
     assert not h.state.stalls
 
 
-def test_a_task_restricted_to_a_worker_that_left_stalls_and_the_dependents_client_is_told() -> (
-    None
-):
+def test_tasks_restricted_to_a_worker_that_left_stall_and_dependents_count() -> None:
     h = Harness(no_worker_warning=2.0)
     w = h.worker("w1")
     c = h.client()
