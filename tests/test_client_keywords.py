@@ -109,3 +109,31 @@ async def test_dask_keywords_meaning_what_shoal_does_are_accepted_and_kept_from_
     assert await asyncio.wait_for(future, WAIT_S) == ["other"]
     futures = client.map(keywords, [1, 2], actors=False, pure=False)
     assert await asyncio.wait_for(client.gather(futures), WAIT_S) == [[], []]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"resources": {"GPU": float("nan")}}, ValueError, "resource 'GPU'"),
+        ({"resources": {"GPU": -1}}, ValueError, "resource 'GPU'"),
+        ({"resources": {"GPU": "1"}}, ValueError, "resource 'GPU'"),
+        ({"resources": ["GPU"]}, TypeError, "resources must be a dict"),
+        ({"retries": -1}, ValueError, "retries"),
+        ({"retries": 1.5}, ValueError, "retries"),
+        ({"priority": "high"}, TypeError, "priority"),
+        ({"timeout": float("inf")}, ValueError, "timeout"),
+        ({"workers": [1, 2]}, TypeError, "workers"),
+    ],
+)
+async def test_bad_task_options_are_refused_by_name(
+    client: Client, options: dict, error: type, words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        client.submit(keywords, **options)
+
+
+@pytest.mark.timeout(60)
+async def test_retries_none_as_dask_writes_it_means_no_retries(client: Client) -> None:
+    future = client.submit(keywords, retries=None)
+    assert await asyncio.wait_for(future, WAIT_S) == []
