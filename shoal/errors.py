@@ -112,6 +112,12 @@ class KilledWorker(ShoalError):
     itself is the likely cause (memory, a crash in C code)."""
 
 
+class NoValidWorker(ShoalError):
+    """A ready task waited the scheduler's `no_workers_timeout` for a worker with
+    the resources or the name it asked for, and none joined. The message names
+    the task and what it asked for."""
+
+
 class TaskTimeout(ShoalError, TimeoutError):
     """A task ran past its `timeout`. Its result, should it still come, is
     discarded; a worker whose thread stays stuck is restarted by its nanny."""

@@ -790,6 +790,7 @@ def test_scheduler_info_is_plain_data() -> None:
 
 def test_every_transition_in_the_table_is_exercised() -> None:
     import tests.test_scheduler_data  # noqa: F401  (its scenarios join SCENARIOS)
+    from tests import test_scheduler_stalls  # noqa: F401
 
     with recording() as seen:
         for test in SCENARIOS:

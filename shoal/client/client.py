@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,6 +41,18 @@ log = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 600.0
 # Between registrations that fail once connected (a scheduler still starting).
 REGISTER_RETRY_S = 1.0
+# The environment variable that holds the cluster token, as for the `shoal` command.
+TOKEN_ENV = "SHOAL_TOKEN"
+# submit() and map() keywords that dask.distributed reserves and shoal does not
+# support: refused by name rather than passed to the user's function. Each maps
+# to the one value that means what shoal always does (accepted), or None.
+DASK_ONLY: dict[str, object] = {
+    "actor": False,
+    "actors": False,
+    "allow_other_workers": False,
+    "fifo_timeout": None,
+    "batch_size": None,
+}
 
 
 class Client:
@@ -49,7 +62,9 @@ class Client:
     loop in a thread of its own and every method blocks; with
     `asynchronous=True` it runs on the caller's loop, `await Client(...)` or
     `async with Client(...)` starts it, and the methods that wait return
-    awaitables. Extra keyword arguments go to LocalCluster when `address` is None.
+    awaitables. Extra keyword arguments go to LocalCluster when `address` is
+    None, and are checked before any process starts. Without `token`, a
+    client of a scheduler at `address` uses `$SHOAL_TOKEN` when it is set.
 
     `timeout` bounds connecting at start and each request. When the scheduler
     is lost, pending futures fail at once with SchedulerLost, and the client
@@ -60,8 +75,10 @@ class Client:
     again. Past the bound it is "lost" and refuses new work with SchedulerLost.
 
     Raises:
-        TypeError, ValueError: `reconnect_timeout` is not None or a finite
-            number of seconds at least 0.
+        TypeError: an unknown keyword (named), or LocalCluster keywords with an
+            `address`; `reconnect_timeout` that is not None or a number.
+        ValueError: a LocalCluster keyword out of range; `reconnect_timeout` negative,
+            infinite or NaN.
         OSError, TimeoutError: no scheduler answered at `address` within `timeout`.
         HandshakeError: the scheduler refused the token or the protocol version.
         CommClosedError: the scheduler closed the connection before registering us.
@@ -80,6 +97,17 @@ class Client:
         **cluster_kwargs: Any,
     ) -> None:
         self.reconnect_timeout = _checked_reconnect_timeout(reconnect_timeout)
+        if address is not None and cluster_kwargs:
+            raise TypeError(
+                f"Client() got an unexpected keyword argument {next(iter(cluster_kwargs))!r} "
+                "(keywords beyond the client's own start a LocalCluster: they need address=None)"
+            )
+        if address is None:
+            from shoal.deploy.local import check_cluster_keywords  # only when asked: heavy
+
+            check_cluster_keywords("Client", cluster_kwargs)
+        elif token is None:
+            token = os.environ.get(TOKEN_ENV) or None
         self.address, self.token, self.tls = address, token, tls
         self.timeout, self.asynchronous, self.name = timeout, asynchronous, name
         self.status = "created"
@@ -317,6 +345,10 @@ class Client:
 
         Futures anywhere in `args` and `kwargs` (inside lists, tuples and dict
         values too) become dependencies and are replaced by their values.
+        The keywords dask.distributed reserves are never passed to `fn`: those
+        shoal supports are listed here; the others (actor, actors,
+        allow_other_workers, fifo_timeout, batch_size) raise TypeError. To
+        pass `fn` a keyword of that name, bind it with functools.partial.
         `pure=True` names the task after its function and arguments, so equal
         submissions share one result; `pure=False` always runs anew.
         `timeout` (seconds, counted once a worker thread starts it): past it the
@@ -324,10 +356,12 @@ class Client:
 
         Raises:
             SerializationError: `fn` or an argument cannot be pickled.
-            TypeError: `fn` is not callable or `key` is not a valid key.
+            TypeError: `fn` is not callable, `key` is not a valid key, or a
+                keyword of dask's that shoal does not support (named).
             ValueError: `timeout` is not positive.
             CommClosedError: the client is not running.
         """
+        refuse_dask_keywords("submit", kwargs)
         row = graphs.call_row(fn, args, kwargs, self._funcs, key, pure)
         options = graphs.TaskOptions(priority, resources, workers, retries, timeout)
         future = Future(row.key, self)
@@ -353,14 +387,17 @@ class Client:
         `key` is a list of keys, one per item, or a str that replaces the
         function's name in front of each generated key. All tasks travel in
         one SubmitGraph (split in chunks when large). `timeout` applies to
-        each task, as in submit().
+        each task, as in submit(), and dask's other keywords are refused as
+        there (`batch_size` too: shoal sizes its own messages).
 
         Raises:
             SerializationError: `fn` or an item cannot be pickled.
-            TypeError: `fn` is not callable or a key is not a valid key.
+            TypeError: `fn` is not callable, a key is not a valid key, or a
+                keyword of dask's that shoal does not support (named).
             ValueError: `key` is a list of the wrong length, or `timeout` is not positive.
             CommClosedError: the client is not running.
         """
+        refuse_dask_keywords("map", kwargs)
         items = list(zip(*iterables, strict=False))
         keys: list[Key | None] = [None] * len(items)
         name = key if isinstance(key, str) else None
@@ -627,6 +664,27 @@ def _checked_reconnect_timeout(value: object) -> float | None:
             f"for ever, not {value!r}"
         )
     return float(value)
+
+
+def refuse_dask_keywords(method: str, kwargs: dict[str, Any]) -> None:
+    """Take out of `kwargs` the keywords dask reserves that shoal does not support.
+
+    One given the value that means what shoal always does (allow_other_workers=False,
+    actor=False) is dropped; any other is refused.
+
+    Raises:
+        TypeError: naming the keyword.
+    """
+    for name, harmless in DASK_ONLY.items():
+        if name not in kwargs:
+            continue
+        value = kwargs.pop(name)
+        if value is not harmless or harmless is None:
+            raise TypeError(
+                f"{method}() got {name}={value!r}: a dask.distributed keyword that shoal "
+                f"does not support (its keywords are never passed to the function; use "
+                f"functools.partial to give the function a keyword named {name!r})"
+            )
 
 
 def _call_back(fn: Callable[[Future], object], future: Future) -> None:

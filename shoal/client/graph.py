@@ -7,6 +7,7 @@ a missing key, a bad key) is refused here with GraphError, before anything is se
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import threading
 import uuid
@@ -215,20 +216,41 @@ class TaskOptions:
         priority: int = 0,
         resources: dict[str, float] | None = None,
         workers: Iterable[str] | str | None = None,
-        retries: int = 0,
+        retries: int | None = 0,
         timeout: float | None = None,
     ) -> None:
         """Raises:
-        ValueError: a timeout that is not a positive number of seconds."""
-        if timeout is not None and not timeout > 0:
+        TypeError: an option of the wrong type (named).
+        ValueError: a timeout that is not a positive finite number of seconds, a
+            negative number of retries, or a resource amount that is negative
+            or not finite."""
+        if timeout is not None and not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if not _is_int(priority):
+            raise TypeError(f"priority must be an int, not {priority!r}")
+        retries = 0 if retries is None else retries  # dask's default
+        if not _is_int(retries) or retries < 0:
+            raise ValueError(f"retries must be a whole number at least 0, not {retries!r}")
         self.timeout = timeout
         self.priority = priority
+        if resources is not None and not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict such as {{'GPU': 1}}, not {resources!r}")
+        for name, amount in (resources or {}).items():
+            if not isinstance(name, str) or isinstance(amount, bool):
+                raise TypeError(f"resources must map names to numbers, not {name!r}: {amount!r}")
+            if not isinstance(amount, int | float) or not 0 <= amount < math.inf:
+                raise ValueError(f"resource {name!r} must be a finite number >= 0, not {amount!r}")
         self.resources = dict(resources) if resources else None
         if isinstance(workers, str):
             workers = [workers]
         self.restrict = tuple(workers) if workers else None
+        if self.restrict and not all(isinstance(w, str) for w in self.restrict):
+            raise TypeError(f"workers must be worker names or addresses, not {workers!r}")
         self.retries = retries
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def call_row(

@@ -26,6 +26,7 @@ from shoal.protocol.messages import (
     RegisterClient,
     Replicated,
     SchedulerInfo,
+    TasksStalled,
     WhoHas,
     WhoHasAnswer,
     WorkersChanged,
@@ -35,6 +36,20 @@ from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 
 log = logging.getLogger(__name__)
+
+
+def stalled_text(msg: TasksStalled) -> str:
+    """The warning a client logs for a TasksStalled: the keys and what they ask for."""
+    needs = [",".join(f"{name}={amount:g}" for name, amount in msg.resources.items())]
+    if msg.restrict:
+        needs.append("workers=" + ",".join(msg.restrict))
+    keys = ", ".join(repr(key) for key in msg.keys)
+    more = f" and {msg.count - len(msg.keys)} more" if msg.count > len(msg.keys) else ""
+    return (
+        f"{msg.count} task(s) have waited {msg.waited:.0f} s for a worker with "
+        f"{' and '.join(n for n in needs if n)}, which none of the {msg.workers} workers "
+        f"has: {keys}{more}; they wait until one joins"
+    )
 
 
 class SchedulerLink:
@@ -140,6 +155,8 @@ class SchedulerLink:
                 keys.fail(key, GraphError, msg.reason)
         elif isinstance(msg, WorkersChanged):
             self._workers_changed(msg.workers)
+        elif isinstance(msg, TasksStalled):
+            log.warning("%s", stalled_text(msg))
         elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated):
             waiter = self._requests.get(msg.request_id)
             if waiter is not None and not waiter.done():

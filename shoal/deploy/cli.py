@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
+from shoal.deploy import options
 from shoal.deploy.nanny import FATAL_EXIT, INTERNAL_ERROR_EXIT, NANNY_ENV, RESTART_EXIT
-from shoal.deploy.options import parse_bytes, parse_resources
 from shoal.errors import ShoalError
+from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
+from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 
 DEFAULT_PORT = 7786
 log = logging.getLogger("shoal.cli")
@@ -26,46 +30,81 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("security")
     group.add_argument(
         "--token",
-        default=os.environ.get("SHOAL_TOKEN"),
+        type=_checked(_text("the token")),
+        default=os.environ.get("SHOAL_TOKEN") or None,
         help="cluster token (default: $SHOAL_TOKEN); required beyond loopback",
     )
-    group.add_argument("--tls-ca", metavar="PEM", help="CA bundle peers must chain to")
-    group.add_argument("--tls-cert", metavar="PEM", help="this side's certificate")
-    group.add_argument("--tls-key", metavar="PEM", help="this side's private key")
+    pem = _checked(_pem_file)
+    group.add_argument("--tls-ca", type=pem, metavar="PEM", help="CA bundle peers must chain to")
+    group.add_argument("--tls-cert", type=pem, metavar="PEM", help="this side's certificate")
+    group.add_argument("--tls-key", type=pem, metavar="PEM", help="this side's private key")
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _pem_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise ValueError(f"no such file: {text!r}")
+    return text
 
 
-def _resources(text: str) -> dict[str, float]:
-    try:
-        return parse_resources(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a check of shoal.deploy.options (ValueError -> exit 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__  # argparse names the type in some messages
+    return convert
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
+def _text(what: str) -> Callable[[str], str]:
+    """A non-empty string without control characters (names and tokens reach logs)."""
+
+    def check(text: str) -> str:
+        if not text or not text.isprintable():
+            raise ValueError(f"{what} must be non-empty printable text, not {text!r}")
+        return text
+
+    check.__name__ = what
+    return check
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _host(text: str) -> str:
+    """An interface to listen on: a host name or an IP address, without a port."""
+    if not text or "://" in text or any(c.isspace() for c in text) or not text.isprintable():
+        raise ValueError(f"not a host name or IP address: {text!r}")
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text.strip("[]"))
+        except ValueError:
+            raise ValueError(f"not a host: {text!r} (give the port with --port)") from None
+        return text.strip("[]")
+    return text
+
+
+def _connect_address(text: str) -> Address:
+    """An address to reach; without a port, the scheduler's default port."""
+    address = parse_address(text, DEFAULT_PORT)
+    if address.scheme == "inproc":
+        raise ValueError(f"{text!r}: an inproc address exists only inside one process")
+    if address.port == 0:
+        raise ValueError(f"{text!r}: port 0 cannot be reached (the default is {DEFAULT_PORT})")
+    return address
+
+
+def _listen_address(text: str) -> str:
+    """A data address for a worker to listen at (port 0 or none: any free port)."""
+    address = parse_address(text, 0)
+    if address.scheme == "inproc":
+        raise ValueError(f"{text!r}: an inproc address exists only inside one process")
+    return text
+
+
+_positive = _checked(options.seconds)
+_at_least_one = _checked(lambda text: options.count(text, 1))
+_at_least_one.__name__ = "count"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sched = commands.add_parser("scheduler", help="run a scheduler")
-    sched.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    sched.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    sched.set_defaults(parser=sched)
+    sched.add_argument(
+        "--host", type=_checked(_host), default="127.0.0.1", help="interface to listen on"
+    )
+    sched.add_argument(
+        "--port",
+        type=_checked(options.port),
+        default=DEFAULT_PORT,
+        help=f"0 picks a free port (default {DEFAULT_PORT})",
+    )
     sched.add_argument(
         "--allow-insecure",
         action="store_true",
@@ -104,18 +151,56 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fail a task with KilledWorker once N workers died running it (default 3)",
     )
+    sched.add_argument(
+        "--no-worker-warning",
+        type=_checked(options.seconds),
+        default=NO_WORKER_WARNING_S,
+        metavar="SECONDS",
+        help="tell a client when its task has waited this long for a worker with the "
+        f"resources or name it asks for, and no worker has them (default {NO_WORKER_WARNING_S:g})",
+    )
+    sched.add_argument(
+        "--no-workers-timeout",
+        type=_checked(options.seconds),
+        default=None,
+        metavar="SECONDS",
+        help="fail such a task with NoValidWorker after this long (default: it waits)",
+    )
     _add_security(sched)
 
     worker = commands.add_parser("worker", help="run a worker that joins a scheduler")
-    worker.add_argument("address", help="the scheduler, e.g. tcp://10.0.0.5:7786")
-    worker.add_argument("--nthreads", type=int, default=os.cpu_count() or 1)
-    worker.add_argument("--name", default=None, help="unique worker name")
-    worker.add_argument("--memory-limit", type=_size, default=0, help="e.g. 8GB; 0 means no limit")
+    worker.set_defaults(parser=worker)
     worker.add_argument(
-        "--resources", type=_resources, default={}, help='what it offers, e.g. "GPU=1,MEM=8e9"'
+        "address",
+        type=_checked(_connect_address),
+        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
     )
     worker.add_argument(
-        "--listen", default=None, help="data address for peers (default: chosen from ADDRESS)"
+        "--nthreads",
+        type=_at_least_one,
+        default=os.cpu_count() or 1,
+        help="threads running tasks (default: one per core)",
+    )
+    worker.add_argument(
+        "--name", type=_checked(_text("the name")), default=None, help="unique worker name"
+    )
+    worker.add_argument(
+        "--memory-limit",
+        default="0",
+        help="e.g. 8GB or 512MiB; 0.5: half this machine's memory; auto: its share of "
+        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} MiB)",
+    )
+    worker.add_argument(
+        "--resources",
+        type=_checked(options.parse_resources),
+        default={},
+        help='what it offers, e.g. "GPU=1,MEM=8e9"',
+    )
+    worker.add_argument(
+        "--listen",
+        type=_checked(_listen_address),
+        default=None,
+        help="data address for peers (default: chosen from ADDRESS)",
     )
     worker.add_argument(
         "--no-nanny",
@@ -140,16 +225,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_security(worker)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
-    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    demo.add_argument("--leaves", type=int, default=1024, help="leaves of the reduction")
+    demo.add_argument(
+        "--workers", type=_at_least_one, default=2, help="worker processes (default 2)"
+    )
+    demo.add_argument("--leaves", type=_at_least_one, default=1024, help="leaves of the reduction")
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks that span flags, after parsing: each failure exits 2 with one line,
+    before any process starts. Sets `args.memory_limit` to bytes."""
+    parser: argparse.ArgumentParser | None = getattr(args, "parser", None)
+    if parser is None:
+        return
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    if args.tls_cert and not args.tls_ca:
+        parser.error("--tls-cert needs --tls-ca")
+    if args.command == "worker":
+        try:
+            args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
+        except ValueError as exc:
+            parser.error(f"argument --memory-limit: {exc}")
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
     if not (args.tls_ca or args.tls_cert):
         return None
-    if not args.tls_ca:
-        raise SystemExit("shoal: error: --tls-cert needs --tls-ca")
     return TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
@@ -194,6 +296,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         allow_insecure=args.allow_insecure,
         heartbeat_timeout=args.heartbeat_timeout,
         allowed_failures=args.allowed_failures,
+        no_worker_warning=args.no_worker_warning,
+        no_workers_timeout=args.no_workers_timeout,
         freeze_gc=True,  # this process is the scheduler's alone
     )
     try:
@@ -222,7 +326,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     first = True
     while True:
         worker = Worker(
-            args.address,
+            str(args.address),
             name=args.name,
             nthreads=args.nthreads,
             memory_limit=args.memory_limit,
@@ -270,8 +374,8 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
     from shoal.deploy.nanny import Nanny
 
     nanny = Nanny(
-        args.address,
-        _worker_options(argv, args.address),
+        str(args.address),
+        _worker_options(argv),
         name=args.name,
         memory_limit=args.memory_limit,
         token=args.token,
@@ -284,25 +388,32 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
     return await nanny.run()
 
 
-def _worker_options(argv: list[str], address: str) -> list[str]:
+def _worker_options(argv: list[str]) -> list[str]:
     """The `shoal worker` options in `argv`, for the worker process: without the
-    address, --name (the nanny fixes it), the token (it travels in the
-    environment) and the global options before `worker`."""
+    address (the one argument that is neither an option nor an option's value),
+    --name (the nanny fixes it), the token (it travels in the environment) and
+    the global options before `worker`."""
     rest = argv[argv.index("worker") + 1 :]
     out: list[str] = []
-    skip = False
-    for i, arg in enumerate(rest):
-        if skip:
-            skip = False
+    value_of = ""  # the option whose value comes next
+    for arg in rest:
+        if value_of:
+            if value_of not in ("--name", "--token"):
+                out.append(arg)
+            value_of = ""
             continue
-        if arg == address and address not in rest[:i]:
-            continue
+        if not arg.startswith("-"):
+            continue  # the scheduler's address: the nanny passes it on itself
         name = arg.split("=", 1)[0]
-        if name in ("--name", "--token"):
-            skip = "=" not in arg
-            continue
-        out.append(arg)
+        if "=" not in arg and name not in _WORKER_FLAGS:
+            value_of = name
+        if name not in ("--name", "--token"):
+            out.append(arg)
     return out
+
+
+# `shoal worker` options that take no value.
+_WORKER_FLAGS = ("--no-nanny", "-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    check_args(args)
     level = "warning" if args.command == "demo" else args.log_level
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

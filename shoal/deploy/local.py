@@ -15,6 +15,8 @@ SchedulerLost naming the error, and `failure` holds it until `close()`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -26,14 +28,119 @@ from collections.abc import Generator
 from typing import Any
 
 from shoal.client.loop import LoopThread
+from shoal.deploy import options
 from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
 from shoal.scheduler.server import Scheduler
+from shoal.scheduler.state import SchedulerState
 from shoal.worker.server import Worker
 
 log = logging.getLogger(__name__)
 
 # How long a worker process gets to leave on SIGTERM before it is killed.
 STOP_GRACE_S = 5.0
+
+
+# SchedulerState keywords that hold seconds, and those that may also be None (off).
+_SECONDS = ("heartbeat_timeout", "death_report_wait", "no_worker_warning", "round_trip_s")
+_SECONDS_OR_NONE = ("no_workers_timeout",)
+
+
+def scheduler_keywords() -> frozenset[str]:
+    """The keywords LocalCluster passes on to its Scheduler and SchedulerState."""
+    names = set()
+    for call in (Scheduler.__init__, SchedulerState.__init__):
+        for param in inspect.signature(call).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+    return frozenset(names - {"self", "sock", "token", "freeze_gc"})
+
+
+def check_scheduler_options(owner: str, given: dict[str, Any]) -> None:
+    """Check the scheduler keywords given to `owner` (LocalCluster or Client), by
+    name and by value, before anything starts.
+
+    Raises:
+        TypeError: an unknown keyword, naming it.
+        ValueError: a number of seconds that is not finite and positive, or
+            allowed_failures below 1.
+    """
+    known = scheduler_keywords()
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise TypeError(
+            f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
+            f"(it takes n_workers, threads_per_worker, processes, memory_limit, resources, "
+            f"nanny, start_timeout and the scheduler's {', '.join(sorted(known))})"
+        )
+    for name, value in given.items():
+        try:
+            if name in _SECONDS or (name in _SECONDS_OR_NONE and value is not None):
+                options.seconds(value)
+            elif name == "allowed_failures":
+                _count(name, value, 1)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerShape:
+    """The workers of a LocalCluster, checked once, before any of them starts."""
+
+    n_workers: int
+    threads_per_worker: int
+    memory_limit: int  # bytes; 0: none
+    resources: dict[str, float]
+
+    @classmethod
+    def checked(
+        cls,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        memory_limit: int | float | str = 0,
+        resources: dict[str, float] | None = None,
+    ) -> WorkerShape:
+        """Raises:
+        TypeError: a value of the wrong type.
+        ValueError: a value out of range (see options.memory_limit)."""
+        workers, threads = default_shape()
+        if n_workers is not None:
+            workers = _count("n_workers", n_workers, 0)
+        if threads_per_worker is not None:
+            threads = _count("threads_per_worker", threads_per_worker, 1)
+        try:
+            limit = options.memory_limit(memory_limit, threads)
+        except ValueError as exc:
+            raise ValueError(f"memory_limit: {exc}") from None
+        return cls(workers, threads, limit, options.check_resources(resources or {}))
+
+
+def check_cluster_keywords(owner: str, given: dict[str, Any]) -> None:
+    """Check the LocalCluster keywords `owner` (Client) was given, by name and value,
+    before anything starts.
+
+    Raises:
+        TypeError: an unknown keyword (named) or a value of the wrong type.
+        ValueError: a value out of range.
+    """
+    own = set(inspect.signature(LocalCluster.__init__).parameters) - {"self", "scheduler_options"}
+    check_scheduler_options(owner, {k: v for k, v in given.items() if k not in own})
+    WorkerShape.checked(**{k: v for k, v in given.items() if k in _SHAPE})
+    if "start_timeout" in given:
+        try:
+            options.seconds(given["start_timeout"])
+        except ValueError as exc:
+            raise ValueError(f"start_timeout: {exc}") from None
+
+
+_SHAPE = ("n_workers", "threads_per_worker", "memory_limit", "resources")
+
+
+def _count(name: str, value: object, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number, not {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, not {value}")
+    return value
 
 
 def default_shape(cpus: int | None = None) -> tuple[int, int]:
@@ -53,9 +160,17 @@ class LocalCluster:
     `asynchronous=True` it runs on the caller's loop and must be awaited:
     `cluster = await LocalCluster(asynchronous=True)` or `async with`.
 
-    Raises (on start):
-        RuntimeError: a worker process exited before it joined.
-        TimeoutError: the workers did not join within `start_timeout` seconds.
+    `memory_limit` is bytes, a size ('4GB'), a fraction of the machine's
+    memory (0.5), 'auto' (its share by threads) or 0 (no limit), as for
+    `shoal worker --memory-limit`. Extra keyword arguments configure the
+    scheduler (`heartbeat_timeout`, `allowed_failures`, `no_worker_warning`,
+    `no_workers_timeout`, ...); they are checked before any process starts.
+
+    Raises:
+        TypeError: an unknown keyword, or a value of the wrong type.
+        ValueError: a value out of range (no worker process is started then).
+        RuntimeError: (on start) a worker process exited before it joined.
+        TimeoutError: (on start) the workers did not join within `start_timeout` seconds.
     """
 
     def __init__(
@@ -67,20 +182,19 @@ class LocalCluster:
         asynchronous: bool = False,
         token: str | None = None,
         resources: dict[str, float] | None = None,
-        memory_limit: int = 0,
+        memory_limit: int | float | str = 0,
         start_timeout: float = 60.0,
         nanny: bool = False,
         **scheduler_options: Any,
     ) -> None:
-        workers, threads = default_shape()
-        self.n_workers = workers if n_workers is None else n_workers
-        self.threads_per_worker = threads_per_worker or threads
+        check_scheduler_options("LocalCluster", scheduler_options)
+        shape = WorkerShape.checked(n_workers, threads_per_worker, memory_limit, resources)
+        self.n_workers, self.threads_per_worker = shape.n_workers, shape.threads_per_worker
         self.processes = processes
         self.asynchronous = asynchronous
         self.token = token or secrets.token_urlsafe(32)
-        self.resources = resources or {}
-        self.memory_limit = memory_limit
-        self.start_timeout = start_timeout
+        self.resources, self.memory_limit = shape.resources, shape.memory_limit
+        self.start_timeout = options.seconds(start_timeout)
         self.nanny = nanny
         self.scheduler_address = ""
         self.workers: list[Worker] = []

@@ -444,6 +444,26 @@ class SchedulerInfo(Message):
     request_id: int = 0
 
 
+@message("tasks-stalled")
+class TasksStalled(Message):
+    """Ready tasks that no current worker can run have waited `waited` seconds.
+
+    They ask for `resources` or are restricted to `restrict` (worker names or
+    addresses), which none of the `workers` connected offers. `keys` names
+    the first of them (at most 20) and `count` counts them all. Sent once per
+    stall to each client that wants them or a task depending on them; they
+    keep waiting (or fail with NoValidWorker past the scheduler's
+    no_workers_timeout).
+    """
+
+    keys: tuple[Key, ...]
+    count: int
+    waited: float
+    workers: int
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    restrict: tuple[str, ...] = ()
+
+
 @message("workers-changed")
 class WorkersChanged(Message):
     """Sent to every client when a worker joins or leaves."""

@@ -97,18 +97,48 @@ class Placement:
         self._constrained: dict[Signature, ReadyQueue] = {}
         # Queued tasks whose inputs mostly sit on one worker, by that worker.
         self._affinity: dict[WorkerInfo, ReadyQueue] = {}
+        # Signatures of queued tasks that no current worker could ever run (see
+        # scheduler/stalls.py), and whether any worker can, cached until one joins
+        # or leaves.
+        self.unrunnable: dict[Signature, None] = {}
+        self._runnable: dict[Signature, bool] = {}
 
     # -- workers ---------------------------------------------------------------
 
     def add_worker(self, ws: WorkerInfo) -> None:
         self.workers[ws.name] = ws
         self.touch(ws)
+        self._runnable.clear()
+        for sig in [sig for sig in self.unrunnable if can_run(ws, sig)]:
+            del self.unrunnable[sig]
 
     def remove_worker(self, ws: WorkerInfo) -> None:
         ws.gone = True
         del self.workers[ws.name]
         self._affinity.pop(ws, None)
         self._touched.pop(ws, None)
+        self._runnable.clear()
+        # Tasks queued for room on this worker may now have nowhere to go.
+        for sig, queue in self._constrained.items():
+            if sig not in self.unrunnable and can_run(ws, sig) and queue.first() is not None:
+                if not self._any_can_run(sig):
+                    self.unrunnable[sig] = None
+
+    def _any_can_run(self, sig: Signature) -> bool:
+        """Whether some current worker could ever run tasks of this signature."""
+        known = self._runnable.get(sig)
+        if known is None:
+            known = self._runnable[sig] = any(can_run(ws, sig) for ws in self.workers.values())
+        return known
+
+    def queued_with(self, sig: Signature) -> list[TaskState]:
+        """The queued tasks of a signature, highest priority first."""
+        queue = self._constrained.get(sig)
+        return queue.queued() if queue is not None else []
+
+    def has_queued_with(self, sig: Signature) -> bool:
+        queue = self._constrained.get(sig)
+        return queue is not None and queue.first() is not None
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
         return len(ws.processing) < ws.nthreads * self.depth
@@ -231,6 +261,8 @@ class Placement:
             if queue is None:
                 queue = self._constrained[sig] = ReadyQueue()
             queue.push(entry)
+            if sig not in self.unrunnable and not self._any_can_run(sig):
+                self.unrunnable[sig] = None
         else:
             self._queue.push(entry)
         if ts.deps:

@@ -56,6 +56,13 @@ class ReadyQueue:
             return run.popleft()[1]
         return heapq.heappop(heap)[1]
 
+    def queued(self) -> list[TaskState]:
+        """The tasks of the entries whose task is still queued, in priority order."""
+        entries = [e for e in (*self._run, *self._heap) if e[1].status is QUEUED]
+        entries.sort(key=lambda entry: entry[0])
+        # A task queued, taken back and queued again has two entries.
+        return list(dict.fromkeys(ts for _, ts in entries))
+
     def __len__(self) -> int:
         """Entries held, including those of tasks no longer queued."""
         return len(self._run) + len(self._heap)

@@ -35,6 +35,7 @@ from shoal.scheduler.model import (
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
+from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
 from shoal.scheduler.workers import WorkerEvents
 
 # The maps of a compute-task message for a task without dependencies: shared,
@@ -52,7 +53,7 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
+class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -65,6 +66,9 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
             died (running, or assigned and waiting for a thread) fails with KilledWorker.
         death_report_wait: how long the work of a nanny-supervised worker whose
             connection dropped waits for its nanny's report of the cause.
+        no_worker_warning / no_workers_timeout: seconds a ready task that no
+            current worker can run waits before its clients are told, and
+            before it fails with NoValidWorker (None: never); see stalls.py.
     """
 
     def __init__(
@@ -78,6 +82,8 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         heartbeat_timeout: float = 30.0,
         allowed_failures: int = 3,
         death_report_wait: float = 2.0,
+        no_worker_warning: float = NO_WORKER_WARNING_S,
+        no_workers_timeout: float | None = None,
     ) -> None:
         if allowed_failures < 1:
             raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
@@ -85,6 +91,8 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
         self.death_report_wait = death_report_wait
+        self.no_worker_warning, self.no_workers_timeout = no_worker_warning, no_workers_timeout
+        self.stalls: dict[Any, Stall] = {}  # by signature, see stalls.py
         self.tasks: dict[object, TaskState] = {}
         self.placement = Placement(initial_depth, max_depth, round_trip_s)
         self.roles: dict[str, str] = {}  # peer -> role, from connected()
@@ -175,9 +183,11 @@ class SchedulerState(ClientRequests, DataRequests, WorkerEvents):
         return self._end()
 
     def tick(self, now: float) -> list[Command]:
-        """Time passed: remove silent workers, and dying ones whose nanny said nothing."""
+        """Time passed: remove silent workers, and dying ones whose nanny said nothing;
+        warn of and fail tasks no worker can run."""
         self._begin("tick", now)
         self._expire(now)
+        self._watch_stalls(now)
         return self._end()
 
     def _begin(self, what: str, now: float) -> None:
@@ -571,6 +581,7 @@ TRANSITIONS: dict[tuple[Status, Status], Callable[..., None]] = {
     (Q, P): SchedulerState._to_processing,
     (Q, W): SchedulerState._back_to_waiting,
     (Q, R): SchedulerState._to_released,
+    (Q, E): SchedulerState._to_erred,
     (P, M): SchedulerState._to_memory,
     (P, E): SchedulerState._to_erred,
     (P, W): SchedulerState._back_to_waiting,
