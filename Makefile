@@ -14,6 +14,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[lint]'
+	touch $@
+
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
@@ -40,9 +44,11 @@ bench-memory: $(VENV)/.installed-bench
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
-lint: $(VENV)/.installed-test
+# ruff over everything; mypy over shoal/ (configured in pyproject.toml).
+lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check shoal tests benchmarks
 	$(BIN)/ruff format --check shoal tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

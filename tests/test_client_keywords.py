@@ -69,6 +69,14 @@ async def test_a_client_with_only_shoal_token_in_the_environment_connects(
         await scheduler.close()
 
 
+@pytest.mark.timeout(60)
+async def test_a_bytes_token_starts_a_local_cluster() -> None:
+    # Found by mypy: the token went to the forked workers' environment as bytes.
+    async with Client(token=TOKEN.encode(), n_workers=1, asynchronous=True) as client:
+        assert client.cluster.token == TOKEN
+        assert await client.submit(abs, -3) == 3
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     scheduler = await Scheduler("tcp://127.0.0.1:0").start()

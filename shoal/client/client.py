@@ -55,6 +55,11 @@ DASK_ONLY: dict[str, object] = {
 }
 
 
+def _local_token(token: str | bytes | None) -> str | None:
+    """The token for a LocalCluster, which hands it to its processes in the environment."""
+    return token.decode() if isinstance(token, bytes) else token
+
+
 class Client:
     """Connect to a scheduler (or start a LocalCluster) and compute on it.
 
@@ -132,7 +137,7 @@ class Client:
             from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
 
             self.cluster = LocalCluster(
-                asynchronous=False, token=self.token, **self._cluster_kwargs
+                asynchronous=False, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
             self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
@@ -156,7 +161,7 @@ class Client:
             from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
 
             self.cluster = await LocalCluster(
-                asynchronous=True, token=self.token, **self._cluster_kwargs
+                asynchronous=True, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
             self._pool = DataPool(self.token, self.tls, self.timeout, self.name)

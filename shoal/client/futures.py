@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections import deque
@@ -217,7 +218,7 @@ class Watch:
                     self._hit(group, state)
                 else:
                     self.pending += len(group)
-                    state.watchers.append(lambda st, group=group: self._seen(group, st))
+                    state.watchers.append(functools.partial(self._seen, group))
 
     def _seen(self, group: list[Future], state: KeyState) -> None:
         self.pending -= len(group)

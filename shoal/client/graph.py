@@ -132,7 +132,7 @@ def convert(
         return obj
     if kind is tuple:
         if obj and callable(obj[0]):
-            return Call(obj[0], _convert_items(obj[1:], keys, deps, depth), {})
+            return Call(obj[0], tuple(_convert_items(obj[1:], keys, deps, depth)), {})
         if keys and is_key(obj) and obj in keys:
             deps[obj] = None
             return Ref(obj)

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shoal.client.link import SchedulerLink
-from shoal.client.pool import DataPool
+from shoal.client.pool import DataPool, Key
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.messages import AddData
 from shoal.protocol.serialize import Serialized, serialize
 
-Key = str
 log = logging.getLogger(__name__)
 
 

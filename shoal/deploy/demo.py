@@ -28,10 +28,11 @@ def reduction_graph(leaves: int) -> tuple[dict[object, tuple], object]:
     graph: dict[object, tuple] = {
         ("chunk", i): (chunk_sum_of_squares, i * CHUNK, (i + 1) * CHUNK) for i in range(leaves)
     }
-    level, names = 0, [("chunk", i) for i in range(leaves)]
+    level = 0
+    names: list[tuple[object, ...]] = [("chunk", i) for i in range(leaves)]
     while len(names) > 1:
         level += 1
-        paired = []
+        paired: list[tuple[object, ...]] = []
         for j in range(0, len(names) - 1, 2):
             key = ("sum", level, j // 2)
             graph[key] = (add, names[j], names[j + 1])

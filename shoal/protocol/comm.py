@@ -235,6 +235,7 @@ class Listener:
             try:
                 async with asyncio.timeout(self._handshake_timeout):
                     if comm is None:
+                        assert conn is not None
                         comm = await _wrap(
                             conn,
                             self._bind.scheme,

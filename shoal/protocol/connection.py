@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
 from shoal.errors import CommClosedError, HandshakeError, ProtocolError
 from shoal.protocol import handshake as hs
@@ -181,22 +182,22 @@ class Comm:
                 if handshaken:
                     cls = type(msg)
                     if cls is Ping:
-                        self._outbox.put(Pong(id=msg.id))
+                        self._outbox.put(Pong(id=cast(Ping, msg).id))
                         continue
                     if cls is Pong:
-                        fut = self._pings.get(msg.id)
+                        fut = self._pings.get(cast(Pong, msg).id)
                         if fut is not None and not fut.done():
                             fut.set_result(None)
                         continue
                     if cls is Close:
-                        reason = peer_text(msg.reason) if msg.reason else "no reason given"
+                        text = cast(Close, msg).reason
+                        reason = peer_text(text) if text else "no reason given"
                         self._set_closed(f"closed by the peer: {reason}")
                         self.transport.lose(None)
                         return
                     if cls is HandshakeFailed:
-                        raise HandshakeError(
-                            f"the peer refused the handshake: {peer_text(msg.reason)}"
-                        )
+                        text = cast(HandshakeFailed, msg).reason
+                        raise HandshakeError(f"the peer refused the handshake: {peer_text(text)}")
                     if cls in _HANDSHAKE_TYPES:
                         raise ProtocolError(f"unexpected {msg.op} after the handshake")
                 self._inbox.append(msg)

@@ -53,7 +53,8 @@ def _allocate(nbytes: int) -> memoryview:
         # to unpickle anyway.
         import numpy as np
 
-        return memoryview(np.empty(nbytes, dtype=np.uint8))
+        # numpy's stubs give ndarray its __buffer__ only from Python 3.12 on.
+        return memoryview(np.empty(nbytes, dtype=np.uint8))  # type: ignore[arg-type]
     return memoryview(bytearray(nbytes))
 
 

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, TypeVar, dataclass_transform, get_args, get_origin
 
 from shoal.errors import ProtocolError
 from shoal.protocol.serialize import Serialized
@@ -46,13 +46,18 @@ class Message:
         return wire
 
 
-def message(op: str) -> Callable[[type], type[Message]]:
+M = TypeVar("M", bound=Message)
+
+
+# dataclass_transform: type checkers see each message's fields and constructor.
+@dataclass_transform()
+def message(op: str) -> Callable[[type[M]], type[M]]:
     """Class decorator: make a slotted dataclass message and register its op."""
 
-    def wrap(cls: type) -> type[Message]:
+    def wrap(cls: type[M]) -> type[M]:
         if op in REGISTRY:
             raise TypeError(f"op {op!r} is declared twice")
-        made = dataclasses.dataclass(slots=True)(cls)
+        made: Any = dataclasses.dataclass(slots=True)(cls)
         made.op = op
         hints = typing.get_type_hints(made, include_extras=True)
         fields = dataclasses.fields(made)

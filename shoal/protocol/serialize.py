@@ -9,7 +9,8 @@ unpickles it; only `deserialize` runs user code, and only on request.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import cloudpickle
 
@@ -100,10 +101,10 @@ def _is_plain(obj: object) -> bool:
 
 # Classes whose instances are plain when what they hold is (registered by the
 # modules that define them, to keep this module free of their imports).
-_PLAIN_WRAPPERS: dict[type, object] = {}
+_PLAIN_WRAPPERS: dict[type, Callable[[Any], Iterable[object]]] = {}
 
 
-def register_plain(cls: type, parts: object) -> None:
+def register_plain(cls: type, parts: Callable[[Any], Iterable[object]]) -> None:
     """Declare `cls` plain when every object `parts(instance)` returns is plain.
 
     `cls` must be importable by name on the receiving side.

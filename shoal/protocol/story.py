@@ -7,6 +7,8 @@ internal error. Nothing here decides anything or reads a core's state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shoal.errors import InvalidTransition
 
 # (key, start, finish, stimulus, now): the shape of both cores' history entries.
@@ -37,7 +39,7 @@ def keys_named(event: object, exc: BaseException | None = None, limit: int = 20)
     return list(found)[:limit]
 
 
-def tell(entries: list[Entry]) -> str:
+def tell(entries: Sequence[Entry]) -> str:
     """A story as text, one line an entry: `key: start -> finish (stimulus S, t=now)`."""
     if not entries:
         return "  (no recorded transitions)"

@@ -261,7 +261,8 @@ class _DecoderProtocol(asyncio.BufferedProtocol):
         owner.lose(lost)
         if owner._finished is not None and not owner._finished.done():
             owner._finished.set_result(None)
-        self._owner = None  # the last callback: break the transport <-> protocol cycle
+        # The last callback: break the transport <-> protocol cycle.
+        self._owner = None  # type: ignore[assignment]
 
     def pause_writing(self) -> None:
         self._owner._paused = True

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shoal.protocol import messages as m
+from shoal.scheduler.core import CoreBase
 from shoal.scheduler.ingest import Plan, plan_graph
 from shoal.scheduler.model import (
     ACTIVE,
@@ -27,7 +28,7 @@ from shoal.scheduler.model import (
 M, E, R = Status.MEMORY, Status.ERRED, Status.RELEASED
 
 
-class ClientRequests:
+class ClientRequests(CoreBase):
     """Handlers of client messages and reports to clients (see SchedulerState)."""
 
     def _register_client(self, peer: str, msg: m.RegisterClient) -> None:

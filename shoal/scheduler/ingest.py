@@ -11,6 +11,7 @@ import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, filterfalse, repeat
+from typing import Any
 
 from shoal.protocol.messages import SubmitGraph
 
@@ -23,7 +24,7 @@ class Plan:
     __slots__ = ("index", "order", "outside")
 
     def __init__(
-        self, index: dict[object, int], order: Sequence[int], outside: dict[object, object]
+        self, index: dict[object, int], order: Sequence[int], outside: dict[object, Any]
     ) -> None:
         self.index = index  # key -> position in the message, for new keys only
         self.order = order  # positions of the needed new tasks, dependencies first

@@ -48,7 +48,7 @@ def with_member(members: Members[T], item: T) -> Members[T]:
         if len(members) < SMALL:
             return members + (item,)  # noqa: RUF005 (faster than unpacking)
         return dict.fromkeys(members + (item,))  # noqa: RUF005
-    members[item] = None
+    members[item] = None  # type: ignore[index]  # a dict: `type() is` narrows one way only
     return members
 
 
@@ -64,7 +64,7 @@ def without_member(members: Members[T], item: T) -> Members[T]:
     if type(members) is tuple:
         i = members.index(item)
         return members[:i] + members[i + 1 :]
-    del members[item]
+    del members[item]  # type: ignore[union-attr]  # a dict, as above
     return members
 
 

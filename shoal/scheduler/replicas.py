@@ -7,6 +7,7 @@ module readable; it uses the core's transitions and never does I/O.
 from __future__ import annotations
 
 from shoal.protocol import messages as m
+from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ClientInfo,
     Status,
@@ -30,7 +31,7 @@ class Replication:
         self.pending: dict[tuple[object, WorkerInfo], None] = {}
 
 
-class DataRequests:
+class DataRequests(CoreBase):
     """Handlers of messages about where values are (see SchedulerState)."""
 
     # -- from workers -----------------------------------------------------------

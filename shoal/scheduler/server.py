@@ -24,7 +24,7 @@ from shoal.protocol.escape import peer_text
 from shoal.protocol.schema import Message
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
-from shoal.scheduler.model import Command, Send
+from shoal.scheduler.model import Command, Disconnect, Send
 from shoal.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ class Scheduler:
                     log.error("cannot send to %s: %s", command.peer, exc)
                     comm.abort(str(exc))
             else:
+                assert isinstance(command, Disconnect)
                 # A reason may quote what a peer sent (a nanny's cause of death).
                 reason = peer_text(command.reason, 1000)
                 log.warning("closing connection %s: %s", comm.peer_address, reason)

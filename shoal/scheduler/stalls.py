@@ -13,6 +13,7 @@ them joining in time ends the stall.
 from __future__ import annotations
 
 from shoal.protocol import messages as m
+from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import ClientInfo, Status, TaskState
 from shoal.scheduler.placement import Signature
 
@@ -35,7 +36,7 @@ class Stall:
         self.warned = False
 
 
-class StalledTasks:
+class StalledTasks(CoreBase):
     """Stalled-task handling (see SchedulerState): a call in `tick`, a deadline."""
 
     def _watch_stalls(self, now: float) -> None:

@@ -428,8 +428,9 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
             deps = ()
         msg = m.ComputeTask(
             key=ts.key,
-            func=ts.func,
-            args=ts.args,
+            # Only scattered values have no func and args, and they never run.
+            func=ts.func,  # type: ignore[arg-type]
+            args=ts.args,  # type: ignore[arg-type]
             deps=deps,
             values=values,
             who_has=who_has,

@@ -9,6 +9,7 @@ against the tasks it was processing (KilledWorker).
 from __future__ import annotations
 
 from shoal.protocol import messages as m
+from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -21,7 +22,7 @@ from shoal.scheduler.model import (
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents:
+class WorkerEvents(CoreBase):
     """Handlers of worker membership and liveness (see SchedulerState)."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:

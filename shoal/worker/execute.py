@@ -13,6 +13,7 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from queue import SimpleQueue
+from typing import cast
 
 from shoal.errors import SerializationError
 from shoal.protocol import taskspec
@@ -45,7 +46,7 @@ class FunctionCache:
             SerializationError: it does not unpickle.
         """
         if len(payload.frames) != 1:  # a function with out-of-band buffers: rare, not cached
-            return deserialize(payload, "function")
+            return cast(Callable[..., object], deserialize(payload, "function"))
         stream = payload.frames[0]
         blob = stream if type(stream) is bytes else bytes(stream)
         with self._lock:
@@ -54,7 +55,8 @@ class FunctionCache:
                 self._entries.move_to_end(blob)
                 self.hits += 1
                 return func
-        func = deserialize(payload, "function")  # outside the lock: it runs user code
+        # Outside the lock: it runs user code. Not callable: the call raises, as data.
+        func = cast(Callable[..., object], deserialize(payload, "function"))
         with self._lock:
             self.misses += 1
             self._entries[blob] = func
@@ -77,7 +79,7 @@ class Executor:
         start = time.perf_counter()
         try:
             function = self.functions.get(func)
-            spec = deserialize(args, f"arguments of task {key!r}")
+            spec = cast(taskspec.ArgSpec, deserialize(args, f"arguments of task {key!r}"))
             values = {dep: self.load(dep, value) for dep, value in deps}
             result = taskspec.run(function, spec, values)
             payload = serialize(result, f"result of task {key!r}")

@@ -12,7 +12,7 @@ from collections.abc import Collection
 Entry = tuple[object, str, str, str, float]
 
 
-class TransitionLog(deque):  # type: ignore[type-arg]
+class TransitionLog(deque[Entry]):
     """A bounded deque of entries, oldest first; `story` picks those of some keys."""
 
     def story(self, keys: Collection[object], limit: int = 50) -> list[Entry]:

@@ -1,0 +1,73 @@
+"""What the scheduler core's mixins use of one another, declared for the type checker.
+
+SchedulerState (shoal.scheduler.state) is made of mixins (clients, replicas,
+stalls, workers) that share its attributes and call each other's methods.
+Each mixin derives from CoreBase, which declares those attributes and
+methods, so that a type checker checks every mixin as strictly as
+state.py itself. It holds nothing at run time: the declarations are
+annotations, and the method stubs exist only for the type checker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from shoal.scheduler.model import ClientInfo, Command, Status, TaskState, WorkerInfo
+from shoal.scheduler.placement import Placement
+
+if TYPE_CHECKING:
+    from shoal.protocol.schema import Message
+    from shoal.scheduler.replicas import Replication
+    from shoal.scheduler.stalls import Stall
+
+
+class CoreBase:
+    """The attributes and methods of SchedulerState that its mixins rely on."""
+
+    address: str
+    heartbeat_timeout: float
+    allowed_failures: int
+    death_report_wait: float
+    no_worker_warning: float
+    no_workers_timeout: float | None
+    stalls: dict[Any, Stall]
+    tasks: dict[object, TaskState]
+    placement: Placement
+    roles: dict[str, str]
+    workers: dict[str, WorkerInfo]
+    by_address: dict[str, WorkerInfo]
+    replications: dict[tuple[object, WorkerInfo], list[Replication]]
+    clients: dict[str, ClientInfo]
+    dying: dict[WorkerInfo, float]
+    _order: itertools.count[int]
+    _client_ids: itertools.count[int]
+    _worker_index: itertools.count[int]
+    _now: float
+    _out: list[Command]
+    _free: dict[WorkerInfo, list[object]]
+
+    if TYPE_CHECKING:
+        # state.py
+        def _move(self, ts: TaskState, to: Status, *args: Any) -> None: ...
+        def _send(self, peer: str, msg: Message) -> None: ...
+        def _fill(self, ws: WorkerInfo) -> None: ...
+        def _data_lost(self, ts: TaskState) -> None: ...
+        def _workers_changed(self) -> None: ...
+        def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None: ...
+        def _in_memory_now(self, ts: TaskState) -> None: ...
+        def _recompute(self, roots: list[TaskState]) -> None: ...
+        def _activate(self, ts: TaskState) -> None: ...
+        def _check_release(self, ts: TaskState) -> None: ...
+
+        # clients.py
+        def _report_memory(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None: ...
+        def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None: ...
+
+        # replicas.py
+        def _copy_settled(self, key: object, ws: WorkerInfo) -> None: ...
+        def _lost_for_good(self, ts: TaskState) -> None: ...
+
+        # workers.py
+        def _remove_worker(self, ws: WorkerInfo, cause: str | None = None) -> None: ...
