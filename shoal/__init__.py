@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from shoal.client import cluster as _cluster
 
 __version__ = "0.1.0"
 
@@ -19,6 +22,17 @@ _LAZY = {
     "as_completed": "shoal.client.futures",
     "wait": "shoal.client.futures",
 }
+
+
+def _load_local_cluster() -> ModuleType:
+    """`Client()` with no address starts a LocalCluster: client/ may not import
+    deploy/, so the root wires them, importing deploy only when it is needed."""
+    from shoal.deploy import local
+
+    return local
+
+
+_cluster.install(_load_local_cluster)
 
 
 def __getattr__(name: str) -> Any:

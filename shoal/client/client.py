@@ -17,6 +17,7 @@ from typing import Any
 
 from shoal.client import graph as graphs
 from shoal.client import nesting, scatter
+from shoal.client.cluster import local_cluster
 from shoal.client.futures import Future, Watch
 from shoal.client.link import SchedulerLink
 from shoal.client.loop import LoopThread
@@ -108,9 +109,7 @@ class Client:
                 "(keywords beyond the client's own start a LocalCluster: they need address=None)"
             )
         if address is None:
-            from shoal.deploy.local import check_cluster_keywords  # only when asked: heavy
-
-            check_cluster_keywords("Client", cluster_kwargs)
+            local_cluster().check_cluster_keywords("Client", cluster_kwargs)
         elif token is None:
             token = os.environ.get(TOKEN_ENV) or None
         self.address, self.token, self.tls = address, token, tls
@@ -134,9 +133,7 @@ class Client:
 
     def _start_sync(self) -> None:
         if self.address is None:
-            from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
-
-            self.cluster = LocalCluster(
+            self.cluster = local_cluster().LocalCluster(
                 asynchronous=False, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
@@ -158,9 +155,7 @@ class Client:
         self.status = "starting"
         self.loop = asyncio.get_running_loop()
         if self.address is None:
-            from shoal.deploy.local import LocalCluster  # only when asked: it is heavy
-
-            self.cluster = await LocalCluster(
+            self.cluster = await local_cluster().LocalCluster(
                 asynchronous=True, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
