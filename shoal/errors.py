@@ -12,6 +12,18 @@ class ShoalError(Exception):
     """Base class of all shoal errors."""
 
 
+def type_name(cls: type) -> str:
+    """`module.QualName`: how an error's type travels in task-erred and key-erred."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def shoal_error_named(typename: str) -> type[ShoalError] | None:
+    """The ShoalError class of this module that `type_name` gave `typename`, or None."""
+    module, _, name = typename.rpartition(".")
+    cls = globals().get(name) if module == __name__ else None
+    return cls if isinstance(cls, type) and issubclass(cls, ShoalError) else None
+
+
 class ProtocolError(ShoalError):
     """Bytes or messages from a peer broke the wire protocol.
 

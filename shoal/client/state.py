@@ -122,11 +122,8 @@ def remote_exception(msg: KeyErred) -> BaseException:
 
 def _shoal_error(typename: str, message: str) -> BaseException | None:
     """One of shoal's own errors, raised by the scheduler rather than by a task."""
-    module, _, name = typename.rpartition(".")
-    cls = getattr(errors, name, None) if module == "shoal.errors" else None
-    if isinstance(cls, type) and issubclass(cls, errors.ShoalError):
-        return cls(message)
-    return None
+    cls = errors.shoal_error_named(typename)
+    return cls(message) if cls is not None else None
 
 
 class KeyTable:

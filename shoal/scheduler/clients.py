@@ -210,15 +210,15 @@ class ClientRequests(CoreBase):
             self._out.append(Send(client.peer, msg))
 
     def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
-        assert ts.error is not None
-        typename, message, traceback, exception, blame = ts.error
+        error = ts.error
+        assert error is not None
         msg = m.KeyErred(
             key=ts.key,
-            typename=typename,
-            message=message,
-            traceback=traceback,
-            exception=exception,
-            blame=blame,
+            typename=error.typename,
+            message=error.message,
+            traceback=error.traceback,
+            exception=error.exception,
+            blame=error.blame,
         )
         for client in clients:
             self._send(client.peer, msg)

@@ -7,6 +7,7 @@ are dicts (insertion-ordered), never sets, so that runs are reproducible.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import TypeAlias, TypeVar
 
@@ -68,6 +69,25 @@ def without_member(members: Members[T], item: T) -> Members[T]:
     return members
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why a task erred: the remote type name (shoal.errors.type_name), message,
+    traceback text, pickled exception, and the key blamed (None: its own failure)."""
+
+    typename: str
+    message: str
+    traceback: str = ""
+    exception: Serialized | None = None
+    blame: object = None
+
+    def blamed_on(self, key: object) -> TaskError:
+        """The error as a dependent of `key` inherits it: blame stays with the first
+        task that failed, so a cascade shares one record."""
+        if self.blame is not None:
+            return self
+        return dataclasses.replace(self, blame=key)
+
+
 class TaskState:
     """One task: its payloads, its edges, where it runs or is held."""
 
@@ -126,8 +146,7 @@ class TaskState:
         self.nbytes = 0
         self.typename = ""
         self.value: Serialized | None = None
-        # (typename, message, traceback, exception payload, blamed key)
-        self.error: tuple[str, str, str, Serialized | None, object] | None = None
+        self.error: TaskError | None = None
 
     @property
     def needed(self) -> bool:

@@ -6,11 +6,13 @@ module readable; it uses the core's transitions and never does I/O.
 
 from __future__ import annotations
 
+from shoal.errors import DataLost, type_name
 from shoal.protocol import messages as m
 from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ClientInfo,
     Status,
+    TaskError,
     TaskState,
     WorkerInfo,
     with_member,
@@ -18,7 +20,7 @@ from shoal.scheduler.model import (
 )
 
 M, R, E, W = Status.MEMORY, Status.RELEASED, Status.ERRED, Status.WAITING
-DATA_LOST = "shoal.errors.DataLost"
+DATA_LOST = type_name(DataLost)
 
 
 class Replication:
@@ -172,4 +174,4 @@ class DataRequests(CoreBase):
             f"the value of {ts.key!r} was lost with the workers holding it, and it cannot "
             "be recomputed: it was put there with scatter, not computed"
         )
-        self._move(ts, E, (DATA_LOST, message, "", None, None))
+        self._move(ts, E, TaskError(DATA_LOST, message))

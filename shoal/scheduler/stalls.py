@@ -12,16 +12,17 @@ them joining in time ends the stall.
 
 from __future__ import annotations
 
+from shoal.errors import NoValidWorker, type_name
 from shoal.protocol import messages as m
 from shoal.scheduler.core import CoreBase
-from shoal.scheduler.model import ClientInfo, Status, TaskState
+from shoal.scheduler.model import ClientInfo, Status, TaskError, TaskState
 from shoal.scheduler.placement import Signature
 
 # Seconds a ready task waits for a worker able to run it before its clients hear of it.
 NO_WORKER_WARNING_S = 10.0
 # A TasksStalled names this many keys at most (and counts the rest).
 MAX_NAMED_KEYS = 20
-NO_VALID_WORKER = "shoal.errors.NoValidWorker"
+NO_VALID_WORKER = type_name(NoValidWorker)
 
 Q, E = Status.QUEUED, Status.ERRED
 
@@ -85,7 +86,7 @@ class StalledTasks(CoreBase):
                     f"and none of the {len(self.placement.workers)} workers has it "
                     "(no_workers_timeout)"
                 )
-                self._move(ts, E, (NO_VALID_WORKER, message, "", None, None))
+                self._move(ts, E, TaskError(NO_VALID_WORKER, message))
 
     def next_deadline(self) -> float | None:
         """The workers' deadlines (super()), and when a stall is next due."""

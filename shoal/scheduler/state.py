@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from shoal.errors import InvalidTransition
+from shoal.errors import InvalidTransition, TaskTimeout, type_name
 from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
@@ -27,6 +27,7 @@ from shoal.scheduler.model import (
     Disconnect,
     Send,
     Status,
+    TaskError,
     TaskState,
     WorkerInfo,
     addresses,
@@ -255,8 +256,7 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
             ts.retries -= 1
             self._move(ts, W)
         else:
-            error = (msg.typename, msg.message, msg.traceback, msg.exception, None)
-            self._move(ts, E, error)
+            self._move(ts, E, TaskError(msg.typename, msg.message, msg.traceback, msg.exception))
         self._fill(ws)
 
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
@@ -330,8 +330,7 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         for dep in ts.deps:
             if dep.status is E:
                 assert dep.error is not None
-                blame = dep.error[4] if dep.error[4] is not None else dep.key
-                self._move(ts, E, (*dep.error[:4], blame))
+                self._move(ts, E, dep.error.blamed_on(dep.key))
                 return
         self._move(ts, W)
 
@@ -504,12 +503,12 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         finally:
             self._draining = False
 
-    def _err_dependent(self, ts: TaskState, error: tuple) -> None:
+    def _err_dependent(self, ts: TaskState, error: TaskError) -> None:
         """A dependency of `ts` erred: so does `ts`, if it still waits for it."""
         if ts.status is W:
             self._move(ts, E, error)
 
-    def _to_erred(self, ts: TaskState, error: tuple) -> None:
+    def _to_erred(self, ts: TaskState, error: TaskError) -> None:
         """processing/waiting/released -> erred, and everything waiting on it too."""
         was_active = ts.status in ACTIVE
         if ts.status is P:
@@ -519,7 +518,7 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         if ts.wanted_by:
             self._report_error(ts, ts.wanted_by)
         if ts.dependents:
-            inherited = (*error[:4], error[4] if error[4] is not None else ts.key)
+            inherited = error.blamed_on(ts.key)
             cascade = self._cascade
             for dependent in list(ts.dependents):
                 if dependent.status is W:
@@ -567,7 +566,7 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         validate_state(self)
 
 
-TIMEOUT_TYPENAME = "shoal.errors.TaskTimeout"
+TIMEOUT_TYPENAME = type_name(TaskTimeout)
 
 
 TRANSITIONS: dict[tuple[Status, Status], Callable[..., None]] = {

@@ -8,12 +8,14 @@ against the tasks it was processing (KilledWorker).
 
 from __future__ import annotations
 
+from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
 from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
     Status,
+    TaskError,
     TaskState,
     WorkerInfo,
     without_member,
@@ -155,8 +157,8 @@ class WorkerEvents(CoreBase):
         return min(deadlines) if deadlines else None
 
 
-def killed_worker_error(key: object, deaths: list[tuple[str, str]]) -> tuple:
+def killed_worker_error(key: object, deaths: list[tuple[str, str]]) -> TaskError:
     """The error of a task that was processing on workers that all died."""
     named = "; ".join(f"{name!r} ({cause})" for name, cause in deaths)
     message = f"task {key!r} was processing on {len(deaths)} workers that died: {named}"
-    return ("shoal.errors.KilledWorker", message, "", None, None)
+    return TaskError(type_name(KilledWorker), message)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import cast
 
-from shoal.errors import SerializationError
+from shoal.errors import SerializationError, type_name
 from shoal.protocol import taskspec
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
 from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
@@ -124,7 +124,7 @@ def task_erred(key: Key, exc: BaseException, duration: float) -> TaskErred:
         message = f"<str() of the exception failed: {str_exc!r}>"
     return TaskErred(
         key=key,
-        typename=f"{cls.__module__}.{cls.__qualname__}",
+        typename=type_name(cls),
         message=message,
         traceback="".join(traceback.format_exception(exc)),
         duration=duration,

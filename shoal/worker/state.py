@@ -12,7 +12,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from shoal.errors import InvalidTransition
+from shoal.errors import InvalidTransition, TaskTimeout, type_name
 from shoal.protocol.messages import (
     INLINE_VALUE_BYTES,
     AcquireKeys,
@@ -51,7 +51,7 @@ FETCH_BYTES = 64 * 2**20
 MEASURED_FETCH_BYTES = 2**20
 # How long a task may run on past its timeout before its worker is restarted.
 TIMEOUT_GRACE_S = 5.0
-TIMEOUT_TYPENAME = "shoal.errors.TaskTimeout"
+TIMEOUT_TYPENAME = type_name(TaskTimeout)
 
 
 class Status(StrEnum):
