@@ -46,6 +46,16 @@ FIELDS = [
     ),
     ({"op": "heartbeat"}, lambda w, x: w.update(cpu=x), "heartbeat.cpu"),
     (
+        {"op": "tasks-stalled", "keys": ("k",), "count": 1, "waited": 10.0, "workers": 1},
+        lambda w, x: w.update(waited=x),
+        "tasks-stalled.waited",
+    ),
+    (
+        {"op": "tasks-stalled", "keys": ("k",), "count": 1, "waited": 10.0, "workers": 1},
+        lambda w, x: w.update(resources={"GPU": x}),
+        "tasks-stalled.resources",
+    ),
+    (
         {
             "op": "submit-graph",
             "keys": ("k",),
