@@ -15,6 +15,7 @@ import pytest
 from shoal import Client
 from shoal.client.loop import LoopThread
 from shoal.errors import ValueTooLarge
+from shoal.protocol.answers import Parts
 from shoal.protocol.comm import connect
 from shoal.protocol.limits import KiB, Limits
 from shoal.protocol.messages import DataSent, GetData, PutData
@@ -161,3 +162,12 @@ async def test_a_holder_splits_its_answer_to_a_peer_with_small_limits() -> None:
     finally:
         await worker.close()
         await scheduler.close()
+
+
+def test_parts_keep_only_the_keys_asked_until_the_last() -> None:
+    parts = Parts(["a", ("b", 1), "c"])
+    one, two = serialize(1), serialize(2)
+    assert parts.add(DataSent(data={"a": one, "x": two}, request_id=3, more=True)) is None
+    assert parts.add(DataSent(data={}, request_id=3, too_large={"y": 9}, more=True)) is None
+    whole = parts.add(DataSent(data={}, request_id=3, missing=("z", "c"), too_large={("b", 1): 5}))
+    assert whole == DataSent(data={"a": one}, request_id=3, missing=("c",), too_large={("b", 1): 5})
