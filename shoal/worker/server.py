@@ -183,6 +183,10 @@ class Worker:
     """A worker: registers with the scheduler, runs the tasks it is sent on `nthreads`
     threads, and serves the values it holds to peers at `address`.
 
+    `data_limits` bounds what it accepts in one batch on its data connections; a
+    peer's value over them is answered as too large, never as missing, and the
+    tasks here that need it err with ValueTooLarge.
+
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
 
