@@ -97,11 +97,18 @@ class GetData(Message):
 
 @message("data-sent")
 class DataSent(Message):
-    """Values for keys, as payloads; `missing` lists the keys the sender lacks."""
+    """Values for keys, as payloads; `missing` lists the keys the sender lacks.
+
+    An answer that does not fit within the requester's limits comes in parts: each
+    but the last says `more`. `too_large` maps each key the sender holds but cannot
+    send within those limits, even alone, to the size of its payload in bytes.
+    """
 
     data: dict[Key, Serialized]
     request_id: int = 0
     missing: tuple[Key, ...] = ()
+    too_large: dict[Key, int] = dataclasses.field(default_factory=dict)
+    more: bool = False
 
 
 @message("put-data")
