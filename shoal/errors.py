@@ -144,6 +144,11 @@ class FetchError(ShoalError):
     """A worker could not get the value of a key from any worker holding it."""
 
 
+class ValueTooLarge(FetchError):
+    """A value is held, but over the limits that the process fetching it accepts
+    from a peer in one batch: it cannot be moved there. The holder keeps it."""
+
+
 class RegistrationError(ShoalError):
     """The scheduler refused a worker or client (a name already in use, say)."""
 

@@ -12,10 +12,11 @@ from typing import Annotated, Any, get_args, get_origin
 
 from hypothesis import strategies as st
 
-from shoal.protocol.schema import REGISTRY, Message, _KeyMarker
+from shoal.protocol.schema import REGISTRY, Message, _KeyMarker, _SignedMarker
 from shoal.protocol.serialize import Serialized
 
 small_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+counts = st.integers(min_value=0, max_value=2**64 - 1)  # every int field but priorities
 keys = st.one_of(
     st.text(max_size=20),
     st.tuples(st.text(max_size=10)).flatmap(
@@ -50,9 +51,9 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
     simple = {
         str: st.text(max_size=30),
         bytes: st.binary(max_size=40),
-        int: small_ints,
+        int: counts,
         bool: st.booleans(),
-        float: st.floats(allow_nan=False, allow_infinity=False),
+        float: st.floats(min_value=0.0, allow_nan=False, allow_infinity=False),
         Serialized: payloads,
         Any: plain_data,
     }
@@ -61,6 +62,8 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
     origin, args = get_origin(tp), get_args(tp)
     if origin is Annotated and _KeyMarker in args[1:]:
         return keys
+    if origin is Annotated and _SignedMarker in args[1:]:
+        return small_ints
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*[strategy_for(a) if a is not type(None) else st.none() for a in args])
     if origin is tuple:

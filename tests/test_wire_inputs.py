@@ -46,6 +46,16 @@ FIELDS = [
     ),
     ({"op": "heartbeat"}, lambda w, x: w.update(cpu=x), "heartbeat.cpu"),
     (
+        {"op": "tasks-stalled", "keys": ("k",), "count": 1, "waited": 10.0, "workers": 1},
+        lambda w, x: w.update(waited=x),
+        "tasks-stalled.waited",
+    ),
+    (
+        {"op": "tasks-stalled", "keys": ("k",), "count": 1, "waited": 10.0, "workers": 1},
+        lambda w, x: w.update(resources={"GPU": x}),
+        "tasks-stalled.resources",
+    ),
+    (
         {
             "op": "submit-graph",
             "keys": ("k",),
@@ -94,3 +104,52 @@ def test_non_finite_numbers_are_refused_by_field(wire, put, where, bad) -> None:
     put(good, bad)
     with pytest.raises(ProtocolError, match=rf"{where}: expected a finite number"):
         from_wire(good)
+
+
+@pytest.mark.parametrize(("wire", "put", "where"), FIELDS, ids=[f[2] for f in FIELDS])
+def test_negative_numbers_are_refused_by_field(wire, put, where) -> None:
+    good = dict(wire)
+    put(good, 0.0)
+    from_wire(good)  # zero is a number like any other
+    put(good, -0.5)
+    with pytest.raises(ProtocolError, match=rf"{where}: expected a number at least 0"):
+        from_wire(good)
+
+
+@pytest.mark.parametrize(
+    ("wire", "field", "where"),
+    [
+        (
+            {"op": "register-worker", "name": "w", "address": "tcp://a:1", "nthreads": 1},
+            "memory_limit",
+            "register-worker.memory_limit",
+        ),
+        (
+            {"op": "task-finished", "key": "k", "nbytes": 1, "typename": "int", "duration": 0.0},
+            "nbytes",
+            "task-finished.nbytes",
+        ),
+        ({"op": "heartbeat"}, "memory", "heartbeat.memory"),
+        ({"op": "get-data", "keys": ("k",)}, "request_id", "get-data.request_id"),
+    ],
+)
+def test_negative_counts_and_sizes_are_refused(wire, field, where) -> None:
+    good = dict(wire)
+    from_wire(good)
+    good[field] = -1
+    with pytest.raises(ProtocolError, match=rf"{where}: expected an int at least 0, got -1"):
+        from_wire(good)
+
+
+def test_priorities_may_be_negative() -> None:
+    wire = {
+        "op": "submit-graph",
+        "keys": ("k",),
+        "funcs": (PAYLOAD,),
+        "func": (0,),
+        "args": (PAYLOAD,),
+        "deps": ((),),
+        "wanted": ("k",),
+        "priority": (-5,),
+    }
+    assert from_wire(wire).priority == (-5,)

@@ -4,10 +4,12 @@ every step, and check that the scenarios together walk every allowed transition.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
 from shoal.errors import InvalidTransition
+from shoal.protocol.limits import Limits
 from shoal.protocol.messages import (
     AcquireKeys,
     ComputeTask,
@@ -32,7 +34,7 @@ from shoal.worker.events import (
     Tick,
     Value,
 )
-from shoal.worker.state import TRANSITIONS, Status, WorkerState
+from shoal.worker.state import TOO_LARGE_TYPENAME, TRANSITIONS, Status, WorkerState
 
 S = Status
 FUNC = serialize(len)
@@ -43,7 +45,7 @@ LIVE: list[WorkerState] = []  # every core made since the last clear: for transi
 class Core:
     """A WorkerState driven by a fake clock, validated after every event."""
 
-    def __init__(self, nthreads: int = 1, **options: int) -> None:
+    def __init__(self, nthreads: int = 1, **options: Any) -> None:
         self.state = WorkerState(nthreads, history_size=100_000, **options)
         self.now = 0.0
         LIVE.append(self.state)
@@ -201,6 +203,63 @@ def test_large_fetches_report_their_bandwidth() -> None:
     core(compute("t", deps=["a"], who_has={"a": ("tcp://w1:1",)}))
     out = core(FetchDone("tcp://w1:1", ("a",), {"a": big}))  # one second later
     assert sent(out) == [DataFetched(nbytes=big.nbytes, duration=1.0)]
+
+
+# -- values over this worker's limits --------------------------------------------------
+
+SMALL = Limits(max_frames=4, max_header_bytes=4096, max_batch_bytes=65536)
+
+
+def too_large_text(key: str, nbytes: int, holder: str) -> str:
+    return (
+        f"the value of {key!r} ({nbytes} bytes, held by {holder}) is over the limits this "
+        "worker accepts from a peer (max_batch_bytes=65536, max_header_bytes=4096, "
+        "max_frames=4)"
+    )
+
+
+def test_a_value_too_large_to_come_here_errs_its_tasks_and_keeps_its_holder() -> None:
+    core = Core(limits=SMALL)
+    w1 = "tcp://w1:1"
+    core(compute("t", deps=["a"], who_has={"a": (w1,)}))
+    core(compute("u", deps=["t"]))  # waits here on t
+    out = core(FetchDone(w1, ("a",), {}, too_large={"a": 100_000}))
+    cause = too_large_text("a", 100_000, w1)
+    # w1 is not in `tried`: it has the value, and the scheduler keeps it
+    assert out == [
+        SendToScheduler(DataMissing(key="a", tried=())),
+        SendToScheduler(TaskErred(key="t", typename=TOO_LARGE_TYPENAME, message=cause,
+                                  traceback="")),
+        SendToScheduler(DataMissing(key="t", tried=())),
+        SendToScheduler(TaskErred(key="u", typename=TOO_LARGE_TYPENAME, message=cause,
+                                  traceback="")),
+    ]  # fmt: skip
+    assert core.state.keys == {} and core.state.requests == {}
+
+
+def test_a_value_too_large_from_one_holder_is_asked_of_the_next() -> None:
+    core = Core(limits=SMALL)
+    w1, w2 = "tcp://w1:1", "tcp://w2:2"
+    core(compute("t", deps=["a", "b"], who_has={"a": (w1, w2), "b": (w1,)}))
+    out = core(FetchDone(w1, ("a", "b"), {"b": serialize(2)}, too_large={"a": 100_000}))
+    assert out == [Fetch(w2, ("a",))]
+    # w2 lacks it: only w2 is reported; the task errs, for w1 holds a value too large
+    out = core(FetchDone(w2, ("a",), {}))
+    assert out == [
+        SendToScheduler(DataMissing(key="a", tried=(w2,))),
+        SendToScheduler(TaskErred(key="t", typename=TOO_LARGE_TYPENAME,
+                                  message=too_large_text("a", 100_000, w1), traceback="")),
+    ]  # fmt: skip
+    assert core.state.keys == {}
+
+
+def test_a_value_too_large_to_acquire_settles_the_copy_and_keeps_the_holder() -> None:
+    core = Core(limits=SMALL)
+    w1 = "tcp://w1:1"
+    core(AcquireKeys(who_has={"a": (w1,)}))
+    out = core(FetchDone(w1, ("a",), {}, too_large={"a": 100_000}))
+    assert out == [SendToScheduler(DataMissing(key="a", tried=()))]
+    assert core.state.keys == {}
 
 
 # -- replication and scatter -------------------------------------------------------------

@@ -32,6 +32,7 @@ from shoal.errors import (
     RegistrationError,
     SchedulerLost,
 )
+from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import CancelKeys, ReleaseFutures, Replicate
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
@@ -80,6 +81,10 @@ class Client:
     with SchedulerLost; once a scheduler answers, the client is "running"
     again. Past the bound it is "lost" and refuses new work with SchedulerLost.
 
+    `data_limits` bounds what the client accepts in one batch from a worker it
+    gathers from (a `shoal.protocol.limits.Limits`); a value over them raises
+    ValueTooLarge when gathered, and the worker keeps it.
+
     Raises:
         TypeError: an unknown keyword (named), or LocalCluster keywords with an
             `address`; `reconnect_timeout` that is not None or a number.
@@ -100,6 +105,7 @@ class Client:
         reconnect_timeout: float | None = RECONNECT_TIMEOUT_S,
         asynchronous: bool = False,
         name: str = "",
+        data_limits: Limits = DEFAULT_LIMITS,
         **cluster_kwargs: Any,
     ) -> None:
         self.reconnect_timeout = _checked_reconnect_timeout(reconnect_timeout)
@@ -114,13 +120,14 @@ class Client:
             token = os.environ.get(TOKEN_ENV) or None
         self.address, self.token, self.tls = address, token, tls
         self.timeout, self.asynchronous, self.name = timeout, asynchronous, name
+        self.data_limits = data_limits
         self.status = "created"
         self.client_id = ""
         self.cluster: Any = None
         self._cluster_kwargs = cluster_kwargs
         self._keys = KeyTable(self._schedule_flush, self._run_callback)
         self._funcs = graphs.FunctionCache()
-        self._pool = DataPool(token, tls, timeout, name)
+        self._pool = DataPool(token, tls, timeout, name, data_limits)
         self._link: SchedulerLink | None = None
         self._reconnecting: asyncio.Future[None] | None = None
         self._lost_reason = ""  # why the client is "lost", for the errors it raises
@@ -137,7 +144,7 @@ class Client:
                 asynchronous=False, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
-            self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
+            self._pool = DataPool(self.token, self.tls, self.timeout, self.name, self.data_limits)
         self._thread = LoopThread(f"shoal-client {self.name}".strip())
         self.loop = self._thread.loop
         self._callback_runner = ThreadPoolExecutor(1, thread_name_prefix="shoal-callbacks")
@@ -159,7 +166,7 @@ class Client:
                 asynchronous=True, token=_local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
-            self._pool = DataPool(self.token, self.tls, self.timeout, self.name)
+            self._pool = DataPool(self.token, self.tls, self.timeout, self.name, self.data_limits)
         self._link = SchedulerLink(self._keys, self.address, self.timeout, self._link_lost)
         await self._link.open(self.name, self.token, self.tls)
         self.client_id = self._link.client_id

@@ -1,8 +1,10 @@
 """Fetching values from workers: one pooled connection per request, per worker address.
 
 Owns the client's data connections (role "client") and the retry rule: a key
-a worker lacks is looked up once more with the scheduler. Never touches the
-scheduler connection itself; it is handed a `who_has` coroutine for that.
+a worker lacks is looked up once more with the scheduler; a key a worker holds
+but cannot send within this client's limits fails at once (ValueTooLarge).
+Never touches the scheduler connection itself; it is handed a `who_has`
+coroutine for that.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from shoal.errors import CommClosedError, FetchError
+from shoal.errors import CommClosedError, FetchError, ValueTooLarge
+from shoal.protocol.answers import Parts
 from shoal.protocol.comm import Comm, connect
+from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import DataSent, DataStored, GetData, PutData
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
@@ -34,9 +38,15 @@ class DataPool:
     """Connections to workers' data servers, reused between fetches."""
 
     def __init__(
-        self, token: str | bytes | None, tls: TLSConfig | None, timeout: float, name: str = ""
+        self,
+        token: str | bytes | None,
+        tls: TLSConfig | None,
+        timeout: float,
+        name: str = "",
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._token, self._tls, self._timeout, self._name = token, tls, timeout, name
+        self.limits = limits  # what this client accepts in one batch from a worker
         self._idle: dict[str, list[Comm]] = {}
         self._busy: set[Comm] = set()
         self._ids = itertools.count(1)
@@ -51,7 +61,7 @@ class DataPool:
                 return comm
         comm = await connect(
             address, role="client", name=self._name, token=self._token, tls=self._tls,
-            timeout=self._timeout,
+            timeout=self._timeout, limits=self.limits,
         )  # fmt: skip
         self._busy.add(comm)
         return comm
@@ -65,14 +75,15 @@ class DataPool:
             idle.append(comm)
 
     async def get_data(self, address: str, keys: list[Key]) -> DataSent:
-        """Ask the worker at `address` for `keys`.
+        """Ask the worker at `address` for `keys`; the answer's parts put together.
 
         Raises:
             OSError, TimeoutError, CommClosedError: the worker could not be reached.
             HandshakeError: the worker refused the connection.
         """
+        parts = Parts(keys)
         return await self._exchange(
-            address, lambda rid: GetData(keys=tuple(keys), request_id=rid), DataSent
+            address, lambda rid: GetData(keys=tuple(keys), request_id=rid), DataSent, parts.add
         )
 
     async def put_data(self, address: str, data: dict[Key, Serialized]) -> DataStored:
@@ -82,8 +93,13 @@ class DataPool:
         )
 
     async def _exchange(
-        self, address: str, make: Callable[[int], Message], answer: type[Answer]
+        self,
+        address: str,
+        make: Callable[[int], Message],
+        answer: type[Answer],
+        whole: Callable[[Answer], Answer | None] = lambda msg: msg,
     ) -> Answer:
+        """Send one request; its answer, once `whole` makes one of the parts received."""
         comm = await self._acquire(address)
         reply = None
         try:
@@ -92,7 +108,7 @@ class DataPool:
             while reply is None:
                 for msg in await comm.read():
                     if type(msg) is answer and msg.request_id == request_id:
-                        reply = msg
+                        reply = whole(msg)
                     else:
                         log.debug("ignoring %s from worker %s", msg.op, address)
         finally:
@@ -112,6 +128,8 @@ class DataPool:
         with `who_has` and tried again.
 
         Raises:
+            ValueTooLarge: a worker holds a value over this client's limits, naming
+                its size and the limits.
             FetchError: naming the keys no worker could provide.
             CommClosedError: the scheduler connection was lost during the lookup.
         """
@@ -143,20 +161,36 @@ class DataPool:
             todo = {}
             for address, task in asks.items():
                 got = task.result()
-                values.update(got)
-                for key in _lacking(by_address[address], got):
+                self._check_sizes(address, got.too_large)
+                values.update(got.data)
+                for key in _lacking(by_address[address], got.data):
                     todo[key] = holders_left = [a for a in holders[key] if a != address]
                     holders[key] = tuple(holders_left)
         return values, missing
 
-    async def _ask(self, address: str, keys: list[Key]) -> dict[Key, Serialized]:
+    async def _ask(self, address: str, keys: list[Key]) -> DataSent:
         """What the worker gave of `keys`; nothing when it cannot be reached."""
         try:
-            reply = await self.get_data(address, keys)
+            return await self.get_data(address, keys)
         except (OSError, TimeoutError, CommClosedError) as exc:
             log.warning("fetching %d keys from worker %s failed: %s", len(keys), address, exc)
-            return {}
-        return reply.data
+            return DataSent(data={})
+
+    def _check_sizes(self, address: str, too_large: dict[Key, int]) -> None:
+        """Every holder of a value has it at the same size: over the limits here is final.
+
+        Raises:
+            ValueTooLarge: naming the first such key, its size and the limits.
+        """
+        if too_large:
+            key, nbytes = next(iter(too_large.items()))
+            limits = self.limits
+            raise ValueTooLarge(
+                f"the value of {key!r} ({nbytes} bytes, held by worker {address}) is over "
+                f"the limits this client accepts from a worker (max_batch_bytes="
+                f"{limits.max_batch_bytes}, max_header_bytes={limits.max_header_bytes}, "
+                f"max_frames={limits.max_frames}); the worker keeps it"
+            )
 
     async def close(self) -> None:
         """Close every connection, idle or in use."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shoal.protocol.schema import Key, Message, message
+from shoal.protocol.schema import Key, Message, Signed, message
 from shoal.protocol.serialize import Serialized
 
 ROLES = ("scheduler", "worker", "client", "nanny")
@@ -97,11 +97,18 @@ class GetData(Message):
 
 @message("data-sent")
 class DataSent(Message):
-    """Values for keys, as payloads; `missing` lists the keys the sender lacks."""
+    """Values for keys, as payloads; `missing` lists the keys the sender lacks.
+
+    An answer that does not fit within the requester's limits comes in parts: each
+    but the last says `more`. `too_large` maps each key the sender holds but cannot
+    send within those limits, even alone, to the size of its payload in bytes.
+    """
 
     data: dict[Key, Serialized]
     request_id: int = 0
     missing: tuple[Key, ...] = ()
+    too_large: dict[Key, int] = dataclasses.field(default_factory=dict)
+    more: bool = False
 
 
 @message("put-data")
@@ -174,7 +181,7 @@ class ComputeTask(Message):
     deps: tuple[Key, ...] = ()
     values: dict[Key, Serialized] = dataclasses.field(default_factory=dict)
     who_has: dict[Key, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    priority: tuple[int, ...] = ()
+    priority: tuple[Signed, ...] = ()
     nbytes: dict[Key, int] = dataclasses.field(default_factory=dict)
     # Seconds the task may run once started; 0: no limit.
     timeout: float = 0.0
@@ -322,7 +329,7 @@ class SubmitGraph(Message):
     args: tuple[Serialized, ...]
     deps: tuple[tuple[Key, ...], ...]
     wanted: tuple[Key, ...]
-    priority: tuple[int, ...] = ()
+    priority: tuple[Signed, ...] = ()
     resources: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     restrict: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retries: dict[int, int] = dataclasses.field(default_factory=dict)

@@ -27,6 +27,15 @@ class _KeyMarker:
 
 Key = Annotated[Any, _KeyMarker]
 
+
+class _SignedMarker:
+    """Annotation marker: an int that may be negative (a priority)."""
+
+
+# Every other number on the wire is a count, a size, an index, an id, a duration,
+# a resource amount or a load, and is refused below zero.
+Signed = Annotated[int, _SignedMarker]
+
 REGISTRY: dict[str, type[Message]] = {}
 
 
@@ -117,15 +126,28 @@ def _exact(tp: type, label: str) -> Validator:
 
 def _check_float(value: object, where: str) -> object:
     # Every float on the wire is a duration, a size, a resource amount or a load:
-    # NaN and the infinities have no meaning there and would poison comparisons
-    # (a NaN resource fits nowhere and everywhere), so they are refused here.
+    # NaN, the infinities and negative numbers have no meaning there and would
+    # poison comparisons and sums (a NaN resource fits nowhere and everywhere, a
+    # negative duration drags the mean down), so they are refused here.
     if type(value) is float:
         if not math.isfinite(value):
             raise ProtocolError(f"{where}: expected a finite number, got {value!r}")
+        if value < 0.0:
+            raise ProtocolError(f"{where}: expected a number at least 0, got {value!r}")
         return value
     if type(value) is int:  # msgpack ints are at most 64 bits: always finite as floats
+        if value < 0:
+            raise ProtocolError(f"{where}: expected a number at least 0, got {value!r}")
         return float(value)
     _fail(where, "float", value)
+
+
+def _check_count(value: object, where: str) -> object:
+    if type(value) is not int:
+        _fail(where, "int", value)
+    if value < 0:
+        raise ProtocolError(f"{where}: expected an int at least 0, got {value!r}")
+    return value
 
 
 def _check_any(value: object, where: str) -> object:
@@ -152,7 +174,7 @@ def _check_serialized(value: object, where: str) -> object:
 _SIMPLE: dict[object, Validator] = {
     str: _exact(str, "str"),
     bytes: _exact(bytes, "bytes"),
-    int: _exact(int, "int"),
+    int: _check_count,
     bool: _exact(bool, "bool"),
     float: _check_float,
     Serialized: _check_serialized,
@@ -167,6 +189,8 @@ def compile_type(tp: object) -> Validator:
     origin, args = get_origin(tp), get_args(tp)
     if origin is Annotated and _KeyMarker in args[1:]:
         return _check_key
+    if origin is Annotated and _SignedMarker in args[1:]:
+        return _exact(int, "int")
     if origin in (typing.Union, types.UnionType):
         return _compile_union(args)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:

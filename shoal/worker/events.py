@@ -53,11 +53,13 @@ class ExecutionDone:
 
 @dataclasses.dataclass(slots=True)
 class FetchDone:
-    """A peer answered a Fetch: `data` holds what it had of `keys`."""
+    """A peer answered a Fetch: `data` holds what it had of `keys`; `too_large` maps
+    the keys it holds but could not send within this worker's limits to their sizes."""
 
     address: str
     keys: tuple[Key, ...]
     data: dict[Key, Serialized]
+    too_large: dict[Key, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)

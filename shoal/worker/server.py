@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shoal.errors import CommClosedError, MessageTooLarge, RegistrationError, ShoalError
+from shoal.errors import CommClosedError, RegistrationError, ShoalError
 from shoal.protocol.address import Address, parse_address
+from shoal.protocol.answers import Parts, send_data
 from shoal.protocol.comm import Comm, Listener, connect, listen
+from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import (
     AcquireKeys,
     ComputeTask,
@@ -74,13 +76,15 @@ class _Stop(Exception):
 
 
 class _Link:
-    """One connection to a peer worker and the GetData requests it has not answered."""
+    """One connection to a peer worker and the GetData requests it has not answered,
+    with the parts of their answers received so far."""
 
-    __slots__ = ("comm", "pending")
+    __slots__ = ("comm", "parts", "pending")
 
     def __init__(self) -> None:
         self.comm: Comm | None = None
         self.pending: dict[int, tuple[Key, ...]] = {}
+        self.parts: dict[int, Parts] = {}
 
 
 class PeerFetcher:
@@ -160,17 +164,28 @@ class PeerFetcher:
         for msg in msgs:
             if type(msg) is not DataSent:
                 return f"unexpected {msg.op} from a peer worker"
-            keys = link.pending.pop(msg.request_id, None)
+            keys = link.pending.get(msg.request_id)
             if keys is None:
                 log.warning("%s answered unknown request %d", address, msg.request_id)
                 continue
-            self._on_event(FetchDone(address, keys, msg.data))
+            parts = link.parts.get(msg.request_id)
+            if parts is None:
+                parts = link.parts[msg.request_id] = Parts(keys)
+            answer = parts.add(msg)
+            if answer is None:
+                continue  # more parts follow
+            del link.pending[msg.request_id], link.parts[msg.request_id]
+            self._on_event(FetchDone(address, keys, answer.data, answer.too_large))
         return ""
 
 
 class Worker:
     """A worker: registers with the scheduler, runs the tasks it is sent on `nthreads`
     threads, and serves the values it holds to peers at `address`.
+
+    `data_limits` bounds what it accepts in one batch on its data connections; a
+    peer's value over them is answered as too large, never as missing, and the
+    tasks here that need it err with ValueTooLarge.
 
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
@@ -191,6 +206,7 @@ class Worker:
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         nanny: bool = False,
         timeout_grace: float = TIMEOUT_GRACE_S,
+        data_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.scheduler_address = scheduler
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
@@ -204,7 +220,11 @@ class Worker:
             prefetch=PREFETCH_PER_THREAD * nthreads,
             timeout_grace=timeout_grace,
             can_restart=nanny,
+            limits=data_limits,
         )
+        # What this worker accepts in one batch on its data connections: from the
+        # peers it fetches from, and from those that fetch from it or put data on it.
+        self.data_limits = data_limits
         self._token, self._tls, self._listen = token, tls, listen
         self._connect_timeout, self._connect_retry = connect_timeout, connect_retry
         self._heartbeat_interval = heartbeat_interval
@@ -249,6 +269,7 @@ class Worker:
                 name=self.name,
                 token=self._token,
                 tls=self._tls,
+                limits=self.data_limits,
             )
             self.address = _advertised(self._listener.address, comm)
             leftover = await self._register(comm)
@@ -341,7 +362,8 @@ class Worker:
     async def _run(self, leftover: list[Message]) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                self._fetcher = PeerFetcher(group, self._on_event, self._connect_options())
+                options = {**self._connect_options(), "limits": self.data_limits}
+                self._fetcher = PeerFetcher(group, self._on_event, options)
                 self._on_messages(leftover)
                 group.create_task(self._read_scheduler(), name=f"worker {self.name} reader")
                 group.create_task(self._clock(), name=f"worker {self.name} clock")
@@ -528,18 +550,13 @@ class Worker:
                     f"answers get-data and put-data only, not {msg.op} (its scheduler is at "
                     f"{self.scheduler_address})"
                 )
-            answer = self._data_for(msg)
-            try:
-                comm.send(answer)
-            except MessageTooLarge as exc:
-                log.warning(
-                    "cannot send %d values to %s: %s", len(answer.data), comm.peer_address, exc
-                )
-                missing = answer.missing + tuple(answer.data)
-                comm.send(DataSent(data={}, request_id=msg.request_id, missing=missing))
+            # Within the peer's limits, in parts if need be: a value too large for
+            # them is reported as such, never as missing (that would drop a good copy).
+            send_data(comm, msg.request_id, *self._data_for(msg))
         return None
 
-    def _data_for(self, msg: GetData) -> DataSent:
+    def _data_for(self, msg: GetData) -> tuple[dict[Key, Serialized], tuple[Key, ...]]:
+        """The payloads held here of the keys asked for, and the keys not held."""
         data: dict[Key, Serialized] = {}
         missing: list[Key] = []
         for key in msg.keys:
@@ -549,7 +566,7 @@ class Worker:
                 missing.append(key)
             else:
                 data[key] = payload
-        return DataSent(data=data, request_id=msg.request_id, missing=tuple(missing))
+        return data, tuple(missing)
 
 
 def _payload_of(key: Key, value: Value) -> Serialized | None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from shoal.errors import InvalidTransition, TaskTimeout, type_name
+from shoal.errors import InvalidTransition, TaskTimeout, ValueTooLarge, type_name
+from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import (
     INLINE_VALUE_BYTES,
     AcquireKeys,
@@ -52,6 +53,7 @@ MEASURED_FETCH_BYTES = 2**20
 # How long a task may run on past its timeout before its worker is restarted.
 TIMEOUT_GRACE_S = 5.0
 TIMEOUT_TYPENAME = type_name(TaskTimeout)
+TOO_LARGE_TYPENAME = type_name(ValueTooLarge)
 
 
 class Status(StrEnum):
@@ -96,6 +98,9 @@ class KeyState:
     holders: list[str] = dataclasses.field(default_factory=list)
     tried: list[str] = dataclasses.field(default_factory=list)
     fetching_from: str | None = None
+    # Why a holder could not send the value: over this worker's limits. Such a
+    # holder is not in `tried`: it still has the value, and the scheduler keeps it.
+    too_large: str = ""
     value: Value | None = None
     finished: TaskFinished | None = None
     timeout: float = 0.0  # seconds it may run once started; 0: no limit
@@ -115,6 +120,7 @@ class WorkerState:
         history_size: int = 10_000,
         timeout_grace: float = TIMEOUT_GRACE_S,
         can_restart: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -131,6 +137,7 @@ class WorkerState:
         # restart, when a nanny can restart it (`can_restart`).
         self.timeout_grace, self.can_restart = timeout_grace, can_restart
         self.restarting = False
+        self.limits = limits  # what this worker accepts from a peer: for error messages
         self.to_fetch: dict[Key, None] = {}  # FETCH keys
         self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
         # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
@@ -353,10 +360,13 @@ class WorkerState:
             if rec is None:
                 continue  # no longer wanted from there: a late answer
             payload = event.data.get(key)
-            if payload is None:
-                self._fetch_missed(rec, event.address)
-            else:
+            if payload is not None:
                 self._arrived(rec, payload)
+            elif key in event.too_large:
+                rec.too_large = self._too_large_text(key, event.too_large[key], event.address)
+                self._fall_back(rec)
+            else:
+                self._fetch_missed(rec, event.address)
 
     def _on_fetch_failed(self, event: FetchFailed) -> None:
         self.requests.pop((event.address, event.keys), None)
@@ -364,6 +374,14 @@ class WorkerState:
             rec = self._in_flight_from(event.address, key)
             if rec is not None:
                 self._fetch_missed(rec, event.address)
+
+    def _too_large_text(self, key: Key, nbytes: int, address: str) -> str:
+        limits = self.limits
+        return (
+            f"the value of {key!r} ({nbytes} bytes, held by {address}) is over the limits "
+            f"this worker accepts from a peer (max_batch_bytes={limits.max_batch_bytes}, "
+            f"max_header_bytes={limits.max_header_bytes}, max_frames={limits.max_frames})"
+        )
 
     # -- helpers --------------------------------------------------------------
 
@@ -380,19 +398,22 @@ class WorkerState:
     def _fall_back(self, rec: KeyState) -> None:
         """`rec`'s value is needed here and will not be made here: fetch it from the
         next holder. With none left, drop it and every task here waiting on it, and
-        tell the scheduler, which places those tasks again.
+        tell the scheduler, which places those tasks again; but when a holder had
+        it and it was too large to come here, those tasks err (ValueTooLarge), for
+        placing them again would only fetch it again.
 
         Tasks dropped that other tasks here wait on fall back in turn, from a work
         list rather than by recursion, so a chain of any length is dropped.
         """
-        stack = [rec]
+        stack: list[tuple[KeyState, str]] = [(rec, "")]
         while stack:
-            rec = stack.pop()
+            rec, cause = stack.pop()
             if self.keys.get(rec.key) is not rec:
                 continue  # let go meanwhile, its dependents with it: reported already
             if rec.holders:
                 self._move(rec, S.FETCH)
                 continue
+            cause = cause or rec.too_large
             dependents, tried = list(rec.dependents), tuple(rec.tried)
             rec.dependents.clear()
             rec.wanted = False
@@ -405,10 +426,18 @@ class WorkerState:
                 dropped.append(key)
                 task.wanted = False
                 if task.dependents:  # tasks here wait on this one in turn
-                    stack.append(task)
+                    stack.append((task, cause))
                 else:
                     self._move(task, S.FORGOTTEN)
-            self._send(DataMissing(key=rec.key, tried=tried, tasks=tuple(dropped)))
+            if not cause:
+                self._send(DataMissing(key=rec.key, tried=tried, tasks=tuple(dropped)))
+                continue
+            # `tried` holds only the holders that lacked it: the scheduler drops those.
+            self._send(DataMissing(key=rec.key, tried=tried))
+            for key in dropped:
+                self._send(
+                    TaskErred(key=key, typename=TOO_LARGE_TYPENAME, message=cause, traceback="")
+                )
 
     def _release_if_unneeded(self, rec: KeyState) -> None:
         if rec.wanted or rec.dependents or rec.status is S.CANCELLED:
