@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +18,12 @@ from shoal.client import graph as graphs
 from shoal.client import nesting, scatter
 from shoal.client.cluster import local_cluster
 from shoal.client.futures import Future, Watch
+from shoal.client.keywords import (
+    checked_reconnect_timeout,
+    client_token,
+    local_token,
+    refuse_dask_keywords,
+)
 from shoal.client.link import SchedulerLink
 from shoal.client.loop import LoopThread
 from shoal.client.pool import DataPool
@@ -43,23 +48,6 @@ log = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 600.0
 # Between registrations that fail once connected (a scheduler still starting).
 REGISTER_RETRY_S = 1.0
-# The environment variable that holds the cluster token, as for the `shoal` command.
-TOKEN_ENV = "SHOAL_TOKEN"
-# submit() and map() keywords that dask.distributed reserves and shoal does not
-# support: refused by name rather than passed to the user's function. Each maps
-# to the one value that means what shoal always does (accepted), or None.
-DASK_ONLY: dict[str, object] = {
-    "actor": False,
-    "actors": False,
-    "allow_other_workers": False,
-    "fifo_timeout": None,
-    "batch_size": None,
-}
-
-
-def _local_token(token: str | bytes | None) -> str | None:
-    """The token for a LocalCluster, which hands it to its processes in the environment."""
-    return token.decode() if isinstance(token, bytes) else token
 
 
 class Client:
@@ -108,7 +96,7 @@ class Client:
         data_limits: Limits = DEFAULT_LIMITS,
         **cluster_kwargs: Any,
     ) -> None:
-        self.reconnect_timeout = _checked_reconnect_timeout(reconnect_timeout)
+        self.reconnect_timeout = checked_reconnect_timeout(reconnect_timeout)
         if address is not None and cluster_kwargs:
             raise TypeError(
                 f"Client() got an unexpected keyword argument {next(iter(cluster_kwargs))!r} "
@@ -116,8 +104,7 @@ class Client:
             )
         if address is None:
             local_cluster().check_cluster_keywords("Client", cluster_kwargs)
-        elif token is None:
-            token = os.environ.get(TOKEN_ENV) or None
+        token = client_token(address, token)
         self.address, self.token, self.tls = address, token, tls
         self.timeout, self.asynchronous, self.name = timeout, asynchronous, name
         self.data_limits = data_limits
@@ -141,7 +128,7 @@ class Client:
     def _start_sync(self) -> None:
         if self.address is None:
             self.cluster = local_cluster().LocalCluster(
-                asynchronous=False, token=_local_token(self.token), **self._cluster_kwargs
+                asynchronous=False, token=local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
             self._pool = DataPool(self.token, self.tls, self.timeout, self.name, self.data_limits)
@@ -163,7 +150,7 @@ class Client:
         self.loop = asyncio.get_running_loop()
         if self.address is None:
             self.cluster = await local_cluster().LocalCluster(
-                asynchronous=True, token=_local_token(self.token), **self._cluster_kwargs
+                asynchronous=True, token=local_token(self.token), **self._cluster_kwargs
             )
             self.address, self.token = self.cluster.scheduler_address, self.cluster.token
             self._pool = DataPool(self.token, self.tls, self.timeout, self.name, self.data_limits)
@@ -652,46 +639,6 @@ class Client:
     def __repr__(self) -> str:
         workers = self._link.workers if self._link is not None else 0
         return f"<Client {self.address} workers={workers} status={self.status}>"
-
-
-def _checked_reconnect_timeout(value: object) -> float | None:
-    """`reconnect_timeout` as given, once checked.
-
-    Raises:
-        TypeError: neither None nor a number.
-        ValueError: negative, infinite or NaN (None means for ever).
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"reconnect_timeout must be seconds (a number) or None, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"reconnect_timeout must be a finite number of seconds at least 0, or None "
-            f"for ever, not {value!r}"
-        )
-    return float(value)
-
-
-def refuse_dask_keywords(method: str, kwargs: dict[str, Any]) -> None:
-    """Take out of `kwargs` the keywords dask reserves that shoal does not support.
-
-    One given the value that means what shoal always does (allow_other_workers=False,
-    actor=False) is dropped; any other is refused.
-
-    Raises:
-        TypeError: naming the keyword.
-    """
-    for name, harmless in DASK_ONLY.items():
-        if name not in kwargs:
-            continue
-        value = kwargs.pop(name)
-        if value is not harmless or harmless is None:
-            raise TypeError(
-                f"{method}() got {name}={value!r}: a dask.distributed keyword that shoal "
-                f"does not support (its keywords are never passed to the function; use "
-                f"functools.partial to give the function a keyword named {name!r})"
-            )
 
 
 def _call_back(fn: Callable[[Future], object], future: Future) -> None:
