@@ -168,3 +168,42 @@ async def test_a_huge_raw_graph_leaves_the_scheduler_answering_pings() -> None:
 async def _validated(state) -> bool:
     state.validate()
     return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("after_steps", [1, 13, 18, 22])
+def test_a_client_lost_part_way_through_a_large_graph_leaves_nothing(after_steps: int) -> None:
+    h = Harness()
+    h.worker("a", nthreads=2)
+    client = h.client()
+    other = h.client("other")
+    h.handle(other, m.AddData(who_has={"known": ("tcp://a:1",)}, nbytes={"known": 8}))
+    graph = {**layered(N_CORE), "t7": ("known",)}
+    h.now += 1.0
+    h.state.handle(client, graph_message(graph), h.now)
+    for _ in range(after_steps):
+        assert h.state.taking_in(client)
+        h.state.resume(client, h.now)
+    h.lose(client)  # validates
+    assert not h.state.intakes
+    assert set(h.state.tasks) == {"known"}
+
+
+def test_a_large_batch_decodes_in_slices_to_the_same_messages() -> None:
+    from shoal.protocol.codec import decode_batch, encode_batch
+    from shoal.protocol.slices import decode_in_slices
+
+    msg = raw_graph(25_000)
+    msg.retries = {i: 1 for i in range(0, 25_000, 2)}
+    frames = [memoryview(f) for f in encode_batch([m.Ping(id=1), msg, m.Pong(id=2)])]
+    steps = decode_in_slices(frames)
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            sliced = done.value
+            break
+        count += 1
+    assert count >= 5
+    assert sliced == decode_batch(frames)
