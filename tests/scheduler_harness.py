@@ -60,8 +60,13 @@ class Harness:
     # -- stepping -------------------------------------------------------------------
 
     def handle(self, peer: str, msg: Message) -> list[Command]:
+        """Feed one message; a large graph is taken in whole, slice after slice, as
+        the shell does when no other connection speaks in between."""
         self.now += 1.0
-        return self._after(self.state.handle(peer, msg, self.now))
+        out = self.state.handle(peer, msg, self.now)
+        while self.state.taking_in(peer):
+            out += self.state.resume(peer, self.now)
+        return self._after(out)
 
     def lose(self, peer: str) -> list[Command]:
         self.now += 1.0

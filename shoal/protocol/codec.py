@@ -112,19 +112,18 @@ def _unpack_ext_data(data: bytes) -> tuple[object, ...]:
     return value
 
 
-def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> list[Message]:
-    """Validate and build the messages of one batch.
+class PayloadHook:
+    """msgpack's ext_hook for one batch: builds each payload, taking its frames in order."""
 
-    Raises:
-        ProtocolError: a malformed header, an unknown or invalid message, a
-            payload reference that does not match the frames, or any payload
-            at all when `allow_payloads` is false (before the handshake).
-    """
-    cursor = 1
+    __slots__ = ("allow_payloads", "cursor", "frames")
 
-    def ext_hook(code: int, data: bytes) -> Serialized:
-        nonlocal cursor
-        if not allow_payloads:
+    def __init__(self, frames: Sequence[memoryview], allow_payloads: bool) -> None:
+        self.frames = frames
+        self.allow_payloads = allow_payloads
+        self.cursor = 1  # the next frame a framed payload takes
+
+    def __call__(self, code: int, data: bytes) -> Serialized:
+        if not self.allow_payloads:
             raise ProtocolError("payloads are not allowed before the handshake completes")
         if code != EXT_INLINE and code != EXT_FRAMES:
             raise ProtocolError(f"unknown extension type {code}")
@@ -133,18 +132,35 @@ def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> l
             if type(second) is not bytes:
                 raise ProtocolError("inline payload must carry bytes")
             return Serialized(typename, [second])  # type: ignore[arg-type]
+        frames, cursor = self.frames, self.cursor
         if type(second) is not int or second < 1 or cursor + second > len(frames):
             raise ProtocolError(
                 f"payload references {second!r} frames but the batch has "
                 f"{len(frames) - cursor} left"
             )
-        taken = frames[cursor : cursor + second]
-        cursor += second
-        return Serialized(typename, taken)  # type: ignore[arg-type]
+        self.cursor = cursor + second
+        return Serialized(typename, frames[cursor : cursor + second])  # type: ignore[arg-type]
 
+    def check_all_used(self) -> None:
+        """Raises ProtocolError when frames are left that no payload referenced."""
+        if self.cursor != len(self.frames):
+            raise ProtocolError(
+                f"batch has {len(self.frames)} frames but its header references {self.cursor}"
+            )
+
+
+def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> list[Message]:
+    """Validate and build the messages of one batch.
+
+    Raises:
+        ProtocolError: a malformed header, an unknown or invalid message, a
+            payload reference that does not match the frames, or any payload
+            at all when `allow_payloads` is false (before the handshake).
+    """
+    hook = PayloadHook(frames, allow_payloads)
     try:
         wires = msgpack.unpackb(
-            frames[0], ext_hook=ext_hook, use_list=False, raw=False, strict_map_key=False
+            frames[0], ext_hook=hook, use_list=False, raw=False, strict_map_key=False
         )
     except ProtocolError:
         raise
@@ -152,6 +168,5 @@ def decode_batch(frames: Sequence[memoryview], allow_payloads: bool = True) -> l
         raise ProtocolError(f"malformed header: {type(exc).__name__}: {exc}") from None
     if type(wires) is not tuple or not wires:
         raise ProtocolError("header must be a non-empty array of messages")
-    if cursor != len(frames):
-        raise ProtocolError(f"batch has {len(frames)} frames but its header references {cursor}")
+    hook.check_all_used()
     return [from_wire(w) for w in wires]

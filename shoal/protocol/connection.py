@@ -31,6 +31,7 @@ from shoal.protocol.messages import (
     Welcome,
 )
 from shoal.protocol.schema import Message
+from shoal.protocol.slices import SLICED_HEADER_BYTES, decode_in_slices
 from shoal.protocol.transports import Transport
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,15 @@ STALL_TIMEOUT_S = 30.0
 BACKLOG_CHECK_S = 0.1
 
 _HANDSHAKE_TYPES = (Hello, Authenticate, Welcome, HandshakeFailed)
+
+
+class _Undecoded:
+    """A large batch waiting in the inbox: read() decodes it in slices, in its turn."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: list[memoryview]) -> None:
+        self.frames = frames
 
 
 def _ignore_write_error(exc: BaseException) -> None:
@@ -81,7 +91,7 @@ class Comm:
         self.peer_name = ""
         self.peer_version = ""
         self._loop = asyncio.get_running_loop()
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[Message | _Undecoded] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed_exc: CommClosedError | None = None
         self._handshaken = False
@@ -155,55 +165,112 @@ class Comm:
     async def read(self) -> list[Message]:
         """Every message received since the last call, at least one, in order.
 
+        A large batch (a header of SLICED_HEADER_BYTES or more) is decoded here
+        a slice at a time, yielding to the event loop between slices, so that
+        other connections are served meanwhile; messages received after it
+        wait for their turn.
+
         Raises:
             CommClosedError: the connection is closed and nothing is left to read.
         """
-        while not self._inbox:
-            if self._closed_exc is not None:
-                raise self._closed_error()
-            if self._waiter is not None:
-                raise RuntimeError("only one coroutine may read a Comm at a time")
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        msgs = list(self._inbox)
-        self._inbox.clear()
+        msgs: list[Message] = []
+        while not msgs:
+            while not self._inbox:
+                if self._closed_exc is not None:
+                    raise self._closed_error()
+                if self._waiter is not None:
+                    raise RuntimeError("only one coroutine may read a Comm at a time")
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            inbox = self._inbox
+            if type(inbox[0]) is _Undecoded:
+                msgs = await self._decode_large(inbox.popleft().frames)  # type: ignore[union-attr]
+            else:
+                while inbox and type(inbox[0]) is not _Undecoded:
+                    msgs.append(inbox.popleft())  # type: ignore[arg-type]
         if self._handshaken and not self.closed and self._backlog is None:
             self.transport.resume_reading()
         return msgs
 
+    async def _decode_large(self, frames: list[memoryview]) -> list[Message]:
+        """The messages of one large batch (maybe none: only pings), decoded in slices.
+
+        Raises:
+            CommClosedError: the connection closed meanwhile, or the batch was
+                malformed (the connection is then closed with that reason).
+        """
+        steps = decode_in_slices(frames)
+        msgs = []
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    decoded: list[Message] = done.value
+                    break
+                await asyncio.sleep(0)
+                if self.closed:
+                    steps.close()
+                    raise self._closed_error()
+            for msg in decoded:
+                if not self._connection_message(msg):
+                    msgs.append(msg)
+                elif self.closed:
+                    break
+        except ProtocolError as exc:  # the peer's fault, as in _on_data
+            self._inbox.clear()  # nothing the peer sent after bad bytes is read
+            self.transport.lose(exc)
+            raise self._closed_error() from None
+        return msgs
+
+    def _connection_message(self, msg: Message) -> bool:
+        """Handle a message of the connection itself (ping, pong, close); False for others.
+
+        Raises:
+            HandshakeError / ProtocolError: a handshake message after the handshake.
+        """
+        cls = type(msg)
+        if cls is Ping:
+            self._outbox.put(Pong(id=cast(Ping, msg).id))
+            return True
+        if cls is Pong:
+            fut = self._pings.get(cast(Pong, msg).id)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return True
+        if cls is Close:
+            text = cast(Close, msg).reason
+            reason = peer_text(text) if text else "no reason given"
+            self._set_closed(f"closed by the peer: {reason}")
+            self.transport.lose(None)
+            return True
+        if cls is HandshakeFailed:
+            text = cast(HandshakeFailed, msg).reason
+            raise HandshakeError(f"the peer refused the handshake: {peer_text(text)}")
+        if cls in _HANDSHAKE_TYPES:
+            raise ProtocolError(f"unexpected {msg.op} after the handshake")
+        return False
+
     def _on_data(self) -> None:
         """Decode completed batches; a ProtocolError here closes the connection."""
         handshaken = self._handshaken
+        inbox = self._inbox
         for frames in self.transport.decoder.pop():
+            if handshaken and frames[0].nbytes >= SLICED_HEADER_BYTES:
+                inbox.append(_Undecoded(frames))  # decoded in slices by read()
+                continue
             for msg in decode_batch(frames, allow_payloads=handshaken):
-                if handshaken:
-                    cls = type(msg)
-                    if cls is Ping:
-                        self._outbox.put(Pong(id=cast(Ping, msg).id))
-                        continue
-                    if cls is Pong:
-                        fut = self._pings.get(cast(Pong, msg).id)
-                        if fut is not None and not fut.done():
-                            fut.set_result(None)
-                        continue
-                    if cls is Close:
-                        text = cast(Close, msg).reason
-                        reason = peer_text(text) if text else "no reason given"
-                        self._set_closed(f"closed by the peer: {reason}")
-                        self.transport.lose(None)
+                if handshaken and self._connection_message(msg):
+                    if self.closed:
                         return
-                    if cls is HandshakeFailed:
-                        text = cast(HandshakeFailed, msg).reason
-                        raise HandshakeError(f"the peer refused the handshake: {peer_text(text)}")
-                    if cls in _HANDSHAKE_TYPES:
-                        raise ProtocolError(f"unexpected {msg.op} after the handshake")
-                self._inbox.append(msg)
+                    continue
+                inbox.append(msg)
         if not handshaken and self.transport.decoder.holding:
             self.transport.pause_reading()
-        elif len(self._inbox) > INBOX_HIGH_WATER:
+        elif len(inbox) > INBOX_HIGH_WATER:
             self.transport.pause_reading()
         self._wake()
 
@@ -321,7 +388,9 @@ class Comm:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._inbox.popleft()
+        msg = self._inbox.popleft()
+        assert isinstance(msg, Message), "batches are decoded in slices only after the handshake"
+        return msg
 
     def _accept_peer(self, hello: Hello) -> None:
         self.peer_role, self.peer_name, self.peer_version = hello.role, hello.name, hello.version
@@ -340,7 +409,9 @@ class Comm:
 
     def _handshake_done(self) -> None:
         if self._inbox:
-            raise ProtocolError(f"unexpected {self._inbox[0].op} during the handshake")
+            first = self._inbox[0]
+            what = first.op if isinstance(first, Message) else "batch"
+            raise ProtocolError(f"unexpected {what} during the handshake")
         self._handshaken = True
         self._outbox.limits = self._peer_limits
         decoder = self.transport.decoder

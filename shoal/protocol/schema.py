@@ -9,10 +9,11 @@ and fills defaults for missing optional ones. Anything else is ProtocolError.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Annotated, Any, ClassVar, TypeVar, dataclass_transform, get_args, get_origin
 
 from shoal.errors import ProtocolError
@@ -47,6 +48,9 @@ class Message:
     _fields: ClassVar[tuple[str, ...]]
     _required: ClassVar[frozenset[str]]
     _validators: ClassVar[tuple[tuple[str, Validator, str], ...]]
+    # Fields declared as tuple[T, ...] or dict[K, V]: validating each slice of
+    # such a value and joining the results is validating the whole.
+    _sliceable: ClassVar[frozenset[str]]
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {"op": self.op}
@@ -80,6 +84,9 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
         made._validators = tuple(
             (f.name, compile_type(hints[f.name]), f"{op}.{f.name}") for f in fields
         )
+        made._sliceable = frozenset(
+            f.name for f in fields if get_origin(hints[f.name]) in (tuple, dict)
+        )
         REGISTRY[op] = made
         return made
 
@@ -105,6 +112,59 @@ def from_wire(wire: object) -> Message:
     for name, check, where in cls._validators:
         if name in wire:
             kwargs[name] = check(wire[name], where)
+    return cls(**kwargs)
+
+
+class Parts(list):
+    """A field value decoded in slices (shoal.protocol.slices): tuples (an array)
+    or dicts (a map), in order; `joined()` is the whole value."""
+
+    __slots__ = ("is_map",)
+
+    def __init__(self, is_map: bool) -> None:
+        super().__init__()
+        self.is_map = is_map
+
+    def joined(self) -> object:
+        if self.is_map:
+            whole: dict = {}
+            for part in self:
+                whole.update(part)
+            return whole
+        return tuple(itertools.chain.from_iterable(self))
+
+
+def sliced_from_wire(
+    wire: object,
+) -> Generator[None, None, Message]:
+    """from_wire for a map whose long values were decoded in `Parts`;
+    yields after validating each part. The same checks, the same message.
+
+    Raises:
+        ProtocolError: as from_wire.
+    """
+    if not isinstance(wire, dict):
+        return from_wire(wire)
+    op = wire.get("op")
+    cls = REGISTRY.get(op) if isinstance(op, str) else None
+    if cls is None or cls._required.difference(wire):
+        return from_wire({k: v.joined() if type(v) is Parts else v for k, v in wire.items()})
+    kwargs = {}
+    for name, check, where in cls._validators:
+        if name not in wire:
+            continue
+        value = wire[name]
+        if type(value) is not Parts:
+            kwargs[name] = check(value, where)
+        elif name not in cls._sliceable:
+            kwargs[name] = check(value.joined(), where)
+        else:
+            done = []
+            for part in value:
+                done.append(check(part, where))
+                yield
+            value[:] = done
+            kwargs[name] = value.joined()
     return cls(**kwargs)
 
 

@@ -6,12 +6,13 @@ module readable; it uses the core's transitions and never does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shoal.protocol import messages as m
 from shoal.scheduler.core import CoreBase
 from shoal.scheduler.ingest import Plan, plan_graph
+from shoal.scheduler.intake import SLICE_TASKS
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -51,13 +52,28 @@ class ClientRequests(CoreBase):
         self._check_release(ts)
 
     def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        if len(msg.keys) <= SLICE_TASKS:
+            self._submit_graph_now(peer, msg)
+            return
+        steps = self._take_in(peer, msg)  # see intake.py; the shell calls resume()
+        try:
+            next(steps)
+        except StopIteration:
+            return
+        self.intakes[peer] = steps
+
+    def _submit_graph_now(self, peer: str, msg: m.SubmitGraph) -> None:
+        """Check and take in a whole graph in one step."""
         client = self.clients[peer]
         plan = plan_graph(msg, self.tasks)
         if isinstance(plan, str):
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
             return
-        new, local = self._create_tasks(msg, plan)
+        local = dict(plan.outside)
+        new = self._create_tasks(msg, plan, plan.order, local)
         tasks = self.tasks
+        for ts in new:
+            tasks[ts.key] = ts
         # Existing tasks that were let go but are needed again (recomputed below).
         again = [ts for ts in plan.outside.values() if ts.status is R]
         index = plan.index
@@ -67,16 +83,7 @@ class ClientRequests(CoreBase):
                 ts.wanted_by = (client,)
                 client.wants[ts] = None
                 continue
-            ts = tasks[key]
-            if client not in ts.wanted_by:
-                ts.wanted_by = with_member(ts.wanted_by, client)
-                client.wants[ts] = None
-            if ts.status is M:
-                self._report_memory(ts, (client,))
-            elif ts.status is E:
-                self._report_error(ts, (client,))
-            elif ts.status is R:
-                again.append(ts)
+            again += self._want_known(client, tasks[key])
         # Highest priority first, so that the first free slots go to it. Activating a
         # task before its dependencies is fine: it counts them as not in memory.
         for ts in sorted(new, key=lambda ts: ts.priority) if msg.priority else new:
@@ -85,19 +92,32 @@ class ClientRequests(CoreBase):
         # (a new task that erred at once needs none of them).
         self._recompute([ts for ts in again if ts.needed])
 
+    def _want_known(self, client: ClientInfo, ts: TaskState) -> list[TaskState]:
+        """`client` wants a task that existed before its graph: tell it what is known;
+        returns the task when it must be computed again."""
+        if client not in ts.wanted_by:
+            ts.wanted_by = with_member(ts.wanted_by, client)
+            client.wants[ts] = None
+        if ts.status is M:
+            self._report_memory(ts, (client,))
+        elif ts.status is E:
+            self._report_error(ts, (client,))
+        elif ts.status is R:
+            return [ts]
+        return []
+
     def _create_tasks(
-        self, msg: m.SubmitGraph, plan: Plan
-    ) -> tuple[list[TaskState], dict[object, TaskState]]:
-        """The plan's new tasks, in its order, and the tasks they read or are, by key."""
-        tasks = self.tasks
-        # Dependencies by key: the known ones the plan found, then each new task.
-        # A small dict of recent entries, where self.tasks may be huge and cold.
-        local = dict(plan.outside)
+        self, msg: m.SubmitGraph, plan: Plan, positions: Sequence[int], local: dict
+    ) -> list[TaskState]:
+        """The tasks at `positions` (of the plan's order), linked to their dependencies,
+        which `local` holds by key (the known ones the plan found, then each new task,
+        added here): a small dict of recent entries, where self.tasks may be huge and
+        cold. Known dependencies list them as dependents; self.tasks is left alone."""
         keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
         prio, order = msg.priority, self._order
         options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
-        for i in plan.order:
+        for i in positions:
             key = keys[i]
             priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
             ts = TaskState(key, funcs[func[i]], args[i], priority)
@@ -123,9 +143,9 @@ class ClientRequests(CoreBase):
                         dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
                     else:
                         dep.dependents = with_member(users, ts)
-            tasks[key] = local[key] = ts
+            local[key] = ts
             new.append(ts)
-        return new, local
+        return new
 
     def _release_futures(self, peer: str, msg: m.ReleaseFutures) -> None:
         client = self.clients[peer]

@@ -1,7 +1,7 @@
 """What the scheduler core's mixins use of one another, declared for the type checker.
 
-SchedulerState (shoal.scheduler.state) is made of mixins (clients, replicas,
-stalls, workers) that share its attributes and call each other's methods.
+SchedulerState (shoal.scheduler.state) is made of mixins (clients, intake,
+replicas, stalls, workers) that share its attributes and call each other's methods.
 Each mixin derives from CoreBase, which declares those attributes and
 methods, so that a type checker checks every mixin as strictly as
 state.py itself. It holds nothing at run time: the declarations are
@@ -11,14 +11,16 @@ annotations, and the method stubs exist only for the type checker.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal.scheduler.model import ClientInfo, Command, Status, TaskState, WorkerInfo
 from shoal.scheduler.placement import Placement
 
 if TYPE_CHECKING:
+    from shoal.protocol import messages as m
     from shoal.protocol.schema import Message
+    from shoal.scheduler.ingest import Plan
     from shoal.scheduler.replicas import Replication
     from shoal.scheduler.stalls import Stall
 
@@ -47,6 +49,8 @@ class CoreBase:
     _now: float
     _out: list[Command]
     _free: dict[WorkerInfo, list[object]]
+    intakes: dict[str, Generator[None, None, None]]
+    _held: list[TaskState] | None
 
     if TYPE_CHECKING:
         # state.py
@@ -60,10 +64,21 @@ class CoreBase:
         def _recompute(self, roots: list[TaskState]) -> None: ...
         def _activate(self, ts: TaskState) -> None: ...
         def _check_release(self, ts: TaskState) -> None: ...
+        def _begin(self, what: str, now: float) -> None: ...
+        def _end(self) -> list[Command]: ...
+        def _ready(self, ts: TaskState) -> None: ...
 
         # clients.py
         def _report_memory(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None: ...
         def _report_error(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None: ...
+        def _submit_graph_now(self, peer: str, msg: m.SubmitGraph) -> None: ...
+        def _want_known(self, client: ClientInfo, ts: TaskState) -> list[TaskState]: ...
+        def _create_tasks(
+            self, msg: m.SubmitGraph, plan: Plan, positions: Sequence[int], local: dict
+        ) -> list[TaskState]: ...
+
+        # intake.py
+        def _take_in(self, peer: str, msg: m.SubmitGraph) -> Generator[None, None, None]: ...
 
         # replicas.py
         def _copy_settled(self, key: object, ws: WorkerInfo) -> None: ...

@@ -222,10 +222,16 @@ class Scheduler:
                         return
                     collector.before(msg)
                     try:
-                        commands = state.handle(peer, msg, now())
+                        self._run_commands(state.handle(peer, msg, now()))
+                        # A large graph is taken in a slice at a time; this connection's
+                        # next messages wait for it, other connections are served between.
+                        while state.taking_in(peer):
+                            await asyncio.sleep(0)
+                            if self.failure is not None:
+                                break
+                            self._run_commands(state.resume(peer, now()))
                     finally:
                         collector.after(msg, state)
-                    self._run_commands(commands)
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:

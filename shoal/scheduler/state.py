@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from shoal.errors import InvalidTransition, TaskTimeout, type_name
@@ -18,6 +18,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
 from shoal.scheduler.history import History
+from shoal.scheduler.intake import LargeSubmissions
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -54,7 +55,7 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
+class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTasks, WorkerEvents):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -123,6 +124,10 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         self._cascade: deque[tuple[Callable[..., None], TaskState, Any]] = deque()
         self._draining = False
         self._refill: dict[WorkerInfo, None] = {}  # workers whose tasks were taken back
+        # Large graphs being taken in, by connection (see intake.py), and while one
+        # of their slices starts tasks, the list that holds those found ready.
+        self.intakes: dict[str, Generator[None, None, None]] = {}
+        self._held: list[TaskState] | None = None
         self._handlers: dict[tuple[str, type[Message]], Callable[[str, Any], None]] = {
             ("worker", m.TaskFinished): self._task_finished,
             ("worker", m.TaskErred): self._task_erred,
@@ -171,6 +176,7 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
         """The connection `peer` is gone."""
         self._begin("connection-lost", now)
         self.roles.pop(peer, None)
+        intake = self.intakes.pop(peer, None)
         if peer in self.workers:
             ws = self.workers[peer]
             if ws.nanny:  # its nanny is about to say why; its work waits for that
@@ -181,6 +187,8 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
                 self._remove_worker(ws, "its connection was lost")
         elif peer in self.clients:
             self._remove_client(self.clients.pop(peer))
+        if intake is not None:  # after the client's wants are gone: see _take_in
+            intake.close()
         return self._end()
 
     def tick(self, now: float) -> list[Command]:
@@ -336,6 +344,9 @@ class SchedulerState(ClientRequests, DataRequests, StalledTasks, WorkerEvents):
 
     def _ready(self, ts: TaskState) -> None:
         """All dependencies of a waiting task are in memory: run it or queue it."""
+        if self._held is not None:  # a large graph starts its ready tasks later, in order
+            self._held.append(ts)
+            return
         ws = self.placement.pick(ts)
         if ws is None:
             self._move(ts, Q)
