@@ -47,6 +47,7 @@ from shoal.worker.events import (
     Key,
     Restart,
     SendToScheduler,
+    ThreadsStarted,
     Tick,
     Value,
 )
@@ -255,7 +256,12 @@ class Worker:
                 await self._listener.close()
             raise
         self._scheduler = comm
-        self._pool = ThreadPool(self.nthreads, self._on_executed, name=f"shoal-{self.name}")
+        self._pool = ThreadPool(
+            self.nthreads,
+            self._on_executed,
+            name=f"shoal-{self.name}",
+            on_started=self._on_started,
+        )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
         return self
@@ -426,6 +432,17 @@ class Worker:
                 self._dispatch(self.state.handle(event, now))
         except Exception as exc:  # shell boundary: a core bug stops the worker, loudly
             log.error("worker %s failed handling completed tasks", self.name, exc_info=True)
+            self._failure = exc
+            self._stop.set()
+
+    def _on_started(self, keys: list[Key]) -> None:
+        """Threads started tasks that are still running: the core tells the scheduler."""
+        if self._stop.is_set():
+            return
+        try:
+            self._dispatch(self.state.handle(ThreadsStarted(tuple(keys)), time.monotonic()))
+        except Exception as exc:  # shell boundary: a core bug stops the worker, loudly
+            log.error("worker %s failed handling started tasks", self.name, exc_info=True)
             self._failure = exc
             self._stop.set()
 
