@@ -188,6 +188,7 @@ class Worker:
         connect_retry: float = 0.0,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         nanny: bool = False,
+        nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
     ) -> None:
         self.scheduler_address = scheduler
@@ -197,6 +198,7 @@ class Worker:
         self.address = ""
         # With a nanny, a worker whose thread is stuck past a timeout restarts.
         self.nanny = nanny
+        self.nanny_id = nanny_id  # the id its nanny registered under at the scheduler
         self.state = WorkerState(
             nthreads,
             prefetch=PREFETCH_PER_THREAD * nthreads,
@@ -324,6 +326,7 @@ class Worker:
                 pid=os.getpid(),
                 host=socket.gethostname(),
                 nanny=self.nanny,
+                nanny_id=self.nanny_id,
             )
         )
         async with asyncio.timeout(self._connect_timeout):
