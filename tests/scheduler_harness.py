@@ -78,12 +78,28 @@ class Harness:
         return self._after(self.state.tick(self.now))
 
     def nanny_reports(self, worker: str, cause: str) -> list[Command]:
-        """The nanny of `worker` (a peer id) connects and reports its death."""
+        """The nanny of `worker` (a peer id) reports its death on its connection."""
         ws = self.state.workers[worker]
-        peer = f"n:{ws.name}"
-        self.state.connected(peer, "nanny")
-        out = self.handle(peer, m.WorkerDied(name=ws.name, address=ws.address, cause=cause))
-        self.state.lost(peer, self.now)
+        peer = self.state.nanny_ids[ws.nanny_id].peer
+        return self.handle(peer, m.WorkerDied(name=ws.name, address=ws.address, cause=cause))
+
+    def nanny(self, name: str) -> str:
+        """Connect and register the nanny of the worker `name` (if not connected yet);
+        its peer id is `n:<name>`, its id `id-<name>`."""
+        peer = f"n:{name}"
+        if peer not in self.state.nannies:
+            self.state.connected(peer, "nanny")
+            self.out = self.handle(peer, m.RegisterNanny(nanny_id=f"id-{name}", name=name))
+        return peer
+
+    def start(self, *keys: object) -> list[Command]:
+        """The workers running `keys` note that their threads started them."""
+        out: list[Command] = []
+        by_worker: dict[str, list[object]] = {}
+        for key in keys:
+            by_worker.setdefault(self.on(key), []).append(key)
+        for peer, started in by_worker.items():
+            out += self.handle(peer, m.TasksStarted(keys=tuple(started)))
         return out
 
     def _after(self, out: list[Command]) -> list[Command]:
@@ -115,8 +131,13 @@ class Harness:
         nanny: bool = False,
         peer: str | None = None,
     ) -> str:
-        """Connect and register a worker; its peer id is `w:<name>` by default."""
+        """Connect and register a worker; its peer id is `w:<name>` by default. With
+        `nanny`, its nanny (see `nanny()`) registers first."""
         peer = peer or f"w:{name}"
+        nanny_id = ""
+        if nanny:
+            self.nanny(name)
+            nanny_id = f"id-{name}"
         self.state.connected(peer, "worker")
         msg = m.RegisterWorker(
             name=name,
@@ -124,6 +145,7 @@ class Harness:
             nthreads=nthreads,
             resources=dict(resources or {}),
             nanny=nanny,
+            nanny_id=nanny_id,
         )
         self.out = self.handle(peer, msg)
         return peer

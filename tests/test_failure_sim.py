@@ -2,13 +2,16 @@
 and one client, joined by an in-memory bus on a virtual clock.
 
 Random arithmetic graphs run while workers are killed (with or without a nanny to
-report it), stall past the heartbeat timeout, leave politely and join; a "poisoned"
-task kills every worker that runs it; the client asks for copies and lets some futures
-go. Each core is validated after every step it takes. Once the run settles, every
-wanted key must have been reported with its right value, or erred as it must: a task
-of its lineage raised (ValueError), or ran on `allowed_failures` workers that the
-simulation killed (KilledWorker, which a poisoned lineage must end in). Releasing the
-rest must then leave nothing on the scheduler or on any worker.
+report it), lost together with their nanny (a whole node), stall past the heartbeat
+timeout, leave politely and join; a "poisoned" task kills every worker that runs it;
+the client asks for copies and lets some futures go. Workers note the tasks their
+threads start, as their shells do. Each core is validated after every step it takes.
+Once the run settles, every wanted key must have been reported with its right value,
+or erred as it must: a task of its lineage raised (ValueError), or had started on
+`allowed_failures` workers that the simulation killed (KilledWorker, which a poisoned
+lineage must end in; a worker whose nanny reported its crash, with nothing noted as
+started, counts against all it was given). Releasing the rest must then leave nothing
+on the scheduler or on any worker.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from shoal.worker.events import (
     FetchFailed,
     Restart,
     SendToScheduler,
+    ThreadsStarted,
     Value,
 )
 from shoal.worker.execute import Executor
@@ -58,7 +62,9 @@ TICK_SLACK_S = 0.001  # the core removes a worker once strictly past its deadlin
 MAX_EVENTS = 30_000  # a run takes a few thousand at most
 CLIENT, SCHEDULER = "client-0", "scheduler"
 # Fault kinds and their weights.
-FAULTS = {"kill": 5, "stall": 2, "leave": 1, "join": 1, "replicate": 1, "release": 1}
+FAULTS = {"kill": 4, "node": 2, "stall": 2, "leave": 1, "join": 1, "replicate": 1, "release": 1}
+# How long after a thread starts a task its worker's shell writes the note of it.
+NOTE_S = 0.0005
 
 
 def step(op: str, const: int, pad: int, *inputs: tuple[int, bytes]) -> tuple[int, bytes]:
@@ -146,6 +152,7 @@ class Node:
     address: str
     nanny: bool
     core: WorkerState
+    nanny_peer: str = ""  # its nanny's connection, when it has one
     life: str = "alive"  # "alive", "left" (on purpose) or "dead" (killed or cut off)
     registered: bool = False
     paused_until: float = 0.0  # stalled (sends, runs and serves nothing) until then
@@ -189,6 +196,9 @@ class Sim:
         # Who was sent each task, and the processes that died (never those that left).
         self.computes: dict[object, list[Node]] = {}
         self.dead: list[Node] = []
+        self.ran: dict[object, list[Node]] = {}  # the workers whose threads started each task
+        self.reported: set[str] = set()  # peers of workers whose nanny reported their death
+        self.nannies: dict[str, None] = {}  # nanny connections alive
         self.faults: list[str] = []  # what happened, for failure messages and coverage
 
     # -- the clock ---------------------------------------------------------------
@@ -261,6 +271,7 @@ class Sim:
 
     def cut(self, peer: str) -> None:
         """The scheduler closes a connection: a worker cut off stops (and is replaced)."""
+        self.nannies.pop(peer, None)
         node = self.nodes.get(peer)
         if node is not None and node.alive:
             self.faults.append("cut")
@@ -276,22 +287,45 @@ class Sim:
 
     # -- workers -----------------------------------------------------------------------
 
-    def join(self, name: str = "", address: str = "", nanny: bool | None = None) -> Node:
-        """A fresh worker process connects and registers."""
+    def join(
+        self, name: str = "", address: str = "", nanny: bool | None = None, nanny_peer: str = ""
+    ) -> Node:
+        """A fresh worker process connects and registers; a fresh nanny first, unless
+        `nanny_peer` (a nanny restarting its worker) is given."""
         number = next(self.numbers)
         name = name or f"w{number}"
         nanny = self.rng.random() < 0.5 if nanny is None else nanny
+        if nanny and not nanny_peer:
+            nanny_peer = self.start_nanny(name)
         nthreads = self.rng.choice((1, 2))
         peer = f"worker-{number}"
         node = Node(name, peer, address or f"sim://{name}.{number}", nanny, WorkerState(nthreads))
+        node.nanny_peer = nanny_peer
         self.nodes[peer] = node
         self.at_address[node.address] = node
         self.open[peer] = None
         self.scheduler.connected(peer, "worker")
-        register = m.RegisterWorker(name=name, address=node.address, nthreads=nthreads, nanny=nanny)
+        register = m.RegisterWorker(
+            name=name, address=node.address, nthreads=nthreads, nanny=nanny, nanny_id=nanny_peer
+        )
         self.to_scheduler(peer, register)
         self.at(self.now + HEARTBEAT_S, self.heartbeat, node, work=False)
         return node
+
+    def start_nanny(self, name: str) -> str:
+        """A nanny connects, registers (its peer doubles as its id) and heartbeats."""
+        peer = f"nanny-{next(self.numbers)}"
+        self.open[peer] = None
+        self.nannies[peer] = None
+        self.scheduler.connected(peer, "nanny")
+        self.to_scheduler(peer, m.RegisterNanny(nanny_id=peer, name=name))
+        self.at(self.now + HEARTBEAT_S, self.nanny_beats, peer, work=False)
+        return peer
+
+    def nanny_beats(self, peer: str) -> None:
+        if peer in self.nannies:
+            self.to_scheduler(peer, m.Heartbeat())
+            self.at(self.now + HEARTBEAT_S, self.nanny_beats, peer, work=False)
 
     def heartbeat(self, node: Node) -> None:
         if not node.alive:
@@ -316,16 +350,27 @@ class Sim:
         for command in commands:
             if type(command) is SendToScheduler:
                 self.to_scheduler(node.peer, command.msg)
-            elif type(command) is Execute and command.key in self.graph.poisoned:
-                self.at(self.now + self.rng.expovariate(1 / self.task_s), self.crash, node)
             elif type(command) is Execute:
-                duration = self.rng.expovariate(1 / self.task_s)
-                self.at(self.now + duration, self.executed, node, command, duration)
+                # A thread starts it; the shell notes that soon after, if it still runs.
+                self.ran.setdefault(command.key, []).append(node)
+                self.at(self.now + NOTE_S, self.note_started, node, command.key)
+                delay = self.rng.expovariate(1 / self.task_s)
+                if command.key in self.graph.poisoned:
+                    self.at(self.now + delay, self.crash, node)
+                else:
+                    self.at(self.now + delay, self.executed, node, command, delay)
             elif type(command) is Fetch:
                 self.send(node.peer, command.address, self.serve, node, command)
             else:
                 assert type(command) is not Restart, "no task has a timeout here"
                 raise AssertionError(f"unknown command {command!r}")
+
+    def note_started(self, node: Node, key: object) -> None:
+        """The shell writes its note of a started task, if the task still runs."""
+        if not node.alive or self.stalled(node, self.note_started, node, key):
+            return
+        if node.core.keys.get(key) is not None:
+            self.worker_does(node, node.core.handle(ThreadsStarted((key,)), self.now))
 
     def executed(self, node: Node, command: Execute, duration: float) -> None:
         """A thread finished a task: now it is really computed, with a modelled duration."""
@@ -373,10 +418,10 @@ class Sim:
 
     def replace(self, node: Node) -> None:
         """A nanny restarts its worker under the same name; otherwise a new one joins."""
-        if node.nanny:
+        if node.nanny and node.nanny_peer in self.nannies:
             address = node.address if self.rng.random() < 0.5 else ""
             delay = self.rng.uniform(0.5, 2 * DEATH_REPORT_WAIT_S)
-            self.at(self.now + delay, self.join, node.name, address, True)
+            self.at(self.now + delay, self.join, node.name, address, True, node.nanny_peer)
         else:
             self.at(self.now + self.rng.uniform(0.1, 2.0), self.join)
 
@@ -395,6 +440,8 @@ class Sim:
             node = self.rng.choice(self.live())
             if kind == "kill":
                 self.kill(node)
+            elif kind == "node":
+                self.lose_node(node)
             elif kind == "stall":
                 self.stall(node)
             else:
@@ -414,14 +461,23 @@ class Sim:
             self.at(self.now + self.rng.uniform(0.0, 0.1), self.nanny_reports, node)
         self.replace(node)
 
+    def lose_node(self, node: Node) -> None:
+        """The machine goes: the worker and its nanny end together, in either order,
+        and nobody reports anything; a fresh worker joins elsewhere."""
+        if node.nanny_peer in self.nannies:
+            del self.nannies[node.nanny_peer]
+            self.at(self.now + self.rng.uniform(0.0, 0.05), self.close, node.nanny_peer)
+        node.nanny = False  # no nanny left to restart it
+        self.kill(node)
+
     def nanny_reports(self, node: Node) -> None:
-        peer = f"nanny-{next(self.numbers)}"
+        """The nanny reports the death on the connection it keeps open."""
+        if node.nanny_peer not in self.nannies:
+            return  # the nanny is gone too
         self.faults.append("report")
-        self.open[peer] = None
-        self.scheduler.connected(peer, "nanny")
+        self.reported.add(node.peer)
         died = m.WorkerDied(name=node.name, address=node.address, cause="killed by SIGKILL")
-        self.obey(self.scheduler.handle(peer, died, self.now))
-        self.send(peer, SCHEDULER, self.close, peer)  # the nanny hangs up once it has told
+        self.to_scheduler(node.nanny_peer, died)
 
     def stall(self, node: Node) -> None:
         """The process hangs for a while, longer than the heartbeat timeout or not."""
@@ -509,7 +565,9 @@ class Sim:
         """KilledWorker for `key` only after it was sent to `allowed_failures` workers
         that died, as the message names them."""
         named = re.findall(r"'([^']*)' \(", message)
-        died = {node.name for node in self.computes.get(key, []) if node in self.dead}
+        # Workers that started it, or that were given it and whose nanny reported them.
+        given = [node for node in self.computes.get(key, []) if node.peer in self.reported]
+        died = {node.name for node in self.ran.get(key, []) + given if node in self.dead}
         assert len(named) == self.allowed_failures, f"{key}: {message}"
         assert set(named) <= died, f"{key}: {message}; sent to dead workers {sorted(died)}"
         ts = self.scheduler.tasks.get(key)

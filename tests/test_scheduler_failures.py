@@ -55,6 +55,7 @@ def test_a_lost_dependency_is_recomputed_from_its_lineage_after_a_death() -> Non
     assert h.on("y") == w1
     h.finish("y")  # x is released (only y needed it); y is on a, z runs on a
     assert h.status("x") == "released" and h.on("z") == w1
+    h.start("z")
     out = h.lose(w1)
     # y's only copy died with a: x and then y run again on b, then z.
     assert computed(out, w2) == ["x"]
@@ -74,8 +75,9 @@ def test_a_silent_worker_is_removed_after_the_heartbeat_timeout() -> None:
     c = h.client()
     h.submit(c, {"x": [], "y": []})
     assert h.on("x") == w1 and h.on("y") == w2
+    h.start("x")  # a's last word
     # b heartbeats (with its figures); a says nothing.
-    h.now += 6
+    h.now += 9
     h.handle(w2, m.Heartbeat(cpu=12.5, memory=100_000, executing=1))
     assert h.state.next_deadline() == pytest.approx(h.state.workers[w1].last_seen + 10)
     assert h.tick(0.0) == []  # 10 s since a was last heard from: not yet past
@@ -153,9 +155,11 @@ def test_killed_worker_reaches_the_client_and_spares_the_other_tasks() -> None:
     w1 = h.worker("a", nthreads=2)
     h.submit(c, {"bad": [], "good": []})
     assert h.processing(w1) == ["bad", "good"]
+    h.start("bad", "good")
     w2 = h.worker("b", nthreads=2)
     h.lose(w1)
     assert set(h.processing(w2)) == {"bad", "good"}
+    h.start("bad", "good")
     h.finish("good")
     w3 = h.worker("c", nthreads=2)
     out = h.lose(w2)
@@ -223,14 +227,14 @@ def test_without_a_report_the_dying_worker_is_removed_at_the_deadline() -> None:
     c = h.client()
     w1, w2 = h.worker("a", nanny=True), h.worker("b")
     h.submit(c, {"x": [], "y": []})
+    h.start("x")
     h.lose(w1)
     assert h.tick(1.5) == [] and h.on("x") == w1
     out = h.tick(0.5)
     assert computed(out, w2) == ["x"]
     assert h.task("x").deaths == [("a", "its connection was lost and its nanny sent no report")]
     # A late report, for a worker already removed, changes nothing.
-    h.state.connected("n:late", "nanny")
-    out = h.handle("n:late", m.WorkerDied(name="a", address="tcp://a:1", cause="exit code 1"))
+    out = h.handle("n:a", m.WorkerDied(name="a", address="tcp://a:1", cause="exit code 1"))
     assert out == []
 
 
@@ -331,3 +335,119 @@ def test_a_value_let_go_while_another_lost_one_comes_back_is_not_lost_twice() ->
     # before its own turn comes.
     h.lose(a)
     assert h.status("z") == "erred" and h.status("y") in ("released", "forgotten")
+
+
+# -- which tasks a death counts against ----------------------------------------------------
+
+
+def test_a_death_counts_only_against_the_tasks_it_had_started() -> None:
+    h = Harness(allowed_failures=1)
+    c = h.client()
+    w1 = h.worker("a", nthreads=2)
+    h.submit(c, {"run": [], "wait": []})
+    assert h.processing(w1) == ["run", "wait"]
+    assert h.start("run") == []  # a note, answered by nothing
+    w2 = h.worker("b", nthreads=2)
+    out = h.lose(w1)
+    # "run" had started on a, whose death is its first and last allowed; "wait"
+    # had not, and only goes back to work, on b.
+    (report,) = sent(out, c, m.KeyErred)
+    assert report.key == "run" and report.typename == KILLED
+    assert report.message == (
+        "task 'run' was processing on 1 workers that died: 'a' (its connection was lost)"
+    )
+    assert computed(out, w2) == ["wait"] and h.task("wait").deaths is None
+
+
+def test_a_note_for_a_task_no_longer_there_is_ignored() -> None:
+    h = Harness()
+    c = h.client()
+    w1, w2 = h.worker("a"), h.worker("b")
+    h.submit(c, {"x": []})
+    assert h.on("x") == w1
+    h.finish("x")
+    assert h.handle(w1, m.TasksStarted(keys=("x", "unknown"))) == []
+    assert not h.state.workers[w1].started
+    out = h.lose(w1)  # x's value dies with a and is computed again, but not blamed
+    assert computed(out, w2) == ["x"] and h.task("x").deaths is None
+
+
+def test_a_reported_crash_with_nothing_started_counts_against_all_it_was_given() -> None:
+    h = Harness(allowed_failures=1)
+    c = h.client()
+    w1 = h.worker("a", nthreads=2, nanny=True)
+    h.submit(c, {"x": [], "y": []})
+    out = h.nanny_reports(w1, "killed by SIGSEGV")
+    assert sorted(msg.key for msg in sent(out, c, m.KeyErred)) == ["x", "y"]
+
+
+# -- nannies: tied to their worker, and watched --------------------------------------------
+
+
+def test_with_its_nanny_gone_too_a_dead_workers_tasks_move_at_once() -> None:
+    h = Harness(death_report_wait=2.0)
+    c = h.client()
+    w1, w2 = h.worker("a", nanny=True), h.worker("b")
+    h.submit(c, {"x": [], "y": []})
+    assert h.on("x") == w1
+    h.start("x")
+    assert h.lose("n:a") == []  # the worker still runs; it will go too
+    out = h.lose(w1)
+    assert computed(out, w2) == ["x"] and not h.state.dying
+    assert h.task("x").deaths == [("a", "its connection was lost, and so was its nanny's")]
+
+
+def test_a_dying_worker_whose_nanny_goes_is_removed_at_once() -> None:
+    h = Harness(death_report_wait=2.0)
+    c = h.client()
+    w1, w2 = h.worker("a", nanny=True), h.worker("b")
+    h.submit(c, {"x": [], "y": []})
+    h.start("x")
+    out = h.lose(w1)
+    assert computed(out) == [] and list(h.state.dying)  # waiting for the report
+    out = h.lose("n:a")
+    assert computed(out, w2) == ["x"] and not h.state.dying
+    assert h.task("x").deaths == [("a", "its connection was lost, and so was its nanny's")]
+    assert h.state.next_deadline() is not None  # b's heartbeat deadline only
+    assert h.state.next_deadline() == pytest.approx(h.state.workers[w2].last_seen + 30.0)
+
+
+def test_a_nanny_may_report_only_its_own_worker() -> None:
+    h = Harness()
+    c = h.client()
+    w1, w2 = h.worker("a", nanny=True), h.worker("b", nanny=True)
+    h.submit(c, {"x": [], "y": []})
+    out = h.handle("n:a", m.WorkerDied(name="b", address="tcp://b:1", cause="lies"))
+    assert out == [Disconnect("n:a", "nanny of 'a' reported another worker, 'b'")]
+    assert h.on("y") == w2 and "n:a" not in h.state.nannies
+    # A worker that cannot be tied to its nanny any more dies without waiting.
+    h.start("x")
+    out = h.lose(w1)
+    assert h.on("x") == w2 and not h.state.dying
+
+
+def test_a_nanny_must_register_and_keep_its_id_to_itself() -> None:
+    h = Harness()
+    h.worker("a", nanny=True)
+    h.state.connected("n:stranger", "nanny")
+    out = h.handle("n:stranger", m.WorkerDied(name="a", address="", cause="lies"))
+    assert out == [Disconnect("n:stranger", "worker-died from a nanny before it registered")]
+    h.state.connected("n:copy", "nanny")
+    out = h.handle("n:copy", m.RegisterNanny(nanny_id="id-a", name="a"))
+    assert out == [Disconnect("n:copy", "a nanny with id 'id-a' is registered already")]
+    assert h.state.nanny_ids["id-a"].peer == "n:a"
+
+
+def test_a_silent_nanny_is_disconnected_like_a_silent_worker() -> None:
+    h = Harness(heartbeat_timeout=10.0, death_report_wait=2.0)
+    w1 = h.worker("a", nanny=True)
+    h.now += 8
+    h.handle(w1, m.Heartbeat())
+    assert h.state.next_deadline() == pytest.approx(h.state.nannies["n:a"].last_seen + 10.0)
+    assert h.tick(0.0) == []
+    out = h.tick(0.5)
+    assert out == [Disconnect("n:a", "nanny of 'a': it sent no heartbeat for 10.5 s")]
+    assert not h.state.nannies and w1 in h.state.workers
+    assert h.handle("n:a", m.Heartbeat()) == [
+        Disconnect("n:a", "heartbeat from a nanny before it registered")
+    ]

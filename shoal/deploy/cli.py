@@ -15,7 +15,15 @@ from typing import Any
 
 from shoal import __version__
 from shoal.deploy import options
-from shoal.deploy.nanny import FATAL_EXIT, INTERNAL_ERROR_EXIT, NANNY_ENV, RESTART_EXIT
+from shoal.deploy.lifeline import watch_parent
+from shoal.deploy.nanny import (
+    FATAL_EXIT,
+    INTERNAL_ERROR_EXIT,
+    MAX_RESTARTS,
+    NANNY_ENV,
+    RESTART_EXIT,
+    RESTART_WINDOW_S,
+)
 from shoal.errors import ShoalError
 from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
@@ -222,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="restart the worker when a task runs this long past its timeout (default 5)",
     )
+    worker.add_argument(
+        "--max-restarts",
+        type=_at_least_one,
+        default=MAX_RESTARTS,
+        metavar="N",
+        help=f"the nanny gives up when its worker dies more than N times within "
+        f"--restart-window (default {MAX_RESTARTS})",
+    )
+    worker.add_argument(
+        "--restart-window",
+        type=_positive,
+        default=RESTART_WINDOW_S,
+        metavar="SECONDS",
+        help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
+    )
     _add_security(worker)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
@@ -256,17 +279,22 @@ def _tls(args: argparse.Namespace) -> TLSConfig | None:
 
 
 class _Signals:
-    """SIGINT and SIGTERM, caught for the whole life of the command."""
+    """SIGINT and SIGTERM, caught for the whole life of the command; and, for a
+    process started with a lifeline (by a nanny, by LocalCluster), the end of the
+    process that started it."""
 
     def __init__(self) -> None:
-        self.name = ""
+        self.name = ""  # what stopped it: "SIGTERM", or "its parent's end"
         self._event = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._caught, sig)
+            loop.add_signal_handler(sig, self._caught, sig.name)
+        watch_parent(lambda: self._caught("its parent's end"))
 
-    def _caught(self, sig: signal.Signals) -> None:
-        self.name = self.name or sig.name
+    def _caught(self, name: str) -> None:
+        if not self.name and not name.startswith("SIG"):
+            log.warning("the process that started this one is gone; stopping")
+        self.name = self.name or name
         self._event.set()
 
     async def race(self, awaitable: Any) -> bool:
@@ -321,7 +349,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     """A worker in this process; it joins its scheduler again whenever it loses it."""
     from shoal.worker.server import Worker
 
-    supervised = os.environ.get(NANNY_ENV) == "1"
+    nanny_id = os.environ.pop(NANNY_ENV, "")
     signals = _Signals()
     first = True
     while True:
@@ -335,7 +363,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
             tls=_tls(args),
             listen=args.listen,
             connect_retry=args.connect_timeout,
-            nanny=supervised,
+            nanny=bool(nanny_id),
+            nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
         )
         starting = asyncio.ensure_future(worker.start())
@@ -355,7 +384,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
         )
         finished = asyncio.ensure_future(worker.finished())
         signalled = await signals.race(finished)
-        await worker.close(f"received {signals.name}" if signalled else "scheduler gone")
+        await worker.close(f"stopped by {signals.name}" if signalled else "scheduler gone")
         if signalled:
             return 0
         if finished.exception() is not None:
@@ -381,10 +410,14 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         token=args.token,
         tls=_tls(args),
         log_level=args.log_level,
+        max_restarts=args.max_restarts,
+        restart_window=args.restart_window,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, nanny.stop)
+    if watch_parent(nanny.stop):  # started by LocalCluster: end with it
+        log.debug("nanny of %s ends with the process that started it", nanny.name)
     return await nanny.run()
 
 

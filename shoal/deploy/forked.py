@@ -19,6 +19,8 @@ import sys
 import threading
 import traceback
 
+from shoal.deploy.lifeline import Lifeline
+
 
 def can_fork() -> bool:
     """Whether workers may be forked from this process now."""
@@ -30,11 +32,14 @@ def can_fork() -> bool:
     )
 
 
-def fork_worker(argv: list[str], token: str, listening: socket.socket) -> ForkedProcess:
+def fork_worker(
+    argv: list[str], token: str, listening: socket.socket, lifeline: Lifeline
+) -> ForkedProcess:
     """Fork a child that runs `shoal *argv` (a `worker` command) and exits.
 
     `listening`, the scheduler's socket, is closed in the child. The token
-    reaches the child's command line parser through its environment.
+    reaches the child's command line parser through its environment; the
+    child watches `lifeline` and stops when this process ends.
     """
     pid = os.fork()
     if pid:
@@ -42,6 +47,7 @@ def fork_worker(argv: list[str], token: str, listening: socket.socket) -> Forked
     code = 1
     try:  # the child: never return into the caller's code
         listening.close()
+        lifeline.in_forked_child()
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)

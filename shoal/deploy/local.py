@@ -10,6 +10,9 @@ dies or crosses `memory_limit`. A fresh random token guards the ports.
 the scheduler. An internal error in the in-process scheduler never ends the
 program: that scheduler stops, its clients' pending futures fail with
 SchedulerLost naming the error, and `failure` holds it until `close()`.
+Worker processes hold a lifeline to the process that started them
+(shoal.deploy.lifeline): should it end without `close()`, killed or not,
+they stop at once.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from shoal.client.loop import LoopThread
 from shoal.deploy import options
 from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
+from shoal.deploy.lifeline import Lifeline
 from shoal.scheduler.server import Scheduler
 from shoal.scheduler.state import SchedulerState
 from shoal.worker.server import Worker
@@ -199,6 +203,7 @@ class LocalCluster:
         self.scheduler_address = ""
         self.workers: list[Worker] = []
         self.procs: list[asyncio.subprocess.Process | ForkedProcess] = []
+        self._lifeline = Lifeline() if processes else None
         listening = None
         if processes and not asynchronous and "address" not in scheduler_options and can_fork():
             # Bind first: the forked workers' connections wait in its backlog
@@ -207,7 +212,9 @@ class LocalCluster:
             address = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
             scheduler_options["address"] = address
             for i in range(self.n_workers):
-                self.procs.append(fork_worker(self._worker_argv(i, address), self.token, listening))
+                argv = self._worker_argv(i, address)
+                assert self._lifeline is not None
+                self.procs.append(fork_worker(argv, self.token, listening, self._lifeline))
         self.scheduler = Scheduler(token=self.token, sock=listening, **scheduler_options)
         self._loop_thread: LoopThread | None = None
         self._started = False
@@ -255,11 +262,18 @@ class LocalCluster:
         )
 
     async def _spawn(self, i: int) -> asyncio.subprocess.Process:
-        args = [sys.executable, "-m", "shoal", *self._worker_argv(i, self.scheduler_address)]
+        # -P: a folder named `shoal` in the working directory cannot shadow the package.
+        argv = self._worker_argv(i, self.scheduler_address)
+        args = [sys.executable, "-P", "-m", "shoal", *argv]
+        assert self._lifeline is not None
         # The token travels in the environment, not in argv where `ps` shows it.
-        env = {**os.environ, "SHOAL_TOKEN": self.token}
+        env = {**os.environ, "SHOAL_TOKEN": self.token, **self._lifeline.child_env()}
         return await asyncio.create_subprocess_exec(
-            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            pass_fds=(self._lifeline.read_fd,),
         )
 
     def _worker_argv(self, i: int, address: str) -> list[str]:
@@ -308,6 +322,8 @@ class LocalCluster:
         self._closed = True
         await asyncio.gather(*(w.close("cluster closing") for w in self.workers))
         await asyncio.gather(*(self._stop_process(p) for p in self.procs))
+        if self._lifeline is not None:
+            self._lifeline.close()
         await self.scheduler.close()
 
     @staticmethod

@@ -7,23 +7,33 @@ did not choose is reported to the scheduler with its cause: the exit code or
 signal, the memory figure, the out-of-memory killer's signature. The scheduler
 counts such deaths against the tasks that were running (see KilledWorker).
 
-The nanny itself runs no user code, so it survives what kills a worker.
+The nanny keeps its own connection to the scheduler open for as long as it
+runs, registered under an id it also gives its worker, so that the scheduler
+knows whether a report can still come. The worker holds a lifeline to the
+nanny (shoal.deploy.lifeline) and exits when the nanny is gone. Restarts back
+off, and past `max_restarts` deaths within `restart_window` seconds the nanny
+gives up, naming the cause. The nanny runs no user code, so it survives what
+kills a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
 import time
 from typing import Any
 
-from shoal.errors import ShoalError
-from shoal.protocol.messages import WorkerDied
+from shoal.deploy.lifeline import Lifeline
+from shoal.errors import CommClosedError, ShoalError
+from shoal.protocol.comm import Comm
+from shoal.protocol.messages import Heartbeat, RegisterNanny, WorkerDied
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
 
@@ -35,7 +45,8 @@ FATAL_EXIT = 3  # it could not start (no scheduler in time, refused): do not ret
 # An internal error (a bug in shoal) stopped it; it logged the error. Restarted, as
 # any death. `shoal scheduler` exits with it too (EX_SOFTWARE in sysexits.h).
 INTERNAL_ERROR_EXIT = 70
-# The environment variable that tells a worker process a nanny looks after it.
+# The environment variable that tells a worker process a nanny looks after it,
+# and the id the nanny registered under.
 NANNY_ENV = "SHOAL_NANNY"
 
 MEMORY_POLL_S = 0.1
@@ -44,6 +55,11 @@ REPORT_TIMEOUT_S = 10.0
 FIRST_RESTART_DELAY_S = 0.1
 MAX_RESTART_DELAY_S = 10.0
 STABLE_S = 10.0  # a worker that lived this long restarts without delay next time
+MAX_RESTARTS = 5  # deaths within RESTART_WINDOW_S past which the nanny gives up
+RESTART_WINDOW_S = 60.0
+HEARTBEAT_S = 1.0  # the nanny's own heartbeats to the scheduler
+LINK_RETRY_S = 60.0  # each attempt to reach the scheduler again tries this long
+OUTPUT_LINES = 5  # lines of the worker's error output kept to explain a give-up
 _SERVING = re.compile(r"serving data at (\S+)")
 
 
@@ -76,6 +92,9 @@ class Nanny:
         name: the worker's name; it keeps it across restarts.
         memory_limit: bytes of resident memory past which the worker is
             killed and restarted; 0: no limit.
+        max_restarts / restart_window: the nanny gives up (run() returns 1)
+            when the worker dies more than `max_restarts` times within
+            `restart_window` seconds.
     """
 
     def __init__(
@@ -88,6 +107,8 @@ class Nanny:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         log_level: str = "info",
+        max_restarts: int = MAX_RESTARTS,
+        restart_window: float = RESTART_WINDOW_S,
     ) -> None:
         self.scheduler = scheduler
         self.worker_args = list(worker_args)
@@ -98,6 +119,14 @@ class Nanny:
         self.restarts = 0
         self.causes: list[str] = []  # every cause of death reported, in order
         self.address = ""  # the worker's data address, as it announced it
+        self.max_restarts, self.restart_window = max_restarts, restart_window
+        # Ties the worker to this nanny at the scheduler: only this nanny may report it.
+        self.nanny_id = secrets.token_hex(8)
+        self._lifeline = Lifeline()
+        self._comm: Comm | None = None  # the scheduler link, while connected
+        self._linked = asyncio.Event()
+        self._deaths: collections.deque[float] = collections.deque()
+        self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
 
     def stop(self) -> None:
         """Stop the worker (it leaves the scheduler cleanly) and then the nanny."""
@@ -105,6 +134,17 @@ class Nanny:
 
     async def run(self) -> int:
         """Run and restart the worker; the exit code for the nanny's own process."""
+        link = asyncio.ensure_future(self._keep_link())
+        try:
+            return await self._supervise()
+        finally:
+            link.cancel()
+            await asyncio.gather(link, return_exceptions=True)
+            if self._comm is not None:
+                await self._comm.close("nanny stopping")
+            self._lifeline.close()
+
+    async def _supervise(self) -> int:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
@@ -122,6 +162,8 @@ class Nanny:
                 log.warning("worker %s died: %s", self.name, cause)
                 self.causes.append(cause)
                 await self._report(cause)
+                if self._crash_loop(cause):
+                    return 1
             else:
                 log.info("worker %s asked to be restarted", self.name)
             delay = FIRST_RESTART_DELAY_S if time.monotonic() - started > STABLE_S else delay
@@ -135,9 +177,31 @@ class Nanny:
             self.restarts += 1
             log.info("restarting worker %s (restart %d)", self.name, self.restarts)
 
+    def _crash_loop(self, cause: str) -> bool:
+        """Note a death; True (logged) when there were too many of them lately."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] < now - self.restart_window:
+            self._deaths.popleft()
+        if len(self._deaths) <= self.max_restarts:
+            return False
+        said = " | ".join(self._output)
+        log.error(
+            "worker %s died %d times within %g s; the nanny gives up. Last cause: %s%s",
+            self.name,
+            len(self._deaths),
+            self.restart_window,
+            cause,
+            f"; its last output: {said}" if said else "",
+        )
+        return True
+
     async def _spawn(self) -> asyncio.subprocess.Process:
+        # -P: the working directory is not put on sys.path, so a folder named
+        # `shoal` there cannot shadow the installed package.
         args = [
             sys.executable,
+            "-P",
             "-m",
             "shoal",
             "--log-level",
@@ -149,20 +213,26 @@ class Nanny:
             self.name,
             "--no-nanny",
         ]
-        env = {**os.environ, NANNY_ENV: "1"}
+        env = {**os.environ, NANNY_ENV: self.nanny_id, **self._lifeline.child_env()}
         if self._token is not None:
             token = self._token
             env["SHOAL_TOKEN"] = token.decode() if isinstance(token, bytes) else token
         self.address = ""
+        self._output.clear()
         return await asyncio.create_subprocess_exec(
-            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=(self._lifeline.read_fd,),
         )
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> tuple[int, str]:
         """Wait for the worker to end; (its exit code, the cause of death to report,
         "" when it ended on request or to be restarted)."""
         last_rss = [0]
-        relay = asyncio.ensure_future(self._relay(proc))
+        relay = asyncio.gather(self._relay(proc), self._relay_errors(proc))
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
@@ -203,6 +273,16 @@ class Nanny:
             sys.stdout.write(text)
             sys.stdout.flush()
 
+    async def _relay_errors(self, proc: asyncio.subprocess.Process) -> None:
+        """Pass the worker's error output on, keeping its last lines for a give-up."""
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace")
+            if text.strip():
+                self._output.append(text.strip())
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
     async def _poll_memory(self, proc: asyncio.subprocess.Process, last_rss: list[int]) -> int:
         """Return the resident bytes once they pass the limit (never without one)."""
         import psutil
@@ -230,16 +310,65 @@ class Nanny:
             await proc.wait()
 
     async def _report(self, cause: str) -> None:
-        """Tell the scheduler how the worker died; a failure is logged, not raised."""
+        """Tell the scheduler how the worker died, on the nanny's own connection; a
+        report that cannot be sent in time is logged, not raised."""
+        msg = WorkerDied(name=self.name, address=self.address, cause=cause)
+        try:
+            async with asyncio.timeout(REPORT_TIMEOUT_S):
+                while True:
+                    await self._linked.wait()
+                    comm = self._comm
+                    if comm is not None and not comm.closed:
+                        comm.send(msg)
+                        return
+                    await asyncio.sleep(0.05)  # the link is being made again
+        except (TimeoutError, CommClosedError) as exc:
+            reason = str(exc) or "no connection to the scheduler in time"
+            log.warning("could not report the death of %s to the scheduler: %s", self.name, reason)
+
+    async def _keep_link(self) -> None:
+        """Keep a registered connection to the scheduler for the nanny's whole life:
+        the scheduler knows from it that a report of the worker's death can come."""
         options: dict[str, Any] = {"name": f"nanny of {self.name}", "token": self._token}
         if self._tls is not None:
             options["tls"] = self._tls
-        try:
-            async with asyncio.timeout(REPORT_TIMEOUT_S):
+        while True:
+            try:
                 comm = await connect_retrying(
-                    self.scheduler, retry_for=REPORT_TIMEOUT_S, role="nanny", **options
+                    self.scheduler, retry_for=LINK_RETRY_S, role="nanny", **options
                 )
-                comm.send(WorkerDied(name=self.name, address=self.address, cause=cause))
-                await comm.close("reported")  # sends what is queued first
-        except (OSError, TimeoutError, ShoalError) as exc:
-            log.warning("could not report the death of %s to the scheduler: %s", self.name, exc)
+            except (OSError, TimeoutError, ShoalError) as exc:
+                log.warning("nanny of %s cannot reach the scheduler: %s", self.name, exc)
+                await asyncio.sleep(MAX_RESTART_DELAY_S)
+                continue
+            comm.send(RegisterNanny(nanny_id=self.nanny_id, name=self.name))
+            self._comm = comm
+            self._linked.set()
+            reason = await self._hold(comm)
+            self._linked.clear()
+            self._comm = None
+            comm.abort(reason)
+            log.warning("nanny of %s lost the scheduler (%s); connecting again", self.name, reason)
+
+    async def _hold(self, comm: Comm) -> str:
+        """Heartbeat on `comm` until it ends; why it ended."""
+        reader = asyncio.ensure_future(comm.read())
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=HEARTBEAT_S)
+                if done:
+                    try:
+                        msgs = reader.result()
+                    except CommClosedError as exc:
+                        return str(exc) or "connection closed"
+                    for msg in msgs:  # the scheduler sends a nanny nothing
+                        log.warning("nanny of %s ignores %s from the scheduler", self.name, msg.op)
+                    reader = asyncio.ensure_future(comm.read())
+                    continue
+                try:
+                    comm.send(Heartbeat())
+                except CommClosedError as exc:
+                    return str(exc) or "connection closed"
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

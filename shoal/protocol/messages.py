@@ -149,6 +149,9 @@ class RegisterWorker(Message):
     host: str = ""
     # True when a nanny supervises it: the nanny reports how it died.
     nanny: bool = False
+    # The id its nanny registered under (RegisterNanny), tying the two together;
+    # empty without a nanny.
+    nanny_id: str = ""
 
 
 @message("worker-registered")
@@ -212,6 +215,14 @@ class TaskErred(Message):
     traceback: str
     duration: float = 0.0
     exception: Serialized | None = None
+
+
+@message("tasks-started")
+class TasksStarted(Message):
+    """A worker thread started these tasks, and they had not finished when this was
+    written. A worker's death counts only against the tasks it had started."""
+
+    keys: tuple[Key, ...]
 
 
 @message("free-keys")
@@ -280,13 +291,25 @@ class Heartbeat(Message):
 
 # -- nanny -> scheduler --------------------------------------------------------
 #
-# A nanny connects with role "nanny" only to report a death, then closes.
+# A nanny keeps one connection to the scheduler open for as long as it
+# supervises its worker: RegisterNanny first, then Heartbeat every second, and
+# WorkerDied whenever its worker dies. The scheduler answers nothing.
+
+
+@message("register-nanny")
+class RegisterNanny(Message):
+    """A nanny introduces itself: it supervises the worker whose RegisterWorker
+    carries `nanny_id`, named `name`, and may report only that worker's deaths."""
+
+    nanny_id: str
+    name: str = ""
 
 
 @message("worker-died")
 class WorkerDied(Message):
     """The worker process `name` (data address `address`) died, or was killed by
-    its nanny, for `cause` (a sentence: exit code or signal, memory figures)."""
+    its nanny, for `cause` (a sentence: exit code or signal, memory figures). Only
+    the nanny that worker registered with may say so."""
 
     name: str
     address: str

@@ -14,7 +14,14 @@ import itertools
 from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shoal.scheduler.model import ClientInfo, Command, Status, TaskState, WorkerInfo
+from shoal.scheduler.model import (
+    ClientInfo,
+    Command,
+    NannyInfo,
+    Status,
+    TaskState,
+    WorkerInfo,
+)
 from shoal.scheduler.placement import Placement
 
 if TYPE_CHECKING:
@@ -43,6 +50,8 @@ class CoreBase:
     replications: dict[tuple[object, WorkerInfo], list[Replication]]
     clients: dict[str, ClientInfo]
     dying: dict[WorkerInfo, float]
+    nannies: dict[str, NannyInfo]  # by peer
+    nanny_ids: dict[str, NannyInfo]  # by the id each registered under
     _order: itertools.count[int]
     _client_ids: itertools.count[int]
     _worker_index: itertools.count[int]

@@ -173,12 +173,14 @@ class WorkerInfo:
         "memory_limit",
         "name",
         "nanny",
+        "nanny_id",
         "nbytes",
         "nthreads",
         "peer",
         "pid",
         "processing",
         "resources",
+        "started",
         "version",
     )
 
@@ -201,6 +203,9 @@ class WorkerInfo:
         self.free = dict(resources)  # resources not used by processing tasks
         self.index = index  # registration order: breaks ties deterministically
         self.processing: dict[TaskState, None] = {}
+        # Those of them a thread had started, as its tasks-started notes said: a
+        # death counts only against these.
+        self.started: dict[TaskState, None] = {}
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.version = 0  # bumped whenever its load changes (see placement)
@@ -208,6 +213,7 @@ class WorkerInfo:
         self.pid = 0
         self.host = ""
         self.nanny = False  # a nanny supervises it and reports how it died
+        self.nanny_id = ""  # the id its nanny registered under (see NannyInfo)
         self.last_seen = 0.0  # when it last sent anything (see heartbeat_timeout)
         # From its latest heartbeat: CPU percent, resident bytes, tasks running.
         self.cpu = 0.0
@@ -216,6 +222,25 @@ class WorkerInfo:
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"
+
+
+class NannyInfo:
+    """One registered nanny: the connection of the supervisor of one worker process.
+
+    It stays open for the life of the nanny, so that the scheduler knows whether a
+    report of its worker's death can still come.
+    """
+
+    __slots__ = ("last_seen", "name", "nanny_id", "peer")
+
+    def __init__(self, peer: str, nanny_id: str, name: str, last_seen: float) -> None:
+        self.peer = peer
+        self.nanny_id = nanny_id
+        self.name = name  # the name of the worker it supervises, for log lines
+        self.last_seen = last_seen
+
+    def __repr__(self) -> str:
+        return f"<Nanny of {self.name} {self.nanny_id}>"
 
 
 class ClientInfo:

@@ -26,6 +26,7 @@ from shoal.scheduler.model import (
     ClientInfo,
     Command,
     Disconnect,
+    NannyInfo,
     Send,
     Status,
     TaskError,
@@ -106,6 +107,9 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         # Nanny-supervised workers whose connection dropped, awaiting the cause of
         # death until the deadline; gone from placement, otherwise still filed.
         self.dying: dict[WorkerInfo, float] = {}
+        # Registered nannies, by peer and by the id their workers name (see workers.py).
+        self.nannies: dict[str, NannyInfo] = {}
+        self.nanny_ids: dict[str, NannyInfo] = {}
         self.history = History(history)
         self.transitions_done = 0
         self._order = itertools.count()
@@ -136,7 +140,9 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
             ("worker", m.KeysAcquired): self._keys_acquired,
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
+            ("worker", m.TasksStarted): self._tasks_started,
             ("nanny", m.WorkerDied): self._worker_died,
+            ("nanny", m.Heartbeat): self._nanny_heartbeat,
             ("client", m.AddData): self._add_data,
             ("client", m.Replicate): self._replicate,
             ("client", m.SubmitGraph): self._submit_graph,
@@ -160,12 +166,14 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         ws = self.workers.get(peer)
         if ws is not None:
             ws.last_seen = now
-        if handler is not None and (ws is not None or peer in self.clients or role == "nanny"):
+        if handler is not None and (ws is not None or peer in self.clients or peer in self.nannies):
             handler(peer, msg)
         elif type(msg) is m.RegisterWorker and role == "worker" and ws is None:
             self._register_worker(peer, msg)
         elif type(msg) is m.RegisterClient and role == "client" and peer not in self.clients:
             self._register_client(peer, msg)
+        elif type(msg) is m.RegisterNanny and role == "nanny" and peer not in self.nannies:
+            self._register_nanny(peer, msg)
         elif handler is None:
             self._out.append(Disconnect(peer, f"unexpected {msg.op} from a {role or 'peer'}"))
         else:
@@ -178,13 +186,9 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         self.roles.pop(peer, None)
         intake = self.intakes.pop(peer, None)
         if peer in self.workers:
-            ws = self.workers[peer]
-            if ws.nanny:  # its nanny is about to say why; its work waits for that
-                self.dying[ws] = now + self.death_report_wait
-                self.placement.remove_worker(ws)
-                self._workers_changed()
-            else:
-                self._remove_worker(ws, "its connection was lost")
+            self._worker_lost(self.workers[peer])
+        elif peer in self.nannies:
+            self._nanny_lost(self.nannies[peer])
         elif peer in self.clients:
             self._remove_client(self.clients.pop(peer))
         if intake is not None:  # after the client's wants are gone: see _take_in
@@ -192,8 +196,8 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         return self._end()
 
     def tick(self, now: float) -> list[Command]:
-        """Time passed: remove silent workers, and dying ones whose nanny said nothing;
-        warn of and fail tasks no worker can run."""
+        """Time passed: remove silent workers and nannies, and dying workers whose
+        nanny said nothing; warn of and fail tasks no worker can run."""
         self._begin("tick", now)
         self._expire(now)
         self._watch_stalls(now)
@@ -455,6 +459,8 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         assert ws is not None
         ts.processing_on = None
         del ws.processing[ts]
+        if ws.started:
+            ws.started.pop(ts, None)
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount

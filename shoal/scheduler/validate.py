@@ -32,12 +32,17 @@ def validate_state(state: SchedulerState) -> None:
         for name, total in ws.resources.items():
             free = total - used.get(name, 0.0)
             assert abs(ws.free[name] - free) < 1e-9, f"{ws}: {name} free {ws.free[name]} != {free}"
+        for ts in ws.started:
+            assert ts in ws.processing, f"{ts} noted started on {ws} but not processing there"
         for ts in ws.has_what:
             assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
         assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"
     assert len(state.placement.workers) == len(state.workers) - len(state.dying)
     for ws in state.dying:
         assert state.workers.get(ws.peer) is ws and ws.gone, f"dying {ws} misfiled"
+    assert {n.nanny_id: n for n in state.nannies.values()} == state.nanny_ids, "nannies misfiled"
+    for peer, nanny in state.nannies.items():
+        assert nanny.peer == peer, f"{nanny} filed under {peer}"
     by_address = {ws.address: ws for ws in state.workers.values()}
     assert state.by_address == by_address, "by_address does not match the workers"
     for (key, ws), requests in state.replications.items():

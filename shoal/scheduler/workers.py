@@ -1,9 +1,11 @@
-"""The scheduler core's workers: joining, heartbeats, leaving and dying.
+"""The scheduler core's workers and their nannies: joining, heartbeats, leaving, dying.
 
 A mixin of SchedulerState (shoal.scheduler.state), split out to keep each
 module readable; it uses the core's transitions and never does I/O. A worker
 that goes without saying `worker-leaving` has died, and its death counts
-against the tasks it was processing (KilledWorker).
+against the tasks it had started (KilledWorker). A nanny keeps a connection
+open while it supervises its worker: while it does, a dead worker's work waits
+briefly for the nanny's report of the cause; once it is gone too, nothing waits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
+    NannyInfo,
     Status,
     TaskError,
     TaskState,
@@ -44,6 +47,7 @@ class WorkerEvents(CoreBase):
             next(self._worker_index),
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
+        ws.nanny_id = msg.nanny_id
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
@@ -70,9 +74,58 @@ class WorkerEvents(CoreBase):
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
 
+    def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
+        """A worker's threads started these tasks: its death would count against them."""
+        ws = self.workers[peer]
+        tasks = self.tasks
+        for key in msg.keys:
+            ts = tasks.get(key)
+            # Not one of its tasks any more: the note crossed a FreeKeys.
+            if ts is not None and ts.processing_on is ws:
+                ws.started[ts] = None
+
+    def _worker_lost(self, ws: WorkerInfo) -> None:
+        """A worker's connection ended without `worker-leaving`: it died."""
+        if ws.nanny_id and ws.nanny_id in self.nanny_ids:
+            # Its nanny is about to say why; its work waits for that.
+            self.dying[ws] = self._now + self.death_report_wait
+            self.placement.remove_worker(ws)
+            self._workers_changed()
+        elif ws.nanny_id:  # the whole node went, or at least its nanny did: no report comes
+            self._remove_worker(ws, NODE_LOST)
+        else:
+            self._remove_worker(ws, "its connection was lost")
+
+    # -- nannies -------------------------------------------------------------------
+
+    def _register_nanny(self, peer: str, msg: m.RegisterNanny) -> None:
+        if not msg.nanny_id or msg.nanny_id in self.nanny_ids:
+            reason = (
+                f"a nanny with id {msg.nanny_id!r} is registered already"
+                if msg.nanny_id
+                else "a nanny needs an id"
+            )
+            self._out.append(Disconnect(peer, reason))
+            return
+        nanny = NannyInfo(peer, msg.nanny_id, msg.name, self._now)
+        self.nannies[peer] = nanny
+        self.nanny_ids[nanny.nanny_id] = nanny
+
+    def _nanny_heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
+        self.nannies[peer].last_seen = self._now
+
+    def _nanny_lost(self, nanny: NannyInfo) -> None:
+        """A nanny's connection ended: a dead worker it supervised is removed at once."""
+        del self.nannies[nanny.peer]
+        del self.nanny_ids[nanny.nanny_id]
+        for ws in [ws for ws in self.dying if ws.nanny_id == nanny.nanny_id]:
+            self._remove_worker(ws, NODE_LOST)
+
     def _worker_died(self, peer: str, msg: m.WorkerDied) -> None:
-        """A nanny's report: its worker died (or it killed it), and why. The nanny
-        closes its connection once it has sent it."""
+        """A nanny's report: its worker died (or it killed it), and why. A nanny may
+        report only the worker that registered with its id."""
+        nanny = self.nannies[peer]
+        nanny.last_seen = self._now
         named = [
             ws
             for ws in self.workers.values()
@@ -80,17 +133,27 @@ class WorkerEvents(CoreBase):
         ]
         if not named:
             return  # removed already (a heartbeat timeout, say), or never registered
-        ws = next((ws for ws in named if ws in self.dying), named[0])
+        own = [ws for ws in named if ws.nanny_id == nanny.nanny_id]
+        if not own:
+            self._out.append(
+                Disconnect(peer, f"nanny of {nanny.name!r} reported another worker, {msg.name!r}")
+            )
+            self._nanny_lost(nanny)
+            return
+        ws = next((ws for ws in own if ws in self.dying), own[0])
         if ws not in self.dying:  # the report overtook the connection's end
             self._out.append(Disconnect(ws.peer, f"worker {ws.name} died: {msg.cause}"))
-        self._remove_worker(ws, msg.cause)
+        self._remove_worker(ws, msg.cause, reported=True)
 
-    def _remove_worker(self, ws: WorkerInfo, cause: str | None = None) -> None:
+    def _remove_worker(
+        self, ws: WorkerInfo, cause: str | None = None, *, reported: bool = False
+    ) -> None:
         """Move a departed worker's work elsewhere; recompute values only it held.
 
         `cause` says how it died; None when it left on purpose. A death counts
-        against each task it was processing, which fails with KilledWorker once
-        `allowed_failures` workers died under it.
+        against each task it had started, which fails with KilledWorker once
+        `allowed_failures` workers died under it (see _count_death; `reported`:
+        the cause is its nanny's report).
         """
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
@@ -103,7 +166,7 @@ class WorkerEvents(CoreBase):
         if not ws.gone:
             self.placement.remove_worker(ws)
         self._free.pop(ws, None)
-        killed = self._count_death(ws, cause) if cause is not None else []
+        killed = self._count_death(ws, cause, reported) if cause is not None else []
         lost = []
         for ts in ws.has_what:
             ts.who_has = without_member(ts.who_has, ws)
@@ -125,11 +188,19 @@ class WorkerEvents(CoreBase):
             self._copy_settled(key, holder)
         self._workers_changed()
 
-    def _count_death(self, ws: WorkerInfo, cause: str) -> list[TaskState]:
-        """Count `ws`'s death against the tasks it was processing; those that reached
-        `allowed_failures` deaths."""
+    def _count_death(self, ws: WorkerInfo, cause: str, reported: bool) -> list[TaskState]:
+        """Count `ws`'s death against the tasks it had started; those that reached
+        `allowed_failures` deaths.
+
+        Tasks assigned to it and not started are not to blame: they only go back
+        to waiting. One exception: a task that brings its process down within
+        milliseconds of starting can do so before the worker's note leaves. So
+        when its nanny reports that the process itself died and no task is known
+        to have started there, the death counts against every task it was given.
+        """
+        suspects = ws.started if ws.started or not reported else ws.processing
         killed = []
-        for ts in ws.processing:
+        for ts in suspects:
             if ts.deaths is None:
                 ts.deaths = []
             ts.deaths.append((ws.name, cause))
@@ -138,11 +209,17 @@ class WorkerEvents(CoreBase):
         return killed
 
     def _expire(self, now: float) -> None:
-        """Remove dying workers whose report is overdue, and silent workers."""
+        """Remove dying workers whose report is overdue, and silent workers and nannies."""
         for ws, deadline in list(self.dying.items()):
             if now >= deadline:
                 self._remove_worker(ws, "its connection was lost and its nanny sent no report")
         silent = now - self.heartbeat_timeout
+        for nanny in [n for n in self.nannies.values() if n.last_seen < silent]:
+            reason = (
+                f"nanny of {nanny.name!r}: it sent no heartbeat for {now - nanny.last_seen:.1f} s"
+            )
+            self._out.append(Disconnect(nanny.peer, reason))
+            self._nanny_lost(nanny)
         for ws in [ws for ws in self.workers.values() if not ws.gone and ws.last_seen < silent]:
             cause = f"it sent no heartbeat for {now - ws.last_seen:.1f} s"
             self._out.append(Disconnect(ws.peer, f"worker {ws.name}: {cause}"))
@@ -152,9 +229,14 @@ class WorkerEvents(CoreBase):
         """When `tick` next has something to do; None: nothing until a message comes."""
         deadlines = list(self.dying.values())
         seen = [ws.last_seen for ws in self.workers.values() if not ws.gone]
+        seen.extend(nanny.last_seen for nanny in self.nannies.values())
         if seen:
             deadlines.append(min(seen) + self.heartbeat_timeout)
         return min(deadlines) if deadlines else None
+
+
+# The cause of death of a worker whose nanny's connection ended too (or before).
+NODE_LOST = "its connection was lost, and so was its nanny's"
 
 
 def killed_worker_error(key: object, deaths: list[tuple[str, str]]) -> TaskError:

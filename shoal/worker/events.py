@@ -78,6 +78,14 @@ class Tick:
 
 
 @dataclasses.dataclass(slots=True)
+class ThreadsStarted:
+    """Pool threads started these tasks, which had not finished when the shell
+    looked (tasks that end at once are never named: they cost nothing here)."""
+
+    keys: tuple[Key, ...]
+
+
+@dataclasses.dataclass(slots=True)
 class FetchFailed:
     """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
 

@@ -147,7 +147,10 @@ class ThreadPool:
 
     Completions reach the loop in bursts: threads append to a deque and only the first
     completion of a burst schedules `on_done`, since a task can take a few microseconds
-    and one loop wake-up per task would cost more than the task.
+    and one loop wake-up per task would cost more than the task. Starts travel the
+    same way to `on_started`, which hears only of tasks still running when the burst
+    is delivered: a short task's start shares its completion's wake-up and is never
+    reported.
     """
 
     def __init__(
@@ -157,12 +160,15 @@ class ThreadPool:
         *,
         executor: Executor | None = None,
         name: str = "shoal-worker",
+        on_started: Callable[[list[Key]], None] | None = None,
     ) -> None:
         self.executor = executor if executor is not None else Executor()
         self._loop = asyncio.get_running_loop()
         self._on_done = on_done
         self._queue: SimpleQueue[Execute | None] = SimpleQueue()
         self._done: deque[ExecutionDone] = deque()
+        self._on_started = on_started
+        self._started: deque[Key] = deque()
         self._armed = False  # a _deliver is scheduled and has not started draining
         self._closing = False
         # thread name -> the key it runs now and when it started it (monotonic)
@@ -198,6 +204,11 @@ class ThreadPool:
                 if command is None or self._closing:
                     return
                 self._running[me] = (command.key, time.monotonic())
+                if self._on_started is not None:
+                    self._started.append(command.key)
+                    if not self._armed:
+                        self._armed = True
+                        self._call_on_loop(self._deliver)
                 outcome, value = self._run(command)
                 del self._running[me]
                 self._done.append(ExecutionDone(command.key, outcome, value))
@@ -229,8 +240,17 @@ class ThreadPool:
         self._armed = False
         done = self._done
         batch = [done.popleft() for _ in range(len(done))]
-        if batch and not self._closing:
+        started = self._started
+        begun = [started.popleft() for _ in range(len(started))]
+        if self._closing:
+            return
+        if batch:
             self._on_done(batch)
+        if begun and self._on_started is not None:
+            running = {key for key, _ in self._running.copy().values()}
+            still = [key for key in begun if key in running]
+            if still:
+                self._on_started(still)
 
     def _thread_exited(self) -> None:
         self._exited += 1

@@ -52,6 +52,7 @@ from shoal.worker.events import (
     Key,
     Restart,
     SendToScheduler,
+    ThreadsStarted,
     Tick,
     Value,
 )
@@ -205,6 +206,7 @@ class Worker:
         connect_retry: float = 0.0,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         nanny: bool = False,
+        nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
@@ -215,6 +217,7 @@ class Worker:
         self.address = ""
         # With a nanny, a worker whose thread is stuck past a timeout restarts.
         self.nanny = nanny
+        self.nanny_id = nanny_id  # the id its nanny registered under at the scheduler
         self.state = WorkerState(
             nthreads,
             prefetch=PREFETCH_PER_THREAD * nthreads,
@@ -279,7 +282,12 @@ class Worker:
                 await self._listener.close()
             raise
         self._scheduler = comm
-        self._pool = ThreadPool(self.nthreads, self._on_executed, name=f"shoal-{self.name}")
+        self._pool = ThreadPool(
+            self.nthreads,
+            self._on_executed,
+            name=f"shoal-{self.name}",
+            on_started=self._on_started,
+        )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
         return self
@@ -343,6 +351,7 @@ class Worker:
                 pid=os.getpid(),
                 host=socket.gethostname(),
                 nanny=self.nanny,
+                nanny_id=self.nanny_id,
             )
         )
         async with asyncio.timeout(self._connect_timeout):
@@ -487,6 +496,17 @@ class Worker:
         now = time.monotonic()
         for event in batch:
             self._handle(event, now)
+
+    def _on_started(self, keys: list[Key]) -> None:
+        """Threads started tasks that are still running: the core tells the scheduler."""
+        if self._stop.is_set():
+            return
+        try:
+            self._dispatch(self.state.handle(ThreadsStarted(tuple(keys)), time.monotonic()))
+        except Exception as exc:  # shell boundary: a core bug stops the worker, loudly
+            log.error("worker %s failed handling started tasks", self.name, exc_info=True)
+            self._failure = exc
+            self._stop.set()
 
     def _dispatch(self, commands: list[Command]) -> None:
         for command in commands:

@@ -24,6 +24,7 @@ from shoal.protocol.messages import (
     KeysAcquired,
     TaskErred,
     TaskFinished,
+    TasksStarted,
 )
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
@@ -38,6 +39,7 @@ from shoal.worker.events import (
     Key,
     Restart,
     SendToScheduler,
+    ThreadsStarted,
     Tick,
     Value,
 )
@@ -316,6 +318,19 @@ class WorkerState:
         else:
             rec.wanted = False
             self._move(rec, S.FORGOTTEN)
+
+    def _on_threads_started(self, event: ThreadsStarted) -> None:
+        """Threads started tasks: tell the scheduler of those whose outcome is still
+        owed, since a death counts only against started tasks. Freed ones are not
+        the scheduler's concern any more."""
+        keys = self.keys
+        started = []
+        for key in event.keys:
+            rec = keys.get(key)
+            if rec is not None and rec.status is S.EXECUTING:
+                started.append(key)
+        if started:
+            self._send(TasksStarted(keys=tuple(started)))
 
     def _on_tick(self, event: Tick) -> None:
         """Fail tasks running past their timeout; restart if one stays stuck."""
@@ -615,6 +630,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     AcquireKeys: WorkerState._on_acquire,
     DataPut: WorkerState._on_put,
     Tick: WorkerState._on_tick,
+    ThreadsStarted: WorkerState._on_threads_started,
 }
 
 W = WorkerState
