@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from shoal.client import blocking
 from shoal.client.futures import Future
 from shoal.errors import GraphError, NestingTooDeep
 from shoal.protocol.messages import SubmitGraph
@@ -232,7 +233,7 @@ class TaskOptions:
         if not _is_int(retries) or retries < 0:
             raise ValueError(f"retries must be a whole number at least 0, not {retries!r}")
         self.timeout = timeout
-        self.priority = priority
+        self.priority = blocking.nested_priority(priority)  # inside a task: above it
         if resources is not None and not isinstance(resources, dict):
             raise TypeError(f"resources must be a dict such as {{'GPU': 1}}, not {resources!r}")
         for name, amount in (resources or {}).items():

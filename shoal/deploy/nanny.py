@@ -33,7 +33,7 @@ from typing import Any
 from shoal.deploy.lifeline import Lifeline
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
-from shoal.protocol.messages import Heartbeat, RegisterNanny, WorkerDied
+from shoal.protocol.messages import Heartbeat, RegisterNanny, RestartWorker, WorkerDied
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
 
@@ -116,6 +116,8 @@ class Nanny:
         self.memory_limit = memory_limit
         self._token, self._tls, self._log_level = token, tls, log_level
         self._stop = asyncio.Event()
+        # The scheduler asked for a fresh worker (client.restart()): kill it, start anew.
+        self._restart = asyncio.Event()
         self.restarts = 0
         self.causes: list[str] = []  # every cause of death reported, in order
         self.address = ""  # the worker's data address, as it announced it
@@ -148,10 +150,17 @@ class Nanny:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
+            self._restart.clear()  # a request for the worker that was, if any
             proc = await self._spawn()
             code, cause = await self._watch(proc)
             if self._stop.is_set():
                 return 0
+            if self._restart.is_set():  # asked for: no death, no delay
+                self._restart.clear()
+                self.restarts += 1
+                log.info("restarting worker %s, as the scheduler asked", self.name)
+                delay = FIRST_RESTART_DELAY_S
+                continue
             if code == FATAL_EXIT:
                 log.error("worker %s could not start; the nanny stops too", self.name)
                 return 1
@@ -236,8 +245,15 @@ class Nanny:
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
+        restart = asyncio.ensure_future(self._restart.wait())
         try:
-            await asyncio.wait({exited, stop, memory}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {exited, stop, memory, restart}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if restart.done() and not exited.done() and not stop.done():
+                proc.kill()
+                await proc.wait()
+                return proc.returncode or -signal.SIGKILL, ""
             if memory.done() and not exited.done():
                 rss = memory.result()
                 proc.kill()
@@ -254,7 +270,7 @@ class Nanny:
                 return code, ""
             return code, cause_of_exit(code, last_rss[0])
         finally:
-            for fut in (exited, stop, memory):
+            for fut in (exited, stop, memory, restart):
                 fut.cancel()
             try:
                 async with asyncio.timeout(1.0):
@@ -361,8 +377,13 @@ class Nanny:
                         msgs = reader.result()
                     except CommClosedError as exc:
                         return str(exc) or "connection closed"
-                    for msg in msgs:  # the scheduler sends a nanny nothing
-                        log.warning("nanny of %s ignores %s from the scheduler", self.name, msg.op)
+                    for msg in msgs:  # the scheduler sends a nanny restarts only
+                        if type(msg) is RestartWorker:
+                            self._restart.set()
+                        else:
+                            log.warning(
+                                "nanny of %s ignores %s from the scheduler", self.name, msg.op
+                            )
                     reader = asyncio.ensure_future(comm.read())
                     continue
                 try:

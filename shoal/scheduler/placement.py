@@ -141,7 +141,7 @@ class Placement:
         return queue is not None and queue.first() is not None
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
-        return len(ws.processing) < ws.nthreads * self.depth
+        return (len(ws.processing) - len(ws.seceded)) < ws.nthreads * self.depth
 
     def touch(self, ws: WorkerInfo) -> None:
         """Record that `ws`'s load changed. The loads heap learns it when next
@@ -153,7 +153,12 @@ class Placement:
         for ws in self._touched:
             if not ws.gone:
                 ws.version += 1
-                entry = (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws)
+                entry = (
+                    (len(ws.processing) - len(ws.seceded)) / ws.nthreads,
+                    ws.index,
+                    ws.version,
+                    ws,
+                )
                 # Filling a worker, its old entry is usually the top one.
                 if loads and loads[0][3] is ws:
                     heapq.heapreplace(loads, entry)
@@ -162,7 +167,7 @@ class Placement:
         self._touched.clear()
         if len(loads) > 2 * len(self.workers) + 64:
             self._loads = [
-                (len(w.processing) / w.nthreads, w.index, w.version, w)
+                ((len(w.processing) - len(w.seceded)) / w.nthreads, w.index, w.version, w)
                 for w in self.workers.values()
             ]
             heapq.heapify(self._loads)
@@ -186,7 +191,7 @@ class Placement:
         best, best_rank = None, (0.0, 0)
         depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
         for ws, nbytes in held.items():  # _cost(), inline
-            queued = len(ws.processing)
+            queued = len(ws.processing) - len(ws.seceded)
             if queued < ws.nthreads * depth:
                 rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
                 if best is None or rank < best_rank:
@@ -223,7 +228,7 @@ class Placement:
 
     def _cost(self, ws: WorkerInfo, held: dict[WorkerInfo, int], total: int) -> float:
         """Seconds until `ws` could start a task whose inputs are `held` where they are."""
-        queue = len(ws.processing) / ws.nthreads * self.mean_duration
+        queue = (len(ws.processing) - len(ws.seceded)) / ws.nthreads * self.mean_duration
         return queue + (total - held.get(ws, 0)) / self.bandwidth
 
     def least_loaded(self) -> WorkerInfo | None:
@@ -245,7 +250,7 @@ class Placement:
         for ws in self.workers.values():
             if not (self.has_capacity(ws) and can_run(ws, sig) and has_room(ws, sig)):
                 continue
-            rank = (len(ws.processing) / ws.nthreads, ws.index)
+            rank = ((len(ws.processing) - len(ws.seceded)) / ws.nthreads, ws.index)
             if best is None or rank < best_rank:
                 best, best_rank = ws, rank
         return best

@@ -19,6 +19,7 @@ from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
 from shoal.scheduler.history import History
 from shoal.scheduler.intake import LargeSubmissions
+from shoal.scheduler.keepers import ClusterKeepers
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -38,6 +39,7 @@ from shoal.scheduler.model import (
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
+from shoal.scheduler.restarts import ClusterRestarts
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
 from shoal.scheduler.workers import WorkerEvents
 
@@ -56,7 +58,15 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTasks, WorkerEvents):
+class SchedulerState(
+    ClusterKeepers,
+    ClusterRestarts,
+    ClientRequests,
+    DataRequests,
+    LargeSubmissions,
+    StalledTasks,
+    WorkerEvents,
+):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -150,6 +160,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
             ("client", m.CancelKeys): self._cancel_keys,
             ("client", m.WhoHas): self._who_has,
             ("client", m.GetSchedulerInfo): self._scheduler_info,
+            **self._keeper_handlers(),  # keepers.py, restarts.py
         }
 
     # -- entry points ------------------------------------------------------------
@@ -210,6 +221,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         self._out = []
 
     def _end(self) -> list[Command]:
+        self._settle_keepers()
         while self._refill:  # slots freed by taking tasks back go to queued tasks
             ws = next(iter(self._refill))
             del self._refill[ws]
@@ -283,7 +295,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while len(ws.processing) < ws.nthreads * placement.depth and not ws.gone:
+        while placement.has_capacity(ws) and not ws.gone:
             ts = placement.next_for(ws)
             if ts is None:
                 return
@@ -461,6 +473,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         del ws.processing[ts]
         if ws.started:
             ws.started.pop(ts, None)
+            ws.seceded.pop(ts, None)  # only a started task secedes
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount

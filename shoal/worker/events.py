@@ -94,6 +94,21 @@ class FetchFailed:
     reason: str
 
 
+@dataclasses.dataclass(slots=True)
+class ThreadSeceded:
+    """Event: the thread running `key` gave its slot back; it runs on, waiting."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
+class ThreadRejoining:
+    """Event: the seceded thread running `key` wants a slot again; it blocks until
+    a Resume for `key`."""
+
+    key: Key
+
+
 # -- commands -------------------------------------------------------------------------
 
 
@@ -110,6 +125,7 @@ class Execute:
     func: Serialized
     args: Serialized
     deps: tuple[tuple[Key, Value], ...]
+    priority: tuple[int, ...] = ()  # the scheduler's, for what the task submits
 
 
 @dataclasses.dataclass(slots=True)
@@ -129,4 +145,11 @@ class Restart:
     reason: str
 
 
-Command = SendToScheduler | Execute | Fetch | Restart
+@dataclasses.dataclass(slots=True)
+class Resume:
+    """Command: the thread that asked to rejoin with `key` has its slot: wake it."""
+
+    key: Key
+
+
+Command = SendToScheduler | Execute | Fetch | Restart | Resume

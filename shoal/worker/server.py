@@ -33,6 +33,8 @@ from shoal.protocol.messages import (
     PutData,
     RegisterWorker,
     RegistrationRefused,
+    RunFunction,
+    StoreFile,
     WorkerLeaving,
     WorkerRegistered,
 )
@@ -51,12 +53,17 @@ from shoal.worker.events import (
     FetchFailed,
     Key,
     Restart,
+    Resume,
     SendToScheduler,
+    ThreadRejoining,
+    ThreadSeceded,
     ThreadsStarted,
     Tick,
     Value,
 )
 from shoal.worker.execute import ThreadPool
+from shoal.worker.remote import RemoteCalls
+from shoal.worker.secede import WorkerIdentity
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
@@ -240,6 +247,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._leave_reason: str | None = None  # set by close(): leaving on purpose
         self._failure: BaseException | None = None
+        # client.run and upload_file; given the full identity once listening
+        self.remote = RemoteCalls(WorkerIdentity(self.name, "", scheduler, nthreads))
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address or 'not started'}>"
@@ -282,11 +291,18 @@ class Worker:
                 await self._listener.close()
             raise
         self._scheduler = comm
+        identity = WorkerIdentity(
+            self.name, self.address, self.scheduler_address, self.nthreads, self._token, self._tls
+        )
+        self.remote.identity = identity
         self._pool = ThreadPool(
             self.nthreads,
             self._on_executed,
             name=f"shoal-{self.name}",
             on_started=self._on_started,
+            on_seceded=lambda key: self._handle(ThreadSeceded(key), time.monotonic()),
+            on_rejoining=lambda key: self._handle(ThreadRejoining(key), time.monotonic()),
+            identity=identity,
         )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
@@ -437,6 +453,7 @@ class Worker:
         if self._pool is not None:
             # A restart is for a stuck thread: waiting for it would be in vain.
             await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
+            await self.remote.close()
         log.info("worker %s stopped", self.name)
 
     # -- the scheduler link -------------------------------------------------------
@@ -483,6 +500,8 @@ class Worker:
             kind = type(msg)
             if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
                 self._handle(msg, now)
+            elif kind is StoreFile:  # uploaded before this worker joined: before any task
+                self.remote.store_file(msg.filename, msg.data)  # type: ignore[attr-defined]
             else:
                 log.warning("ignoring unexpected %s from the scheduler", msg.op)
 
@@ -516,6 +535,9 @@ class Worker:
             elif kind is Execute:
                 assert self._pool is not None
                 self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind is Resume:
+                assert self._pool is not None
+                self._pool.resume(command.key)  # type: ignore[union-attr]
             elif kind is Fetch:
                 assert self._fetcher is not None
                 self._fetcher.fetch(command.address, command.keys)  # type: ignore[union-attr]
@@ -562,6 +584,9 @@ class Worker:
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
                 stored = tuple(k for k in msg.data if k not in refused)
                 comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
+                continue
+            if type(msg) is RunFunction or type(msg) is StoreFile:
+                self.remote.start(comm, msg)
                 continue
             if type(msg) is not GetData:
                 log.warning("closing connection from %s: unexpected %s", comm.peer_address, msg.op)

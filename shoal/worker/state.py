@@ -39,11 +39,14 @@ from shoal.worker.events import (
     Key,
     Restart,
     SendToScheduler,
+    ThreadRejoining,
+    ThreadSeceded,
     ThreadsStarted,
     Tick,
     Value,
 )
 from shoal.worker.history import TransitionLog
+from shoal.worker.slots import SecededSlots
 
 # Fetch requests in flight at once, to all peers together.
 MAX_FETCHES = 16
@@ -109,7 +112,7 @@ class KeyState:
     timed_out: bool = False  # ran past its timeout; the thread may still run it
 
 
-class WorkerState:
+class WorkerState(SecededSlots):
     """What one worker holds, fetches and runs. Feed events, carry out the commands."""
 
     def __init__(
@@ -134,6 +137,7 @@ class WorkerState:
         self.slots = nthreads + prefetch
         self.keys: dict[Key, KeyState] = {}
         self.executing: dict[Key, None] = {}  # EXECUTING and CANCELLED keys
+        self._init_slots()  # those of them that seceded (slots.py)
         self.timed: dict[Key, None] = {}  # those of them with a timeout
         # A task stuck past its timeout by `timeout_grace` seconds makes the worker
         # restart, when a nanny can restart it (`can_restart`).
@@ -510,7 +514,7 @@ class WorkerState:
 
     def _start_ready(self) -> None:
         ready = self._ready
-        while ready and len(self.executing) < self.slots:
+        while self._may_start_ready() and ready:
             _, arrival, key = heapq.heappop(ready)
             rec = self.keys.get(key)
             if rec is not None and rec.status is S.READY and rec.queued == arrival:
@@ -535,7 +539,7 @@ class WorkerState:
         elif start is S.FLIGHT:
             self._unflight(rec)
         elif start in _RUNNING and to not in _RUNNING:
-            del self.executing[rec.key]
+            self._leave_slot(rec)
             rec.timed_out = False
             if rec.timeout:
                 del self.timed[rec.key]
@@ -575,7 +579,7 @@ class WorkerState:
             self.timed[rec.key] = None
         assert rec.func is not None and rec.args is not None
         deps = tuple((key, self._held(key)) for key in rec.deps)
-        self._out.append(Execute(rec.key, rec.func, rec.args, deps))
+        self._out.append(Execute(rec.key, rec.func, rec.args, deps, rec.priority))
 
     def _held(self, key: Key) -> Value:
         value = self.keys[key].value
@@ -631,6 +635,8 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     DataPut: WorkerState._on_put,
     Tick: WorkerState._on_tick,
     ThreadsStarted: WorkerState._on_threads_started,
+    ThreadSeceded: WorkerState._on_seceded,
+    ThreadRejoining: WorkerState._on_rejoining,
 }
 
 W = WorkerState
