@@ -323,7 +323,7 @@ def fire_and_forget(futures: Any) -> None:
 # -- pickling datasets: futures travel as their keys ----------------------------------------
 
 
-class _FuturePickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _FuturePickler(cloudpickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=5)
         self.keys: dict[Any, None] = {}

@@ -153,8 +153,12 @@ class ClientExecutor(cf.Executor):
                 self._pending.pop(local, None)
 
         def cancelled(future: cf.Future[Any]) -> None:
-            if future.cancelled() and holder:
-                holder[0].cancel()
+            if future.cancelled():
+                # What an executor's worker does on taking a cancelled future: it
+                # tells wait() and as_completed(), which count it done from then on.
+                future.set_running_or_notify_cancel()
+                if holder:
+                    holder[0].cancel()
             self._pending.pop(future, None)
 
         local.add_done_callback(cancelled)
@@ -174,24 +178,25 @@ def _settle(local: cf.Future[Any], value: Any, error: bool) -> None:
 
 def _results(futures: list[cf.Future[Any]], deadline: float | None, chunked: bool) -> Iterator[Any]:
     """Results in order, each waited for until `deadline`; cancels the rest when
-    closed early. Yielded futures are let go, so their values can be freed."""
+    closed early. Nothing yielded stays referenced here (no local holds it)."""
     futures.reverse()
     try:
         while futures:
-            future = futures.pop()
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                value = future.result(left)
-            finally:
-                del future
-            if chunked:
-                yield from value
-            else:
-                yield value
-            del value
+            if not chunked:
+                yield _next_result(futures, deadline)
+                continue
+            chunk = _next_result(futures, deadline)
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()
     finally:
         for future in futures:
             future.cancel()
+
+
+def _next_result(futures: list[cf.Future[Any]], deadline: float | None) -> Any:
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return futures.pop().result(left)
 
 
 class Executor(ClientExecutor):

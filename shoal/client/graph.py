@@ -6,10 +6,12 @@ a missing key, a bad key) is refused here with GraphError, before anything is se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
 import threading
+import types
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -67,6 +69,11 @@ def funcname(func: Callable[..., object]) -> str:
     return name.strip("<>") or "task"
 
 
+# Callables usually made anew for each call (`obj.method`, functools.partial): not
+# cached, since the cache would hold them, and with them their objects and arguments.
+_MADE_PER_CALL = (types.MethodType, functools.partial)
+
+
 class FunctionCache:
     """Serialized functions by function object, least recently used dropped first.
 
@@ -88,6 +95,9 @@ class FunctionCache:
         Raises:
             SerializationError: the function cannot be pickled.
         """
+        if isinstance(func, _MADE_PER_CALL):  # caching one would only keep its object alive
+            payload = serialize(func, "function")
+            return payload, _digest(payload.frames)
         with self._lock:
             entry = self._entries.get(id(func))
             if entry is not None and entry[0] is func:

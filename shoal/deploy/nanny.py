@@ -247,9 +247,7 @@ class Nanny:
         memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
         restart = asyncio.ensure_future(self._restart.wait())
         try:
-            await asyncio.wait(
-                {exited, stop, memory, restart}, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({exited, stop, memory, restart}, return_when=asyncio.FIRST_COMPLETED)
             if restart.done() and not exited.done() and not stop.done():
                 proc.kill()
                 await proc.wait()

@@ -17,7 +17,7 @@ from typing import Any
 from shoal.protocol import messages as m
 from shoal.protocol.serialize import Serialized
 from shoal.scheduler.core import CoreBase
-from shoal.scheduler.model import ClientInfo, Status, TaskState
+from shoal.scheduler.model import ClientInfo, Send, Status, TaskState
 
 FIRE_AND_FORGET = "fire-and-forget"
 DATASET = "dataset:"  # + the dataset's name: the peer of its keeper
@@ -139,9 +139,14 @@ class ClusterKeepers(CoreBase):
 
     def _settle_keepers(self) -> None:
         """At the end of a call: the fire-and-forget keeper lets go of its keys that
-        are done (not while their transition runs: a cascade must not nest)."""
+        are done (not while their transition runs: a cascade must not nest), and
+        the reports addressed to keepers are dropped."""
         done, self._fired_done = self._fired_done, []
         keeper = self._fire_keeper
+        if keeper is not None or self.datasets:  # what was said to a keeper goes nowhere
+            self._out = [
+                c for c in self._out if not (type(c) is Send and c.peer.startswith(KEEPERS))
+            ]
         if keeper is None:
             return
         for ts in done:
