@@ -213,6 +213,7 @@ class ThreadPool:
         # thread name -> the key it runs now and when it started it (monotonic)
         self._running: dict[str, tuple[Key, float]] = {}
         self._exited = 0
+        self._made = nthreads  # threads started, those that took a seceded task's place too
         self._all_exited: asyncio.Future[None] | None = None
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -282,7 +283,10 @@ class ThreadPool:
                 thread = threading.Thread(
                     target=self._work, name=f"{self._name}-{next(self._numbers)}", daemon=True
                 )
+                # Those that left after their seceded task are let go of here.
+                self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
+                self._made += 1
             thread.start()
         if self._on_seceded is not None:
             self._call_on_loop(functools.partial(self._on_seceded, task.key))
@@ -335,7 +339,7 @@ class ThreadPool:
     def _thread_exited(self) -> None:
         self._exited += 1
         fut = self._all_exited
-        if self._exited == len(self._threads) and fut is not None and not fut.done():
+        if self._exited == self._made and fut is not None and not fut.done():
             fut.set_result(None)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -351,7 +355,7 @@ class ThreadPool:
         for event in list(self._rejoins.values()):  # nothing will grant them a slot now
             event.set()
         self._all_exited = self._loop.create_future()
-        if self._exited == len(self._threads):
+        if self._exited == self._made:
             self._all_exited.set_result(None)
         for _ in self._threads:
             self._queue.put(None)
