@@ -762,6 +762,8 @@ def test_scheduler_info_is_plain_data() -> None:
     info = out.msg.info
     assert info == {
         "address": "tcp://sched:8786",
+        "http_address": "",
+        "dashboard": "",
         "workers": {
             "a": {
                 "address": "tcp://a:1",

@@ -52,6 +52,8 @@ class WorkerEvents(CoreBase):
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
         self._send(peer, m.WorkerRegistered(name=ws.name))
+        self.tally.workers_joined += 1
+        self.tally.event(self._now, "worker-joined", worker=ws.name, address=ws.address)
         self._workers_changed()
         self._fill(ws)
 
@@ -66,6 +68,11 @@ class WorkerEvents(CoreBase):
         if holder is not None and holder not in self.dying:
             return f"worker {holder.name!r} already serves data at {msg.address!r}"
         return None
+
+    def _workers_changed(self) -> None:
+        msg = m.WorkersChanged(workers=len(self.placement.workers))
+        for client in self.clients.values():
+            self._send(client.peer, msg)
 
     def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
         self._remove_worker(self.workers[peer])
@@ -157,6 +164,14 @@ class WorkerEvents(CoreBase):
         """
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
+        if cause is None:
+            self.tally.workers_left += 1
+            self.tally.event(self._now, "worker-left", worker=ws.name, address=ws.address)
+        else:
+            self.tally.workers_died += 1
+            self.tally.event(
+                self._now, "worker-died", worker=ws.name, address=ws.address, cause=cause
+            )
         if self.by_address.get(ws.address) is ws:
             del self.by_address[ws.address]
             # Rare: a dying worker's successor took its address and left first.
