@@ -775,6 +775,7 @@ def test_scheduler_info_is_plain_data() -> None:
                 "nbytes": 40,
                 "pid": 0,
                 "host": "",
+                "http_address": "",
                 "nanny": False,
                 "cpu": 0.0,
                 "memory": 0,

@@ -208,6 +208,7 @@ class ClientRequests(CoreBase):
                 "nbytes": ws.nbytes,
                 "pid": ws.pid,
                 "host": ws.host,
+                "http_address": ws.http_address,
                 "nanny": ws.nanny,
                 "cpu": ws.cpu,
                 "memory": ws.memory,

@@ -192,6 +192,7 @@ class WorkerInfo:
         "gone",
         "has_what",
         "host",
+        "http_address",
         "index",
         "last_seen",
         "memory",
@@ -237,6 +238,7 @@ class WorkerInfo:
         self.gone = False
         self.pid = 0
         self.host = ""
+        self.http_address = ""  # its HTTP endpoints (/metrics), if it serves them
         self.nanny = False  # a nanny supervises it and reports how it died
         self.nanny_id = ""  # the id its nanny registered under (see NannyInfo)
         self.last_seen = 0.0  # when it last sent anything (see heartbeat_timeout)

@@ -47,7 +47,7 @@ class WorkerEvents(CoreBase):
             next(self._worker_index),
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
-        ws.nanny_id = msg.nanny_id
+        ws.nanny_id, ws.http_address = msg.nanny_id, msg.http_address
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
