@@ -271,6 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http(worker, 0, "/metrics, /health, /ready")
     _add_security(worker)
 
+    stat = commands.add_parser("status", help="print a scheduler's workers and task counts")
+    stat.set_defaults(parser=stat)
+    stat.add_argument(
+        "address",
+        type=_checked(_connect_address),
+        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
+    )
+    stat.add_argument("--json", action="store_true", help="the scheduler's info as JSON")
+    stat.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when the scheduler does not answer within this (default 10)",
+    )
+    _add_security(stat)
+
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
     demo.add_argument(
         "--workers", type=_at_least_one, default=2, help="worker processes (default 2)"
@@ -523,13 +540,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     check_args(args)
-    level = "warning" if args.command == "demo" else args.log_level
+    level = "warning" if args.command in ("demo", "status") else args.log_level
     configure_logging(level, args.log_format)
     if args.command == "demo":
         from shoal.deploy.demo import main as demo_main
 
         return demo_main(args.workers, args.leaves)
     try:
+        if args.command == "status":
+            from shoal.deploy.status import status
+
+            text = status(
+                str(args.address),
+                token=args.token,
+                tls=_tls(args),
+                timeout=args.timeout,
+                as_json=args.json,
+            )
+            print(text, flush=True)
+            return 0
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))
         if args.no_nanny:

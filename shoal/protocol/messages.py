@@ -334,6 +334,8 @@ class ClientRegistered(Message):
 
     client_id: str
     workers: int
+    # Where the scheduler serves HTTP and its dashboard (http(s)://host:port); empty: nowhere.
+    http_address: str = ""
 
 
 @message("submit-graph")

@@ -39,7 +39,11 @@ class ClientRequests(CoreBase):
         self.tally.event(self._now, "client-connected", client=client.client_id, name=msg.name)
         self._send(
             peer,
-            m.ClientRegistered(client_id=client.client_id, workers=len(self.placement.workers)),
+            m.ClientRegistered(
+                client_id=client.client_id,
+                workers=len(self.placement.workers),
+                http_address=self.http_address,
+            ),
         )
 
     def _remove_client(self, client: ClientInfo) -> None:

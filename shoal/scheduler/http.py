@@ -154,6 +154,7 @@ def scheduler_web(
 ) -> WebServer:
     """The scheduler's HTTP server, not started."""
     options: dict[str, Any] = {"scheduler": scheduler}
+    files = {"scheduler": scheduler, "files": page_files()}
     server = WebServer(
         [], host=host, port=port, token=token, tls=tls, allow_insecure=allow_insecure
     )
@@ -172,6 +173,8 @@ def scheduler_web(
             (r"/api/v1/events", EventsHandler, options),
             (r"/api/v1/desired-workers", DesiredWorkersHandler, options),
             (r"/api/v1/dashboard", DashboardDataHandler, options),
+            (r"/", PageHandler, files),
+            (r"/dashboard/([a-z.]+)", PageHandler, files),
         ],
     )
     return server
