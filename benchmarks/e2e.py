@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -36,6 +37,9 @@ def metrics(shape: dict[str, int]) -> list[Metric]:
         Metric("latency_p99_ms", "submit->result latency, p99", "ms"),
         Metric("tree_s", f"tree reduction, {shape['leaves']:,} leaves", "s"),
         Metric("tree_tasks_s", "tree reduction rate", "tasks/s"),
+        Metric("closed_tasks_s", "map+gather again, nothing polling HTTP", "tasks/s"),
+        Metric("observed_tasks_s", "map+gather, /metrics + dashboard polled each 1 s", "tasks/s"),
+        Metric("observed_cost_pct", "throughput lost to that polling", "%"),
     ]
 
 
@@ -106,9 +110,60 @@ def run_workloads(system: str, shape: dict[str, int]) -> dict[str, float]:
         out["tree_tasks_s"] = len(graph) / out["tree_s"]
         leaves = shape["leaves"]
         assert total == leaves * (leaves + 1) // 2, total
+        if system == "shoal":
+            out.update(observed(client, n))
     finally:
         client.close()
     return out
+
+
+def map_gather_rate(client: Any, n: int) -> float:
+    begin = time.perf_counter()
+    results = client.gather(client.map(inc, range(n), pure=False))
+    took = time.perf_counter() - begin
+    assert results == list(range(1, n + 1))
+    return n / took
+
+
+class Observer:
+    """What a Prometheus scraper and an open dashboard do, from a process of their
+    own as they would be: GET /metrics and /api/v1/dashboard (the page's poll) at
+    once, then every `interval` seconds (benchmarks/observe.py)."""
+
+    def __init__(self, http: str, interval: float = 1.0) -> None:
+        self.http, self.interval = http, interval
+        self.requests = 0
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Observer:
+        args = [sys.executable, "-m", "benchmarks.observe", self.http, str(self.interval)]
+        pipe = subprocess.PIPE
+        self._proc = subprocess.Popen(args, stdin=pipe, stdout=pipe, text=True)
+        assert self._proc.stdout is not None
+        self._proc.stdout.readline()  # "started": its first poll is done
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate("", timeout=30)  # stdin's end stops it
+        self.requests = int(out.split()[-1]) if out.split() else 0
+
+
+def observed(client: Any, n: int) -> dict[str, float]:
+    """The map+gather with the endpoints polled, between two runs without: the cost
+    is measured against the mean of the runs just before and just after."""
+    http = client.dashboard_link.rstrip("/")
+    before = map_gather_rate(client, n)
+    with Observer(http) as watch:
+        polled = map_gather_rate(client, n)
+    after = map_gather_rate(client, n)
+    assert watch.requests >= 2
+    closed = (before + after) / 2
+    return {
+        "closed_tasks_s": closed,
+        "observed_tasks_s": polled,
+        "observed_cost_pct": 100.0 * (1.0 - polled / closed),
+    }
 
 
 def child(system: str, shape_name: str) -> None:

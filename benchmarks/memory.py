@@ -138,7 +138,7 @@ class CliCluster:
 
     def _start_all(self) -> None:
         if self.system == "shoal":
-            sched = ["shoal", "--log-level", "warning", "scheduler", "--port", "0"]
+            sched = ["shoal", "--log-level", "warning", "scheduler", "--port", "0", "--no-http"]
             self._start("scheduler", sched)
             self.address = _wait_for(
                 "shoal scheduler listening", self._shoal_address, self.procs, START_TIMEOUT_S

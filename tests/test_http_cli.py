@@ -202,3 +202,28 @@ def test_a_taken_http_port_is_one_line() -> None:
         )
     assert done.returncode == 1
     assert "shoal scheduler:" in done.stderr and "Address already in use" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_default_http_port_gives_way_when_taken() -> None:
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen()
+    except OSError:
+        pass  # someone else holds it: taken all the same
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    scheduler = Proc.start("scheduler", "--port", port)
+    try:
+        scheduler.expect("shoal scheduler listening at")
+        http = scheduler.expect("shoal scheduler dashboard and metrics at").split()[-1]
+        assert not http.endswith(":8787")
+        assert get(f"{http}/health") == "ok\n"
+    finally:
+        scheduler.stop()
+        holder.close()
+    assert "HTTP port 8787 is taken; serving HTTP on a free port instead" in scheduler.text

@@ -55,11 +55,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
 
 def _add_http(parser: argparse.ArgumentParser, default: int, what: str) -> None:
     group = parser.add_argument_group("HTTP")
+    more = (
+        f"; default {default}, or any free port when {default} is taken or --port is 0"
+        if default
+        else "; default 0"
+    )
     group.add_argument(
         "--http-port",
         type=_checked(options.port),
-        default=default,
-        help=f"port of {what} on the same interface (0: any free port; default {default})",
+        default=None,
+        help=f"port of {what} on the same interface (0: any free port{more})",
     )
     group.add_argument("--no-http", action="store_true", help="serve no HTTP endpoints")
 
@@ -368,7 +373,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         no_worker_warning=args.no_worker_warning,
         no_workers_timeout=args.no_workers_timeout,
         freeze_gc=True,  # this process is the scheduler's alone
-        http_port=None if args.no_http else args.http_port,
+        http_port=None if args.no_http else _scheduler_http_port(args),
+        http_fallback=args.http_port is None,  # the default port gives way when taken
     )
     try:
         await scheduler.start()
@@ -389,6 +395,12 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_http_port(args: argparse.Namespace) -> int:
+    if args.http_port is not None:
+        return int(args.http_port)
+    return 0 if args.port == 0 else DEFAULT_HTTP_PORT
+
+
 async def _run_worker(args: argparse.Namespace) -> int:
     """A worker in this process; it joins its scheduler again whenever it loses it."""
     from shoal.worker.http import WorkerWeb
@@ -398,7 +410,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
     web = None
     if not args.no_http:
         web = WorkerWeb(
-            host=_worker_http_host(args), port=args.http_port, token=args.token, tls=_tls(args)
+            host=_worker_http_host(args),
+            port=args.http_port or 0,
+            token=args.token,
+            tls=_tls(args),
         )
         try:
             await web.start()
