@@ -1,10 +1,11 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by playwright.
 
 The page is loaded while a graph runs; once it settles, the numbers on screen
-must be the scheduler's, and a screenshot is saved (to the test's folder, and
-to $SHOAL_DASHBOARD_SCREENSHOT when set: `make dashboard-screenshot` writes
-docs/dashboard.png that way). Chromium is installed by .ci/chromium.sh; where
-it is missing the test skips and says why.
+must be the scheduler's. Screenshots are saved to the test's folder, of the
+graph running and of the end; $SHOAL_DASHBOARD_SCREENSHOT, when set, gets
+the first (`make dashboard-screenshot` writes docs/dashboard.png that way).
+Chromium is installed by .ci/chromium.sh; where it is missing the test skips
+and says why.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_the_dashboard_shows_the_schedulers_numbers(tmp_path: Path) -> None:
         http = client.dashboard_link.rstrip("/")
         assert client.dashboard_link == client.scheduler_info()["dashboard"]
         parts = client.map(nap, range(300), key=[f"nap-{i}" for i in range(300)])
+        loads = client.map(nap, range(100), key=[f"load-part-{i}" for i in range(100)])
         stuck = client.submit(nap, -1, resources={"GPU": 1}, key="needs-gpu-0")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch_persistent_context(
@@ -77,8 +79,11 @@ def test_the_dashboard_shows_the_schedulers_numbers(tmp_path: Path) -> None:
             try:
                 page = browser.new_page()
                 page.goto(f"{http}/", wait_until="load")
-                page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1")
+                page.wait_for_function("Number(document.body.dataset.updates || 0) >= 2")
+                running = tmp_path / "running.png"  # the graph part way through, as a rule
+                page.screenshot(path=str(running), full_page=True)
                 assert client.gather(parts) == list(range(300))
+                assert client.gather(loads) == list(range(100))
                 summed = client.submit(total, parts, key="total-0")
                 assert summed.result(timeout=WAIT_S) == sum(range(300))
                 expected = _settled(page, http)
@@ -86,7 +91,7 @@ def test_the_dashboard_shows_the_schedulers_numbers(tmp_path: Path) -> None:
                 assert int(page.inner_text("#threads-count")) == 2
                 assert int(page.inner_text("#clients-count")) == expected["clients"]
                 runs = int(page.inner_text("#runs-count"))
-                assert runs == expected["runs"] == 301
+                assert runs == expected["runs"] == 401
                 row = page.locator('#progress tr[data-prefix="nap"] td.numbers')
                 assert row.inner_text() == "300 / 300"
                 workers = page.locator("#workers tbody tr")
@@ -101,7 +106,7 @@ def test_the_dashboard_shows_the_schedulers_numbers(tmp_path: Path) -> None:
                 assert shot.stat().st_size > 10_000
                 wanted = os.environ.get("SHOAL_DASHBOARD_SCREENSHOT")
                 if wanted:
-                    shutil.copyfile(shot, wanted)
+                    shutil.copyfile(running, wanted)
             finally:
                 browser.close()
         stuck.cancel()

@@ -187,6 +187,7 @@ class Scheduler:
                 await self._start_web(self.http_port)
             except BaseException:
                 await self._listener.close()
+                self._listener = None
                 raise
         self._main = asyncio.create_task(self._run(), name=f"scheduler {self.address}")
         log.info("scheduler listening at %s", self.address)

@@ -103,6 +103,8 @@ function meter(fraction, managedFraction) {
 
 function drawWorkers(d) {
   const body = document.querySelector("#workers tbody");
+  // Without a limit, memory is drawn against the largest worker's.
+  const largest = Math.max(1, ...d.workers.map((w) => w.memory));
   const rows = d.workers.map((w) => {
     const tr = el("tr");
     tr.dataset.worker = w.name;
@@ -114,7 +116,7 @@ function drawWorkers(d) {
     cpu.appendChild(el("span", ` ${Math.round(w.cpu)}%`));
     tr.appendChild(cpu);
     const memory = el("td");
-    const scale = w.memory_limit || Math.max(w.memory, 1);
+    const scale = w.memory_limit || largest;
     memory.appendChild(meter(w.memory / scale, w.managed / scale));
     memory.appendChild(el("span", ` ${bytes(w.memory)}` + (w.memory_limit ? ` / ${bytes(w.memory_limit)}` : "")));
     tr.appendChild(memory);
