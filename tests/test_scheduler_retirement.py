@@ -131,7 +131,7 @@ def test_a_retirement_past_its_timeout_moves_the_work_without_blame() -> None:
 
 
 def test_a_retiring_worker_that_dies_counts_as_a_death() -> None:
-    h, a, b, c = two_workers()
+    h, _a, _b, c = two_workers()
     h.submit(c, {"t": ()})
     runner = h.on("t")
     h.start("t")
@@ -170,7 +170,7 @@ def test_retiring_workers_are_never_targets_nor_given_work() -> None:
 
 
 def test_values_let_go_meanwhile_are_not_owed() -> None:
-    h, a, b, c = two_workers()
+    h, _a, _b, c = two_workers()
     h.submit(c, {"x": ()})
     holder = h.on("x")
     h.finish("x", worker=holder)

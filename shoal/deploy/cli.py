@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy import options, retire
+from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.nanny import (
     FATAL_EXIT,
@@ -31,6 +31,9 @@ from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 
 DEFAULT_PORT = 7786
+# The part of a container's memory limit a worker takes by default: the rest is
+# for its nanny, so that the nanny restarts it before the kernel kills the pod.
+CONTAINER_SHARE = 0.95
 log = logging.getLogger("shoal.cli")
 
 
@@ -186,17 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--nthreads",
         type=_at_least_one,
-        default=os.cpu_count() or 1,
-        help="threads running tasks (default: one per core)",
+        default=None,
+        help="threads running tasks (default: one per core it may use; in a container, "
+        "its CPU limit rounded up)",
     )
     worker.add_argument(
         "--name", type=_checked(_text("the name")), default=None, help="unique worker name"
     )
     worker.add_argument(
         "--memory-limit",
-        default="0",
+        default=None,
         help="e.g. 8GB or 512MiB; 0.5: half this machine's memory; auto: its share of "
-        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} MiB)",
+        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} "
+        "MiB; default: in a container with a memory limit, 95%% of it, else none)",
     )
     worker.add_argument(
         "--resources",
@@ -280,6 +285,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tls_cert and not args.tls_ca:
         parser.error("--tls-cert needs --tls-ca")
     if args.command == "worker":
+        limits = cgroup.read_limits()
+        if args.nthreads is None:
+            args.nthreads = limits.threads(cgroup.usable_cores())
+        if args.memory_limit is None:
+            args.memory_limit = str(int(limits.memory * CONTAINER_SHARE)) if limits.memory else "0"
         try:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
