@@ -206,6 +206,7 @@ class WorkerInfo:
         "pid",
         "processing",
         "resources",
+        "retiring",
         "started",
         "version",
     )
@@ -235,7 +236,8 @@ class WorkerInfo:
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.version = 0  # bumped whenever its load changes (see placement)
-        self.gone = False
+        self.gone = False  # out of placement: dying, or retiring (then still connected)
+        self.retiring = False  # on its way out gracefully (see scheduler/retirement.py)
         self.pid = 0
         self.host = ""
         self.http_address = ""  # its HTTP endpoints (/metrics), if it serves them
