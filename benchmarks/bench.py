@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if unsettled:
         print(f"note: the scheduler's memory had not settled in {', '.join(unsettled)}")
     if skipped:
-        print(f"note: stopped after {args.stop_after:.0f} s; {skipped} rounds of {repeat} reps not run")
+        stop = f"{args.stop_after:.0f} s"
+        print(f"note: stopped after {stop}; {skipped} rounds of the {repeat} repetitions not run")
     if args.out:
         found = {
             "machine": found,
