@@ -20,6 +20,7 @@ __all__ = [
     "fire_and_forget",
     "get_client",
     "get_worker",
+    "progress",
     "rejoin",
     "secede",
     "wait",
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from shoal.client.futures import Future, as_completed, wait
     from shoal.client.mpool import Pool
     from shoal.deploy.nested import get_client, get_worker, rejoin, secede, worker_client
+    from shoal.client.progress import progress
 
 # Loaded on first use, so `import shoal` (the CLI, workers) stays cheap.
 _LAZY = {
@@ -48,6 +50,7 @@ _LAZY = {
     "worker_client": "shoal.deploy.nested",
     "secede": "shoal.deploy.nested",
     "rejoin": "shoal.deploy.nested",
+    "progress": "shoal.client.progress",
 }
 
 

@@ -152,6 +152,8 @@ class RegisterWorker(Message):
     # The id its nanny registered under (RegisterNanny), tying the two together;
     # empty without a nanny.
     nanny_id: str = ""
+    # Where it serves /health, /ready and /metrics (http(s)://host:port); empty: it does not.
+    http_address: str = ""
 
 
 @message("worker-registered")
@@ -276,6 +278,25 @@ class WorkerLeaving(Message):
     reason: str = ""
 
 
+@message("retire-worker")
+class RetireWorker(Message):
+    """The sending worker asks to retire (it got SIGTERM, say): it takes no more
+    tasks, finishes or hands back those it has, and its values that no other
+    worker holds are copied elsewhere; then the scheduler sends WorkerRetired.
+    `timeout`: seconds after which the scheduler lets it go regardless (0: none)."""
+
+    reason: str = ""
+    timeout: float = 0.0
+
+
+@message("worker-retired")
+class WorkerRetired(Message):
+    """To a retiring worker: its tasks are done or handed back and its values are
+    safe elsewhere (or have no other place); it leaves now with WorkerLeaving."""
+
+    reason: str = ""
+
+
 @message("heartbeat")
 class Heartbeat(Message):
     """Sent by a worker every heartbeat interval: it is alive, and how loaded.
@@ -333,6 +354,8 @@ class ClientRegistered(Message):
 
     client_id: str
     workers: int
+    # Where the scheduler serves HTTP and its dashboard (http(s)://host:port); empty: nowhere.
+    http_address: str = ""
 
 
 @message("submit-graph")
@@ -495,6 +518,27 @@ class TasksStalled(Message):
     restrict: tuple[str, ...] = ()
 
 
+@message("retire-workers")
+class RetireWorkers(Message):
+    """Retire these workers (names or data addresses) gracefully, as RetireWorker
+    does for one; answered by WorkersRetired once each has left. `timeout`:
+    seconds after which a worker is let go regardless (0: none)."""
+
+    workers: tuple[str, ...]
+    timeout: float = 0.0
+    request_id: int = 0
+
+
+@message("workers-retired")
+class WorkersRetired(Message):
+    """The answer to RetireWorkers: the names of the workers that left, and the
+    names or addresses asked for that matched no worker."""
+
+    retired: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
+    request_id: int = 0
+
+
 @message("workers-changed")
 class WorkersChanged(Message):
     """Sent to every client when a worker joins or leaves."""
@@ -502,7 +546,7 @@ class WorkersChanged(Message):
     workers: int
 
 
-# -- tasks that submit tasks, and cluster-wide helpers (docs/protocol.md, section 13)
+# -- tasks that submit tasks, and cluster-wide helpers (docs/protocol.md, section 7.7)
 
 
 @message("task-seceded")

@@ -136,6 +136,11 @@ class Placement:
         queue = self._constrained.get(sig)
         return queue.queued() if queue is not None else []
 
+    def count_queued_with(self, sig: Signature) -> int:
+        """How many tasks of a signature are queued (O(1))."""
+        queue = self._constrained.get(sig)
+        return len(queue) if queue is not None else 0
+
     def has_queued_with(self, sig: Signature) -> bool:
         queue = self._constrained.get(sig)
         return queue is not None and queue.first() is not None
@@ -192,7 +197,7 @@ class Placement:
         depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
         for ws, nbytes in held.items():  # _cost(), inline
             queued = len(ws.processing) - len(ws.seceded)
-            if queued < ws.nthreads * depth:
+            if queued < ws.nthreads * depth and not ws.gone:  # not dying or retiring
                 rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
                 if best is None or rank < best_rank:
                     best, best_rank = ws, rank

@@ -41,6 +41,7 @@ class DataRequests(CoreBase):
     def _data_missing(self, peer: str, msg: m.DataMissing) -> None:
         """A worker could not get `msg.key` from any worker in `msg.tried`."""
         ws = self.workers[peer]
+        self.retire_events += 1  # a retiring worker's copy may have failed
         ts = self.tasks.get(msg.key)
         if ts is not None and ts.status is M:
             # The sender lacks it too, whatever we thought: no compute-task leaves
@@ -58,6 +59,7 @@ class DataRequests(CoreBase):
 
     def _keys_acquired(self, peer: str, msg: m.KeysAcquired) -> None:
         ws = self.workers[peer]
+        self.retire_events += 1  # a retiring worker's copy may be made
         for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.status is M:
@@ -67,8 +69,22 @@ class DataRequests(CoreBase):
                 self._free.setdefault(ws, []).append(key)  # released meanwhile
             self._copy_settled(key, ws)
 
+    def _data_lost(self, ts: TaskState) -> None:
+        """The only copy of a value is gone: send back whoever needed it."""
+        self._move(ts, R)
+        for dependent in ts.dependents:
+            if dependent.status is W:
+                dependent.waiting_on += 1
+            elif dependent.status in (Status.QUEUED, Status.PROCESSING):
+                self._move(dependent, W)
+        if ts.needed:
+            self._recompute([ts])
+        else:
+            self._maybe_forget(ts)
+
     def _data_fetched(self, peer: str, msg: m.DataFetched) -> None:
         self.placement.observe_transfer(msg.nbytes, msg.duration)
+        self.tally.fetched(msg.nbytes, msg.duration)
 
     def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         ts.who_has = without_member(ts.who_has, ws)
@@ -76,7 +92,7 @@ class DataRequests(CoreBase):
         if not ws.has_what:  # a dict keeps its largest size until replaced
             ws.has_what = {}
         ws.nbytes -= ts.nbytes
-        if not ws.gone:
+        if not ws.gone or ws.retiring:
             self._free.setdefault(ws, []).append(ts.key)
 
     # -- from clients -----------------------------------------------------------
@@ -138,6 +154,7 @@ class DataRequests(CoreBase):
             ts = self.tasks.get(key)
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, None, next(self._order))
+                ts.group = self.tally.group_of(key)
             if client not in ts.wanted_by:
                 ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None

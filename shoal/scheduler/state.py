@@ -41,6 +41,7 @@ from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
 from shoal.scheduler.restarts import ClusterRestarts
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
+from shoal.scheduler.tally import Tally
 from shoal.scheduler.workers import WorkerEvents
 
 # The maps of a compute-task message for a task without dependencies: shared,
@@ -100,7 +101,8 @@ class SchedulerState(
     ) -> None:
         if allowed_failures < 1:
             raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
-        self.address = address
+        self.address, self.http_address = address, ""  # the shell sets http_address
+        self.tally = Tally()  # counters for metrics, the dashboard and logs
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
         self.death_report_wait = death_report_wait
@@ -151,6 +153,7 @@ class SchedulerState(
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
             ("worker", m.TasksStarted): self._tasks_started,
+            ("worker", m.RetireWorker): self._retire_worker,
             ("nanny", m.WorkerDied): self._worker_died,
             ("nanny", m.Heartbeat): self._nanny_heartbeat,
             ("client", m.AddData): self._add_data,
@@ -161,7 +164,9 @@ class SchedulerState(
             ("client", m.WhoHas): self._who_has,
             ("client", m.GetSchedulerInfo): self._scheduler_info,
             **self._keeper_handlers(),  # keepers.py, restarts.py
+            ("client", m.RetireWorkers): self._retire_workers,
         }
+        self.retiring, self.retire_requests, self.retire_events = {}, [], 0  # retirement.py
 
     # -- entry points ------------------------------------------------------------
 
@@ -222,13 +227,15 @@ class SchedulerState(
 
     def _end(self) -> list[Command]:
         self._settle_keepers()
+        if self.retiring:  # see retirement.py
+            self._advance_retirements()
         while self._refill:  # slots freed by taking tasks back go to queued tasks
             ws = next(iter(self._refill))
             del self._refill[ws]
             self._fill(ws)
         if self._free:
             for ws, keys in self._free.items():
-                if not ws.gone:
+                if not ws.gone or ws.retiring:
                     self._out.append(Send(ws.peer, m.FreeKeys(keys=tuple(keys))))
             self._free = {}
         return self._out
@@ -237,24 +244,6 @@ class SchedulerState(
         self._out.append(Send(peer, msg))
 
     # -- workers -----------------------------------------------------------------
-
-    def _data_lost(self, ts: TaskState) -> None:
-        """The only copy of a value is gone: send back whoever needed it."""
-        self._move(ts, R)
-        for dependent in ts.dependents:
-            if dependent.status is W:
-                dependent.waiting_on += 1
-            elif dependent.status is Q or dependent.status is P:
-                self._move(dependent, W)
-        if ts.needed:
-            self._recompute([ts])
-        else:
-            self._maybe_forget(ts)
-
-    def _workers_changed(self) -> None:
-        msg = m.WorkersChanged(workers=len(self.placement.workers))
-        for client in self.clients.values():
-            self._send(client.peer, msg)
 
     def _task_finished(self, peer: str, msg: m.TaskFinished) -> None:
         ws = self.workers[peer]
@@ -276,6 +265,7 @@ class SchedulerState(
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
             return
+        self.tally.ran(ts, ws, msg.duration, self._now, False)
         if ts.retries > 0 and msg.typename != TIMEOUT_TYPENAME:  # a hang is not retried
             ts.retries -= 1
             self._move(ts, W)
@@ -396,6 +386,9 @@ class SchedulerState(
             raise InvalidTransition(ts.key, ts.status, to, stimulus, self.history.tail(10))
         self.history.record((ts.key, ts.status, to, self._stimulus, self._now))
         self.transitions_done += 1
+        counts = ts.group.counts  # the tally's counts by status (see tally.py)
+        counts[ts.status] -= 1
+        counts[to] += 1
         if args:
             step(self, ts, *args)
         else:  # a plain call: no argument tuple to build
@@ -477,7 +470,7 @@ class SchedulerState(
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount
-        if not ws.gone:
+        if not ws.gone or ws.retiring:  # a retiring worker still hears of what it lost
             self.placement.touch(ws)
             if free:
                 self._free.setdefault(ws, []).append(ts.key)
@@ -487,6 +480,7 @@ class SchedulerState(
         self._unassign(ts, False)
         ts.status = M
         ts.nbytes, ts.typename = msg.nbytes, msg.typename
+        self.tally.ran(ts, ws, msg.duration, self._now, True)
         value = msg.value
         # Only small values are kept here; a worker sending more is not trusted with it.
         ts.value = value if value is None or value.nbytes <= m.INLINE_VALUE_BYTES else None
@@ -568,7 +562,7 @@ class SchedulerState(
                 if not ws.has_what:  # a dict keeps its largest size until replaced
                     ws.has_what = {}
                 ws.nbytes -= ts.nbytes
-                if not ws.gone:
+                if not ws.gone or ws.retiring:
                     self._free.setdefault(ws, []).append(ts.key)
             ts.who_has = ()
             ts.value = None
