@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from shoal.client.executor import Executor
     from shoal.client.futures import Future, as_completed, wait
     from shoal.client.mpool import Pool
-    from shoal.deploy.nested import get_client, get_worker, rejoin, secede, worker_client
     from shoal.client.progress import progress
+    from shoal.deploy.nested import get_client, get_worker, rejoin, secede, worker_client
 
 # Loaded on first use, so `import shoal` (the CLI, workers) stays cheap.
 _LAZY = {

@@ -206,8 +206,8 @@ class WorkerInfo:
         "pid",
         "processing",
         "resources",
-        "seceded",
         "retiring",
+        "seceded",
         "started",
         "version",
     )

@@ -61,11 +61,11 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.execute import ThreadPool
-from shoal.worker.remote import RemoteCalls
-from shoal.worker.secede import WorkerIdentity
 from shoal.worker.fetcher import PeerFetcher
 from shoal.worker.http import advertised_http
+from shoal.worker.remote import RemoteCalls
 from shoal.worker.retiring import Retiring
+from shoal.worker.secede import WorkerIdentity
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
