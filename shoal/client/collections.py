@@ -163,13 +163,14 @@ class Collections:
         This is dask's scheduler call: `dask.compute(x, scheduler=client.get)`
         and `dask.config.set(scheduler=client.get)` use it. A dask graph's values
         come back with lists of keys as tuples, as dask's own schedulers return
-        them. Awaitable when the client is asynchronous.
+        them. As dask's scheduler-call contract asks, keywords beyond these (the
+        ones dask.compute() forwards from its caller) are accepted and ignored.
+        Awaitable when the client is asynchronous.
 
         Raises:
             GraphError, TypeError, ValueError: as compute() does.
             Exception: the first failing task's exception (see Future.result).
         """
-        _check_keywords("get", kwargs)
         options = graphs.TaskOptions(priority, resources, workers, retries, timeout)
         if not is_dask_graph(graph):
             return self.gather(self._submit_dict(graph, keys, options))
@@ -201,13 +202,13 @@ class Collections:
         the same kinds whose partitions are Futures, so that later computations
         start from the values held on the cluster.
 
-        One collection gives one; a list or tuple of them gives a list.
+        One collection gives one; a list or tuple of them gives a list. Other
+        keywords (those dask.persist() forwards) are accepted and ignored.
 
         Raises:
             GraphError, SerializationError, TypeError, ValueError, CommClosedError:
                 as compute() does.
         """
-        _check_keywords("persist", kwargs)
         options = graphs.TaskOptions(priority, resources, workers, retries, timeout)
         from shoal.client import dask_collections
 

@@ -147,7 +147,10 @@ class Converter:
         self.deps, self.walk = {}, False
         kind = type(value)
         if kind is Task or (isinstance(value, Task) and kind.__call__ is Task.__call__):
-            return value.func, self._args(value.args, 0), self._kwargs(value.kwargs, 0)  # type: ignore[attr-defined]
+            args = value.args  # type: ignore[attr-defined]
+            if _is_subgraph(value.func):  # type: ignore[attr-defined]
+                args = self._lift_futures(args)
+            return value.func, self._args(args, 0), self._kwargs(value.kwargs, 0)  # type: ignore[attr-defined]
         if kind is Alias:
             return _alias(self._ref(value.target))  # type: ignore[attr-defined]
         if kind is DataNode:
@@ -168,6 +171,21 @@ class Converter:
         if isinstance(value, TaskRef):
             return _alias(self._ref(value.key))
         return self._legacy_top(key, value)
+
+    def _lift_futures(self, args: tuple) -> tuple:
+        """A fused task's inner graph with its Futures taken out as inputs: dask
+        fuses a node holding a Future (da.from_delayed of one) into a subgraph,
+        where it would be pickled; as an input it is a dependency on its key."""
+        inner, outkey, inkeys, *values = args
+        lifted = {
+            k: v.value for k, v in inner.items() if type(v) is DataNode and is_future(v.value)
+        }
+        if not lifted:
+            return args
+        self.futures.extend(lifted.values())
+        inner = {k: v for k, v in inner.items() if k not in lifted}
+        inkeys = (*inkeys, *lifted)
+        return (inner, outkey, inkeys, *values, *(TaskRef(f.key) for f in lifted.values()))
 
     def _opaque(self, node: GraphNode) -> tuple[Callable[..., object], tuple, dict]:
         """A GraphNode of a kind shoal does not translate, run by dask's own call."""
@@ -244,6 +262,13 @@ class Converter:
         if isinstance(obj, GraphNode | TaskRef) or is_future(obj):
             return self._arg(obj, depth)
         return obj
+
+
+def _is_subgraph(func: object) -> bool:
+    """Whether `func` runs a fused subgraph: (inner graph, out key, input keys, *inputs)."""
+    return getattr(func, "__name__", "") == "_execute_subgraph" and getattr(
+        func, "__module__", ""
+    ).startswith("dask.")
 
 
 def _alias(value: object) -> tuple[Callable[..., object], tuple, dict]:
