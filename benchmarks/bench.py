@@ -3,9 +3,11 @@
 Each repetition runs, with the systems' order alternating from one repetition
 to the next: the end-to-end workloads (benchmarks/e2e.py: first result,
 map+gather, latency, tree), the worker-to-worker move of a large array beside a
-raw socket (benchmarks/transfer.py) and the scheduler's memory per task
-(benchmarks/memory.py). Every round is a child process with a time limit that
-is killed with its cluster's processes when the limit passes.
+raw socket (benchmarks/transfer.py), the scheduler's memory per task
+(benchmarks/memory.py) and the dask collection workloads (array, dataframe,
+bag, and shoal's graph translation: benchmarks/collections_bench.py). Every
+round is a child process with a time limit that is killed with its cluster's
+processes when the limit passes.
 
     python -m benchmarks.bench [--repeat 3] [--quick] [--out FILE.json]
 """
@@ -21,10 +23,10 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import e2e, memory, transfer
+from benchmarks import collections_bench, e2e, memory, transfer
 from benchmarks.table import Metric, format_table, summarize
 
-WORKLOADS = ("e2e", "transfer", "memory")
+WORKLOADS = ("e2e", "transfer", "memory", *collections_bench.WORKLOADS)
 
 
 def shapes(quick: bool) -> dict[str, Any]:
@@ -37,6 +39,7 @@ def shapes(quick: bool) -> dict[str, Any]:
             "moves": transfer.MOVES_QUICK if quick else transfer.MOVES,
         },
         "memory": {"tasks": memory.N_TASKS_QUICK if quick else memory.N_TASKS},
+        "collections": dict(collections_bench.SHAPES["quick" if quick else "full"]),
     }
 
 
@@ -48,6 +51,8 @@ def metrics(shape: dict[str, Any], workloads: list[str]) -> list[Metric]:
         "transfer": [Metric("transfer_gb_s", f"worker->worker move of {mib:g} MiB", "GB/s")],
         "memory": memory.metrics(shape["memory"]["tasks"]),
     }
+    for workload in collections_bench.WORKLOADS:
+        rows[workload] = collections_bench.metrics(shape["collections"], [workload])
     return [metric for workload in WORKLOADS if workload in workloads for metric in rows[workload]]
 
 
@@ -55,6 +60,9 @@ def run_round(workload: str, system: str, shape: dict[str, Any], quick: bool) ->
     """One system's round of one workload, in a child process; metric -> value."""
     if workload == "e2e":
         return e2e.spawn(system, "quick" if quick else "full")
+    if workload in collections_bench.WORKLOADS:
+        name = "quick" if quick else "full"
+        return collections_bench.spawn(system, workload, name, shape["collections"]["folder"])
     if workload == "transfer":
         moves = transfer.spawn(system, shape["transfer"]["bytes"], shape["transfer"]["moves"])
         return {"transfer_gb_s": statistics.median(moves["gb_s"]), "moves": moves}
@@ -105,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {' '.join(map(str, load_start))}", file=sys.stderr)
     values: dict[str, dict[str, list[float]]] = {}
     rounds = []
+    # The CSV and text files of the collection workloads, written once for all rounds.
+    inputs = collections_bench.prepare("quick" if args.quick else "full")
+    shape["collections"]["folder"] = inputs.name
     for rep in range(repeat):
         for workload in workloads:
             # The transfer's raw socket baseline takes its turn in the same rounds.
             turn = ["raw", *systems] if workload == "transfer" else systems
+            if workload in collections_bench.WORKLOADS:
+                turn = collections_bench.systems_for(workload, systems)
             for system in turn if rep % 2 == 0 else turn[::-1]:
                 load = _load()
                 result = run_round(workload, system, shape, args.quick)
@@ -120,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in result.items():
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         values.setdefault(key, {}).setdefault(system, []).append(value)
+    inputs.cleanup()
     table = summarize(metrics(shape, workloads), values)
     load_end, took = _load(), time.monotonic() - began
     found = machine()

@@ -23,6 +23,8 @@ from shoal.client.futures import Future  # noqa: E402
 from shoal.errors import GraphError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
+# Whether dask.persist() asks the scheduler's client to persist (recent dask does).
+DELEGATES_PERSIST = "persist(collections" in Path(dask.base.__file__).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +117,14 @@ def test_persist_keeps_partitions_on_the_cluster(client: Client, tmp_path: Path)
     assert kept.map(operator.neg).sum().compute(scheduler=client.get) == -28
     # Each element ran once: the later computations read the persisted partitions.
     assert len(Path(log).read_text()) == 8
-    # dask.persist through the default scheduler gives the same kind of collection.
+    # dask.persist through the default scheduler gives the same kind of collection,
+    # backed by Futures where dask hands persist() to the scheduler's client (recent
+    # dask), by the values where it computes them itself (older dask).
     with client.as_default():
         arr = dask.persist(da.arange(10, chunks=5) * 2)[0]
         assert isinstance(arr, da.Array)
-        assert all(isinstance(v, Future) for v in dict(arr.__dask_graph__()).values())
+        held = [type(v) for v in dict(arr.__dask_graph__()).values()]
+        assert set(held) == {Future} or DELEGATES_PERSIST is False, held
         assert arr.sum().compute() == 90
         df = dd.from_pandas(frame(), npartitions=3).persist()
         assert df.v.sum().compute() == frame().v.sum()

@@ -11,7 +11,8 @@ import pytest
 dask = pytest.importorskip("dask")
 
 import dask.array as da  # noqa: E402
-from dask.task_spec import Alias, DataNode, GraphNode, List, Task, TaskRef  # noqa: E402
+from dask._task_spec import Alias  # noqa: E402  # public only from dask 2025.5
+from dask.task_spec import DataNode, GraphNode, List, Task, TaskRef  # noqa: E402
 
 from shoal.client import graph as graphs  # noqa: E402
 from shoal.client.dask import normal_key, translate  # noqa: E402

@@ -15,9 +15,10 @@ import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+import dask.task_spec
 from dask.core import istask
 from dask.order import order as dask_order
-from dask.task_spec import Alias, DataNode, GraphNode, List, Task, TaskRef
+from dask.task_spec import DataNode, GraphNode, List, Task, TaskRef
 
 from shoal.client import graph as graphs
 from shoal.client.futures import Future
@@ -27,6 +28,10 @@ from shoal.protocol.serialize import serialize
 from shoal.protocol.taskspec import MAX_NESTING, ArgSpec, Call, Ref
 
 Key = Any  # str, bytes, int, float, or a tuple of them, tuples nesting
+
+# dask.task_spec names Alias only in later versions; every version's nodes make
+# one with their public ref().
+Alias: type = getattr(dask.task_spec, "Alias", None) or type(DataNode("shoal-probe", 0).ref())
 
 # The annotations of dask.annotate() that reach shoal's scheduler; others are ignored.
 ANNOTATIONS = ("priority", "retries", "resources", "workers")
@@ -46,13 +51,18 @@ def normal_key(key: object, depth: int = 0) -> Key:
     if kind is str or kind is int or kind is bytes:
         return key
     if kind is tuple and key and depth < MAX_KEY_DEPTH:
+        for part in key:  # type: ignore[attr-defined]
+            if type(part) is not str and type(part) is not int:
+                break
+        else:
+            return key  # the usual key, ("name", i, j): nothing to change
         parts = tuple([normal_key(part, depth + 1) for part in key])  # type: ignore[attr-defined]
         return key if all(a is b for a, b in zip(parts, key, strict=True)) else parts  # type: ignore[call-overload]
     if kind is float and math.isfinite(key):  # type: ignore[arg-type]
         return key
     if isinstance(key, numbers.Integral) and kind is not bool:
         return int(key)
-    if isinstance(key, numbers.Real) and kind is not bool and math.isfinite(key):  # type: ignore[arg-type]
+    if isinstance(key, numbers.Real) and kind is not bool and math.isfinite(key):
         return float(key)
     raise GraphError(
         f"bad key {key!r}: a key is a str, bytes, int, finite float, or a non-empty "
@@ -314,7 +324,8 @@ def translate(
         nk = normal_key(key)
         nodes[nk] = value
         original[nk] = key
-    convert = Converter(nodes if nodes.keys() == graph.keys() else _BothKeys(nodes, graph))
+    known: Any = nodes if nodes.keys() == graph.keys() else _BothKeys(nodes, graph)
+    convert = Converter(known)
     specs: dict[Key, tuple[Callable[..., object], tuple, dict, bool]] = {}
     deps_of: dict[Key, tuple[Key, ...]] = {}
     existing: set[Key] = set()
@@ -340,10 +351,8 @@ def translate(
             f"the graph reads keys it does not define and no Future holds: "
             f"{sorted(map(repr, missing))[:10]}"
         )
-    if len(needed) > 1:
-        priority = dask_order({original[k]: nodes[k] for k in needed})
-        rank = {normal_key(k): p for k, p in priority.items()}
-        needed = graphs.topological_order(sorted(needed, key=rank.__getitem__), deps_of)
+    if len(needed) > 1 and any(deps_of[k] for k in needed):
+        needed = _in_dask_order(needed, deps_of, graph, nodes, original)
     rows = []
     for nk in needed:
         func, args, kwargs, walk = specs[nk]
@@ -351,6 +360,25 @@ def translate(
         rows.append(graphs.Row(nk, cache.get(func)[0], payload, deps_of[nk]))
     options = task_options(annotations, set(needed), defaults)
     return Translation(rows, options, convert.futures, frozenset(existing))
+
+
+def _in_dask_order(
+    needed: list[Key],
+    deps_of: Mapping[Key, tuple[Key, ...]],
+    graph: Mapping[Hashable, Any],
+    nodes: Mapping[Key, Any],
+    original: Mapping[Key, Any],
+) -> list[Key]:
+    """`needed` sorted by dask.order, then put right where it puts a task before
+    a dependency (it places pure aliases last): a depth-first walk from each key
+    in turn emits its dependencies first."""
+    if len(needed) == len(graph) and nodes.keys() == graph.keys():
+        priority = dask_order(graph)  # type: ignore[arg-type]  # the whole graph
+        rank = priority
+    else:
+        priority = dask_order({original[k]: graph[original[k]] for k in needed})
+        rank = {normal_key(k): p for k, p in priority.items()}
+    return graphs.topological_order(sorted(needed, key=rank.__getitem__), deps_of)
 
 
 class _BothKeys:

@@ -16,7 +16,9 @@ from dask.task_spec import List, Task, TaskRef
 
 from shoal.errors import GraphError
 
-_TO_EXPR = getattr(dask.base, "collections_to_expr", None)
+_TO_EXPR: Any = getattr(dask.base, "collections_to_expr", None)
+# Before dask 2025.4: the graph of several collections, optimised.
+_TO_DSK: Any = getattr(dask.base, "collections_to_dsk", None)
 
 
 def _check(collections: list[Any]) -> None:
@@ -43,7 +45,7 @@ def compute_plan(collections: list[Any], optimize_graph: bool) -> tuple[Any, lis
         if len(keys) != len(collections):
             raise GraphError(f"dask finalised {len(collections)} collections into {len(keys)} keys")
         return expr, keys
-    graph = dict(dask.base.collections_to_dsk(collections, optimize_graph))
+    graph = dict(_TO_DSK(collections, optimize_graph))
     keys = []
     for i, c in enumerate(collections):
         func, extra = c.__dask_postcompute__()
@@ -76,7 +78,7 @@ def persist_plan(
             raise GraphError(f"dask optimised {len(collections)} collections into {len(per)}")
         graph: Any = expr
     else:
-        graph = dask.base.collections_to_dsk(collections, optimize_graph)
+        graph = _TO_DSK(collections, optimize_graph)
         per = [list(flatten(c.__dask_keys__())) for c in collections]
 
     def rebuild(futures: dict[Any, Any]) -> list[Any]:
