@@ -4,11 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-<<<<<<< HEAD
-.PHONY: test test-dask test-dask-oldest demo bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections lint clean
-=======
-.PHONY: test demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory lint clean
->>>>>>> main
+.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +25,6 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-<<<<<<< HEAD
 # A selection of dask's own test suite, on a shoal LocalCluster and on dask's local
 # scheduler, with pass/fail counts side by side (tests/dask_suite/run.py). Long:
 # most of an hour on 2 cores.
@@ -48,7 +43,7 @@ $(OLDEST)/.installed: pyproject.toml
 
 test-dask-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m pytest -q tests/test_dask_translate.py tests/test_dask_collections.py tests/test_dask_suite.py $(PYTEST_ARGS)
-=======
+
 # Debian's Chromium for tests/test_dashboard_browser.py (.ci/run calls it too).
 chromium:
 	bash .ci/chromium.sh
@@ -56,7 +51,6 @@ chromium:
 # The README's picture of the dashboard: the browser test saves it while a graph runs.
 dashboard-screenshot: $(VENV)/.installed-test chromium
 	SHOAL_DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q tests/test_dashboard_browser.py
->>>>>>> main
 
 demo: $(VENV)/.installed-test
 	$(BIN)/shoal demo
