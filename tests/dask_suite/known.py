@@ -26,9 +26,34 @@ LOCAL_MACHINERY = (
 )
 WARNINGS = "expects a warning raised inside a task to reach the caller's warnings filter"
 
+LOCK_IN_TEST = (
+    "holds a lock in the test process and expects tasks to see it held; "
+    "a task in another process has its own copy of the lock"
+)
+MEMMAP_CRASH = (
+    "stores into an np.memmap of the test process (a task in another process writes "
+    "a copy), then closes it before pytest prints the failure: the test process crashes"
+)
+NO_PLUGIN = "needs the pytest-mock fixture `mocker`, not installed: errors on every scheduler"
+
+CORE = "dask/array/tests/test_array_core.py::"
 CANNOT_PASS: dict[str, str] = {
     "dask/tests/test_delayed.py::test_traverse_false": IDENTITY,
     "dask/tests/test_delayed.py::test_callable_obj": IDENTITY,
+    # da.store writes into a numpy array (or memmap) of the test process.
+    CORE + "test_store_delayed_target": MUTATES,
+    CORE + "test_store": MUTATES,
+    CORE + "test_store_regions": MUTATES,
+    CORE + "test_store_compute_false": MUTATES,
+    CORE + "test_store_locks_failure_lock_released": MUTATES,
+    CORE + "test_store_locks_one_lock_two_stores": MUTATES,
+    CORE + "test_store_locks_dont_assume_threadsafe": MUTATES,
+    CORE + "test_store_locks_no_lock": MUTATES,
+    CORE + "test_store_locks_count_calls": MUTATES,
+    CORE + "test_memmap": MEMMAP_CRASH,
+    CORE + "test_from_array_with_lock": LOCK_IN_TEST,
+    CORE + "test_from_array_getitem": MUTATES,  # a getter sets a `nonlocal` flag
+    CORE + "test_binary_operator_delegation": NO_PLUGIN,
 }
 
 
