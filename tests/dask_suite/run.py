@@ -97,7 +97,8 @@ def run_side(on: str, files: list[str], keyword: str | None, out: Path, timeout:
 
 
 def _replay(journal: Path, outcomes: dict[str, str]) -> str | None:
-    """Outcomes from a dead process's journal into `outcomes`; the test it died in."""
+    """Outcomes from the journal (every process of the side appends to it) into
+    `outcomes`; the test the last process died in."""
     running = None
     if not journal.exists():
         return None
@@ -108,7 +109,6 @@ def _replay(journal: Path, outcomes: dict[str, str]) -> str | None:
         else:
             outcomes.setdefault(nodeid, event)
             running = None
-    journal.unlink()
     return running
 
 
@@ -126,9 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sides = {}
     for on in SIDES:
-        kept = out / f"{on}.json"
+        kept, journal = out / f"{on}.json", out / f"{on}.journal"
         if args.reuse and kept.exists():
             sides[on] = {"seconds": float("nan"), **json.loads(kept.read_text())}
+        elif args.reuse and journal.exists():  # a run still going, or stopped: what it did
+            outcomes: dict[str, str] = {}
+            for line in journal.read_text().splitlines():
+                event, nodeid = json.loads(line)
+                if event != "start":
+                    outcomes[nodeid] = event
+            sides[on] = {"seconds": float("nan"), "outcomes": outcomes, "shoal_calls": 0}
         else:
             sides[on] = run_side(on, args.files, args.keyword, out, args.timeout)
     import dask
@@ -144,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         for test in found.get("crashed", []):
             print(f"  {on}: the test process died in {test}")
     local, shoal = sides["local"]["outcomes"], sides["shoal"]["outcomes"]
+    if args.reuse:  # compare the tests both sides have run
+        both = local.keys() & shoal.keys()
+        local = {t: o for t, o in local.items() if t in both}
+        shoal = {t: o for t, o in shoal.items() if t in both}
+        print(f"tests both sides ran: {len(both)}")
+        for on, found in (("local", local), ("shoal", shoal)):
+            counts = Counter(found.values())
+            print(f"{on:10}" + "".join(f"{counts.get(o, 0):>9}" for o in OUTCOMES))
     worse = sorted(t for t, o in local.items() if o == "passed" and shoal.get(t) != "passed")
     better = sorted(t for t, o in shoal.items() if o == "passed" and local.get(t) != "passed")
     known = [(t, reason_for(t)) for t in worse if reason_for(t)]
