@@ -119,6 +119,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _Session.journal is not None:
         _Session.journal.close()
         _Session.journal = None
+    for owner, name, old in reversed(_Session.restore):
+        if isinstance(owner, dict):
+            owner[name] = old
+        elif old is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
+    _Session.restore.clear()
     if _Session.client is not None:
         _Session.client.close()
         _Session.client = None
