@@ -117,6 +117,9 @@ class ClientRequests(CoreBase):
         prio, order = msg.priority, self._order
         options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
+        # Tasks that read one and the same task (a map over one future) share the
+        # tuple that names it.
+        last: tuple[TaskState, ...] = ()
         for i in positions:
             key = keys[i]
             priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
@@ -129,7 +132,9 @@ class ClientRequests(CoreBase):
             dep_keys = deps[i]
             if len(dep_keys) == 1:
                 dep = local[dep_keys[0]]
-                ts.deps = (dep,)
+                if not last or last[0] is not dep:
+                    last = (dep,)
+                ts.deps = last
                 users = dep.dependents  # with_member(), inline
                 if type(users) is tuple and len(users) < SMALL:
                     dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
