@@ -76,11 +76,11 @@ class ClientRequests(CoreBase):
             tasks[ts.key] = ts
         # Existing tasks that were let go but are needed again (recomputed below).
         again = [ts for ts in plan.outside.values() if ts.status is R]
-        index = plan.index
+        index, alone = plan.index, (client,)  # one tuple for all the tasks it alone wants
         for key in msg.wanted:
             if key in index:  # created just now: released, wanted by nobody else
                 ts = local[key]
-                ts.wanted_by = (client,)
+                ts.wanted_by = alone
                 client.wants[ts] = None
                 continue
             again += self._want_known(client, tasks[key])
