@@ -24,7 +24,8 @@ Validator = Callable[[object, str], object]
 
 
 class _KeyMarker:
-    """Annotation marker: a task key (str, or a flat tuple of str and int)."""
+    """Annotation marker: a task key (str, bytes, int, finite float, or a tuple of them,
+    tuples nesting up to MAX_KEY_DEPTH deep)."""
 
 
 Key = Annotated[Any, _KeyMarker]
@@ -229,15 +230,37 @@ def _check_any(value: object, where: str) -> object:
     return value
 
 
+# How deep key tuples may nest: task-based shuffles make keys such as
+# ("shuffle-group-x", 2, (3, 7)); nothing sensible goes deeper than a few levels.
+MAX_KEY_DEPTH = 8
+_KEY_PARTS = (str, bytes, int, float)
+_KEY_FORM = "key (str, bytes, int, finite float, or a non-empty tuple of them, nested)"
+
+
 def _check_key(value: object, where: str) -> object:
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return value
-    if type(value) is tuple and value:
-        for part in value:
-            if type(part) is not str and type(part) is not int:
-                _fail(where, "key (str, or tuple of str and int)", part)
+    if kind is tuple and value and _key_tuple_ok(value, 1):  # type: ignore[arg-type]
         return value
-    _fail(where, "key (str, or non-empty tuple of str and int)", value)
+    if kind in _KEY_PARTS and (kind is not float or math.isfinite(value)):  # type: ignore[arg-type]
+        return value
+    _fail(where, _KEY_FORM, value)
+
+
+def _key_tuple_ok(value: tuple, depth: int) -> bool:
+    for part in value:
+        kind = type(part)
+        if kind is str or kind is int:
+            continue
+        if kind is tuple:
+            if not part or depth >= MAX_KEY_DEPTH or not _key_tuple_ok(part, depth + 1):
+                return False
+        elif kind is bytes or (kind is float and math.isfinite(part)):
+            continue
+        else:
+            return False
+    return True
 
 
 def _check_serialized(value: object, where: str) -> object:
