@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Generator
@@ -37,6 +38,14 @@ class _SignedMarker:
 # Every other number on the wire is a count, a size, an index, an id, a duration,
 # a resource amount or a load, and is refused below zero.
 Signed = Annotated[int, _SignedMarker]
+
+
+class _NameMarker:
+    """Annotation marker: a str that names one of few things (a type), interned
+    when decoded, so that a scheduler holding one per task holds one string."""
+
+
+TypeName = Annotated[str, _NameMarker]
 
 REGISTRY: dict[str, type[Message]] = {}
 
@@ -185,6 +194,12 @@ def _exact(tp: type, label: str) -> Validator:
     return check
 
 
+def _check_name(value: object, where: str) -> object:
+    if type(value) is not str:
+        _fail(where, "str", value)
+    return sys.intern(value)
+
+
 def _check_float(value: object, where: str) -> object:
     # Every float on the wire is a duration, a size, a resource amount or a load:
     # NaN, the infinities and negative numbers have no meaning there and would
@@ -274,6 +289,8 @@ def compile_type(tp: object) -> Validator:
         return _check_key
     if origin is Annotated and _SignedMarker in args[1:]:
         return _exact(int, "int")
+    if origin is Annotated and _NameMarker in args[1:]:
+        return _check_name
     if origin in (typing.Union, types.UnionType):
         return _compile_union(args)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
