@@ -169,6 +169,7 @@ class WorkerInfo:
         "host",
         "index",
         "last_seen",
+        "managed",
         "memory",
         "memory_limit",
         "name",
@@ -176,11 +177,14 @@ class WorkerInfo:
         "nanny_id",
         "nbytes",
         "nthreads",
+        "paused",
         "peer",
         "pid",
         "processing",
         "resources",
+        "spilled",
         "started",
+        "unspillable",
         "version",
     )
 
@@ -219,6 +223,10 @@ class WorkerInfo:
         self.cpu = 0.0
         self.memory = 0
         self.executing = 0
+        # Bytes of its values in memory, on disk, and kept in memory for want of
+        # disk; and whether it is paused for memory (see scheduler/memory.py).
+        self.managed = self.spilled = self.unspillable = 0
+        self.paused = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

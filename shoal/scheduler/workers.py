@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
-from shoal.scheduler.core import CoreBase
+from shoal.scheduler.memory import MemoryPressure
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -27,8 +27,9 @@ from shoal.scheduler.model import (
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents(CoreBase):
-    """Handlers of worker membership and liveness (see SchedulerState)."""
+class WorkerEvents(MemoryPressure):
+    """Handlers of worker membership and liveness (see SchedulerState); those of
+    memory pressure come with them (scheduler/memory.py)."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
         reason = self._registration_problem(msg)
@@ -73,6 +74,7 @@ class WorkerEvents(CoreBase):
     def _heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
+        ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
         """A worker's threads started these tasks: its death would count against them."""
