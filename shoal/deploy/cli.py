@@ -29,6 +29,8 @@ from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
+from shoal.worker import memory
+from shoal.worker.spillfile import check_compression
 
 DEFAULT_PORT = 7786
 log = logging.getLogger("shoal.cli")
@@ -46,6 +48,39 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", type=pem, metavar="PEM", help="CA bundle peers must chain to")
     group.add_argument("--tls-cert", type=pem, metavar="PEM", help="this side's certificate")
     group.add_argument("--tls-key", type=pem, metavar="PEM", help="this side's private key")
+
+
+def _add_memory(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "memory", "thresholds as fractions of --memory-limit; 'off' turns one off"
+    )
+    fraction = _checked(options.fraction)
+    for name, default, what in (
+        ("target", memory.TARGET, "managed memory above this spills to disk"),
+        ("spill", memory.SPILL, "process memory above this spills down to target"),
+        ("pause", memory.PAUSE, "process memory above this pauses the worker"),
+        ("terminate", memory.TERMINATE, "process memory above this restarts it (nanny)"),
+    ):
+        group.add_argument(
+            f"--memory-{name}-fraction",
+            type=fraction,
+            default=default,
+            metavar="F",
+            help=f"{what} (default {default})",
+        )
+    group.add_argument(
+        "--local-directory",
+        type=_checked(_text("the local directory")),
+        default=None,
+        metavar="DIR",
+        help="where spilled values go (default: a temporary folder)",
+    )
+    group.add_argument(
+        "--spill-compression",
+        choices=("none", "lz4", "zstd"),
+        default="none",
+        help="compress spilled values (lz4 needs the lz4 package, zstd zstandard)",
+    )
 
 
 def _pem_file(text: str) -> str:
@@ -245,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
     )
+    _add_memory(worker)
     _add_security(worker)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
@@ -270,6 +306,20 @@ def check_args(args: argparse.Namespace) -> None:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
             parser.error(f"argument --memory-limit: {exc}")
+        try:
+            check_compression(args.spill_compression)
+        except ValueError as exc:
+            parser.error(f"argument --spill-compression: {exc}")
+
+
+def _memory(args: argparse.Namespace) -> memory.MemoryLimits:
+    return memory.MemoryLimits(
+        args.memory_limit,
+        target=args.memory_target_fraction,
+        spill=args.memory_spill_fraction,
+        pause=args.memory_pause_fraction,
+        terminate=args.memory_terminate_fraction,
+    )
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -366,6 +416,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             nanny=bool(nanny_id),
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
+            memory=_memory(args),
+            local_directory=args.local_directory,
+            spill_compression=check_compression(args.spill_compression),
         )
         starting = asyncio.ensure_future(worker.start())
         if await signals.race(starting):
@@ -407,6 +460,8 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         _worker_options(argv),
         name=args.name,
         memory_limit=args.memory_limit,
+        terminate=args.memory_terminate_fraction,
+        nthreads=args.nthreads,
         token=args.token,
         tls=_tls(args),
         log_level=args.log_level,
