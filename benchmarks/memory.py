@@ -1,4 +1,7 @@
-"""Scheduler memory per task: 100,000 tasks pending, then finished and held.
+"""Memory: the scheduler's per task, and workloads larger than the workers' memory.
+
+The second is benchmarks/spill.py (`--workloads spill`); what follows is the first.
+Scheduler memory per task: 100,000 tasks pending, then finished and held.
 
 The cluster starts from the command line, so the scheduler is a process of its
 own whose figures can be read: `shoal scheduler` and two `shoal worker
@@ -107,9 +110,10 @@ class CliCluster:
     timeout (benchmarks/children.py) takes them with it.
     """
 
-    def __init__(self, system: str, workdir: Path) -> None:
+    def __init__(self, system: str, workdir: Path, worker_args: tuple[str, ...] = ()) -> None:
         self.system = system
         self.workdir = workdir
+        self.worker_args = list(worker_args)  # for both systems' workers alike
         self.token = secrets.token_urlsafe(32)
         self.env = {**os.environ, "SHOAL_TOKEN": self.token, "PYTHONPATH": str(REPO)}
         self.procs: list[subprocess.Popen] = []  # the scheduler first
@@ -145,7 +149,8 @@ class CliCluster:
             )
             for i in range(2):
                 args = ["shoal", "--log-level", "warning", "worker", self.address]
-                self._start(f"worker-{i}", [*args, "--nthreads", "1", "--name", f"w{i}"])
+                args += ["--nthreads", "1", "--name", f"w{i}", *self.worker_args]
+                self._start(f"worker-{i}", args)
         else:
             info = self.workdir / "scheduler.json"
             sched = ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
@@ -154,7 +159,8 @@ class CliCluster:
             self.address = _wait_for("dask scheduler file", address, self.procs, START_TIMEOUT_S)
             for i in range(2):
                 args = ["dask", "worker", self.address, "--nthreads", "1", "--nworkers", "1"]
-                self._start(f"worker-{i}", [*args, "--no-dashboard", "--name", f"w{i}"])
+                args += ["--no-dashboard", "--name", f"w{i}", *self.worker_args]
+                self._start(f"worker-{i}", args)
 
     def _shoal_address(self) -> str:
         text = (self.workdir / "scheduler.out").read_text(errors="replace")
@@ -320,6 +326,8 @@ def spawn(system: str, n: int, timeout: float = CHILD_TIMEOUT_S) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import spill  # it uses CliCluster, above
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--systems", default="shoal,dask")
@@ -327,12 +335,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{N_TASKS_QUICK:,} tasks, one round")
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workloads",
+        default="scheduler,spill",
+        help="scheduler: memory per task; spill: data larger than memory (default both)",
+    )
+    spill.add_arguments(parser)
     args = parser.parse_args(argv)
     n = args.tasks or (N_TASKS_QUICK if args.quick else N_TASKS)
     if args.child:
         print(json.dumps(run_memory(args.child, n)), flush=True)
         return 0
     systems = [s for s in args.systems.split(",") if s]
+    workloads = [w for w in args.workloads.split(",") if w]
+    out: dict[str, Any] = {}
+    if "scheduler" in workloads:
+        out["scheduler"] = _scheduler_rounds(systems, n, args)
+    if "spill" in workloads:
+        out["spill"] = spill.run_rounds(systems, spill.shape_of(args), 1)
+        print(format_table(out["spill"]["table"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def _scheduler_rounds(systems: list[str], n: int, args: argparse.Namespace) -> dict[str, Any]:
     repeat = 1 if args.quick else args.repeat
     values: dict[str, dict[str, list[float]]] = {}
     rounds = []
@@ -345,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 values.setdefault(metric.key, {}).setdefault(system, []).append(figures[metric.key])
     table = summarize(metrics(n), values)
     print(format_table(table))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"tasks": n, "table": table, "rounds": rounds}, f, indent=2)
-    return 0
+    return {"tasks": n, "table": table, "rounds": rounds}
 
 
 if __name__ == "__main__":
