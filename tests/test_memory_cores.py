@@ -207,3 +207,10 @@ def test_heartbeats_report_managed_spilled_and_unmanaged_bytes() -> None:
     info = h.state.info()["workers"]["a"]
     assert (info["memory"], info["managed"], info["unmanaged"]) == (500, 300, 200)
     assert (info["spilled"], info["unspillable"]) == (7000, 100)
+
+
+def test_the_client_warns_in_words_when_every_worker_is_paused() -> None:
+    from shoal.client.link import paused_text
+
+    text = paused_text(m.WorkersPaused(workers=2, waiting=5, memory=900 * MiB, limit=1000 * MiB))
+    assert text.startswith("all 2 workers are paused for memory (900 of 1000 MiB in use): 5 task")
