@@ -41,8 +41,13 @@ SAMPLE_S = 0.02
 GROUP = 4  # chunks summed by one reduction task
 
 
-def make_chunk(i: int, n: int) -> np.ndarray:
-    return np.random.default_rng(i).random(n)
+def make_chunk(i: int, n: int, data: str = "random") -> np.ndarray:
+    """Random floats (incompressible), or the same with each value 64 times over
+    (lz4 shrinks it several-fold)."""
+    rng = np.random.default_rng(i)
+    if data == "random":
+        return rng.random(n)
+    return np.repeat(rng.random(n // 64 + 1), 64)[:n]
 
 
 def add_up(*chunks: np.ndarray) -> float:
@@ -97,26 +102,43 @@ def spilled_now(system: str, client: Any) -> int:
     return sum(w["metrics"]["spilled_bytes"]["memory"] for w in info.values())
 
 
-def run_spill(system: str, limit: str, chunk_mib: int, factor: float) -> dict[str, Any]:
+def run_spill(
+    system: str,
+    limit: str,
+    chunk_mib: int,
+    factor: float,
+    compression: str = "default",
+    data: str = "random",
+) -> dict[str, Any]:
+    """One round. `compression`: "default" (shoal: none; dask: its "auto", lz4
+    where a sample of the data compresses), "none" or "lz4" for both."""
     from shoal.deploy.options import parse_bytes
 
     limit_bytes = parse_bytes(limit)
     n = math.ceil(factor * 2 * limit_bytes / (chunk_mib * MiB))
     size = chunk_mib * MiB // 8
-    expected = sum(float(make_chunk(i, size).sum()) for i in range(n))
+    expected = sum(float(make_chunk(i, size, data).sum()) for i in range(n))
     with tempfile.TemporaryDirectory(prefix="shoal-bench-spill-") as tmp:
         workdir = Path(tmp)
-        args = ("--memory-limit", limit, "--local-directory", str(workdir / "spill"))
-        with CliCluster(system, workdir, args) as cluster:
+        args = ["--memory-limit", limit, "--local-directory", str(workdir / "spill")]
+        if system == "shoal" and compression != "default":
+            args += ["--spill-compression", compression]
+        cluster = CliCluster(system, workdir, tuple(args))
+        if system == "dask" and compression != "default":
+            setting = "False" if compression == "none" else compression
+            cluster.env["DASK_DISTRIBUTED__WORKER__MEMORY__SPILL_COMPRESSION"] = setting
+        with cluster:
             try:
-                return _measure(system, cluster, n, size, expected, limit_bytes)
+                figures = _measure(system, cluster, n, size, expected, limit_bytes, data)
+                figures.update(compression=compression, data=data)
+                return figures
             except BaseException:
                 print(cluster.logs(), file=sys.stderr)
                 raise
 
 
 def _measure(
-    system: str, cluster: CliCluster, n: int, size: int, expected: float, limit: int
+    system: str, cluster: CliCluster, n: int, size: int, expected: float, limit: int, data: str
 ) -> dict[str, Any]:
     client = cluster.connect()
     try:
@@ -136,7 +158,7 @@ def _measure(
         with PeakRss(pids) as peaks:
             watcher.start()
             begin = time.perf_counter()
-            chunks = client.map(make_chunk, range(n), n=size, pure=False)
+            chunks = client.map(make_chunk, range(n), n=size, data=data, pure=False)
             parts = [
                 client.submit(add_up, *chunks[i : i + GROUP], pure=False)
                 for i in range(0, n, GROUP)
@@ -168,6 +190,8 @@ def _measure(
 
 def metrics(shape: dict[str, Any]) -> list[Metric]:
     data = f"{shape['factor']:g}x the memory limit of 2 workers x {shape['limit']}"
+    if shape.get("compression", "default") != "default" or shape.get("data", "random") != "random":
+        data += f", {shape.get('data', 'random')} data, compression {shape['compression']}"
     return [
         Metric("wall_s", f"larger than memory ({data}), wall", "s"),
         Metric("peak_rss_mb", "  peak RSS of the busiest worker", "MiB"),
@@ -179,6 +203,8 @@ def metrics(shape: dict[str, Any]) -> list[Metric]:
 def spawn(system: str, shape: dict[str, Any], timeout: float = CHILD_TIMEOUT_S) -> dict[str, Any]:
     args = ["--child", system, "--memory-limit", shape["limit"]]
     args += ["--chunk-mib", str(shape["chunk_mib"]), "--factor", str(shape["factor"])]
+    args += ["--compression", shape.get("compression", "default")]
+    args += ["--data", shape.get("data", "random")]
     return run_child("benchmarks.spill", args, timeout)
 
 
@@ -186,10 +212,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-limit", default="300MiB", help="per worker (default 300MiB)")
     parser.add_argument("--chunk-mib", type=int, default=20, help="MiB per chunk (default 20)")
     parser.add_argument("--factor", type=float, default=3.0, help="data / total limit (3)")
+    parser.add_argument(
+        "--compression",
+        choices=("default", "none", "lz4"),
+        default="default",
+        help="of spilled values, for both systems (default: each system's own default)",
+    )
+    parser.add_argument(
+        "--data", choices=("random", "repetitive"), default="random", help="chunk contents"
+    )
 
 
 def shape_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {"limit": args.memory_limit, "chunk_mib": args.chunk_mib, "factor": args.factor}
+    return {
+        "limit": args.memory_limit,
+        "chunk_mib": args.chunk_mib,
+        "factor": args.factor,
+        "compression": args.compression,
+        "data": args.data,
+    }
 
 
 def run_rounds(systems: list[str], shape: dict[str, Any], repeat: int) -> dict[str, Any]:
@@ -215,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.child:
-        figures = run_spill(args.child, args.memory_limit, args.chunk_mib, args.factor)
+        figures = run_spill(
+            args.child, args.memory_limit, args.chunk_mib, args.factor, args.compression, args.data
+        )
         print(json.dumps(figures), flush=True)
         return 0
     result = run_rounds([s for s in args.systems.split(",") if s], shape_of(args), args.repeat)

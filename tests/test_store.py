@@ -280,3 +280,28 @@ def test_accounting_holds_after_every_operation(tmp_path, ops, budget, compressi
             assert not budget or store.file_bytes <= budget
     finally:
         store.close()
+
+
+def test_a_spill_folder_of_a_process_gone_is_removed_by_the_next(tmp_path) -> None:
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    gone = int(done.stdout)
+    stale = tmp_path / f"shoal-spill-{gone}-abc"
+    stale.mkdir()
+    (stale / "0.spill").write_bytes(b"x")
+    mine = tmp_path / f"shoal-spill-{os.getpid()}-def"
+    mine.mkdir()
+    other = tmp_path / "not-a-spill-folder"
+    other.mkdir()
+    store = Store(tmp_path)
+    store.put("x", result(np.zeros(100)))
+    store.spill(1)
+    assert not stale.exists() and mine.exists() and other.exists()
+    store.close()

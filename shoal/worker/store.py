@@ -280,7 +280,8 @@ class Store:
             parent = self.local_directory
             if parent is not None:
                 os.makedirs(parent, exist_ok=True)
-            self._dir = tempfile.mkdtemp(prefix="shoal-spill-", dir=parent)
+            remove_stale_folders(parent or tempfile.gettempdir())
+            self._dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=parent)
         return self._dir
 
     # -- reading ------------------------------------------------------------------
@@ -371,6 +372,34 @@ _MOVES: dict[tuple[Place, Place], Callable[[Store, Entry], None]] = {
     (Place.MEMORY, Place.DISK): Store._to_disk,
     (Place.DISK, Place.MEMORY): Store._to_memory,
 }
+
+
+# Spill folders are named for the process that made them, so that one left by a
+# worker that was killed can be recognised and removed by the next.
+SPILL_PREFIX = "shoal-spill-"
+
+
+def remove_stale_folders(parent: str) -> None:
+    """Remove the spill folders in `parent` of worker processes that are gone."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(SPILL_PREFIX) :].split("-", 1)[0]
+        if entry.name.startswith(SPILL_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            log.info("removing the spill folder of a worker gone: %s", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 def nbytes_of(value: Value) -> int:
