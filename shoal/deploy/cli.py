@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy import options
+from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.nanny import (
     FATAL_EXIT,
@@ -33,6 +33,9 @@ from shoal.worker import memory
 from shoal.worker.spillfile import check_compression
 
 DEFAULT_PORT = 7786
+# The part of a container's memory limit a worker takes by default: the rest is
+# for its nanny, so that the nanny restarts it before the kernel kills the pod.
+CONTAINER_SHARE = 0.95
 log = logging.getLogger("shoal.cli")
 
 
@@ -221,17 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--nthreads",
         type=_at_least_one,
-        default=os.cpu_count() or 1,
-        help="threads running tasks (default: one per core)",
+        default=None,
+        help="threads running tasks (default: one per core it may use; in a container, "
+        "its CPU limit rounded up)",
     )
     worker.add_argument(
         "--name", type=_checked(_text("the name")), default=None, help="unique worker name"
     )
     worker.add_argument(
         "--memory-limit",
-        default="0",
+        default=None,
         help="e.g. 8GB or 512MiB; 0.5: half this machine's memory; auto: its share of "
-        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} MiB)",
+        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} "
+        "MiB; default: in a container with a memory limit, 95%% of it, else none)",
     )
     worker.add_argument(
         "--resources",
@@ -280,8 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
     )
+    worker.add_argument(
+        "--retire-timeout",
+        type=_positive,
+        default=retire.RETIRE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM the worker retires: its tasks finish or move and its values move "
+        f"to other workers; it leaves after this long regardless (default "
+        f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
+    )
     _add_memory(worker)
     _add_security(worker)
+
+    retiring = retire.add_parser(
+        commands, _checked(_connect_address), _checked(_text("the worker")), _positive
+    )
+    _add_security(retiring)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
     demo.add_argument(
@@ -302,6 +321,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tls_cert and not args.tls_ca:
         parser.error("--tls-cert needs --tls-ca")
     if args.command == "worker":
+        limits = cgroup.read_limits()
+        if args.nthreads is None:
+            args.nthreads = limits.threads(cgroup.usable_cores())
+        if args.memory_limit is None:
+            args.memory_limit = str(int(limits.memory * CONTAINER_SHARE)) if limits.memory else "0"
         try:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
@@ -336,12 +360,21 @@ class _Signals:
     def __init__(self) -> None:
         self.name = ""  # what stopped it: "SIGTERM", or "its parent's end"
         self._event = asyncio.Event()
+        self._ignoring = ""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._caught, sig.name)
         watch_parent(lambda: self._caught("its parent's end"))
 
+    def rearm(self, ignoring: str) -> None:
+        """Wait for a further signal from now on, passing over `ignoring` ones."""
+        self._ignoring = ignoring
+        self._event = asyncio.Event()
+
     def _caught(self, name: str) -> None:
+        if name == self._ignoring:
+            return
+        self.name = "" if self._ignoring else self.name
         if not self.name and not name.startswith("SIG"):
             log.warning("the process that started this one is gone; stopping")
         self.name = self.name or name
@@ -437,8 +470,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
         )
         finished = asyncio.ensure_future(worker.finished())
         signalled = await signals.race(finished)
+        if signalled and signals.name == "SIGTERM":
+            await retire.retire_on_signal(worker, signals, args.retire_timeout)
         await worker.close(f"stopped by {signals.name}" if signalled else "scheduler gone")
-        if signalled:
+        if signalled or worker.retired:  # retired at `shoal retire`'s request: done
             return 0
         if finished.exception() is not None:
             return INTERNAL_ERROR_EXIT  # logged already; its nanny restarts it
@@ -467,11 +502,12 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         log_level=args.log_level,
         max_restarts=args.max_restarts,
         restart_window=args.restart_window,
+        stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, nanny.stop)
-    if watch_parent(nanny.stop):  # started by LocalCluster: end with it
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its worker retires
+        loop.add_signal_handler(sig, nanny.stop, sig)
+    if watch_parent(lambda: nanny.stop(signal.SIGINT)):  # started by LocalCluster: end with it
         log.debug("nanny of %s ends with the process that started it", nanny.name)
     return await nanny.run()
 
@@ -520,6 +556,12 @@ def main(argv: list[str] | None = None) -> int:
         from shoal.deploy.demo import main as demo_main
 
         return demo_main(args.workers, args.leaves)
+    if args.command == "retire":
+        try:
+            return retire.run(args, _tls(args))
+        except (OSError, TimeoutError, ShoalError) as exc:
+            print(f"shoal retire: {exc}", file=sys.stderr)
+            return 1
     try:
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))
