@@ -305,3 +305,22 @@ def test_a_spill_folder_of_a_process_gone_is_removed_by_the_next(tmp_path) -> No
     store.spill(1)
     assert not stale.exists() and mine.exists() and other.exists()
     store.close()
+
+
+def test_a_large_incompressible_frame_is_only_sampled(tmp_path, monkeypatch) -> None:
+    compress, decompress = spillfile.CODECS["lz4"]
+    sizes: list[int] = []
+
+    def counting(data):
+        sizes.append(memoryview(data).nbytes)
+        return compress(data)
+
+    monkeypatch.setitem(spillfile.CODECS, "lz4", (counting, decompress))
+    store = Store(tmp_path, compression="lz4")
+    store.put("noise", result(np.random.default_rng(1).random(1_000_000)))  # 8 MB
+    store.put("zeros", result(np.zeros(1_000_000)))
+    store.spill(10**9)
+    frame = 8_000_000
+    assert frame not in sizes[:3] and sizes.count(frame) == 1  # only zeros went whole
+    assert all(size <= spillfile.PROBE_BYTES for size in sizes if size != frame)
+    store.close()

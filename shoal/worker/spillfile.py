@@ -25,6 +25,9 @@ _LENGTH = struct.Struct("<I")
 MIN_COMPRESS_BYTES = 4096
 # A compressed frame is kept only if it is at most this fraction of the raw one.
 COMPRESS_KEEP_RATIO = 0.9
+# A frame larger than this is first tried on samples of this many bytes from its
+# start, middle and end: data that does not compress costs no full pass.
+PROBE_BYTES = 32 * 1024
 
 
 def _codecs() -> dict[str, tuple[Callable[[Any], bytes], Callable[[Any], bytes]]]:
@@ -81,7 +84,7 @@ def write_frames(path: str, payload: Serialized, compression: str | None = None)
     for frame in payload.frames:
         view = memoryview(frame).cast("B")
         packed = None
-        if codec is not None and view.nbytes >= MIN_COMPRESS_BYTES:
+        if codec is not None and view.nbytes >= MIN_COMPRESS_BYTES and _worth(codec, view):
             packed = codec[0](view)
             if len(packed) > view.nbytes * COMPRESS_KEEP_RATIO:
                 packed = None
@@ -99,6 +102,16 @@ def write_frames(path: str, payload: Serialized, compression: str | None = None)
             _write_all(f, part)
             size += memoryview(part).nbytes
     return size
+
+
+def _worth(codec: tuple[Callable[[Any], bytes], Callable[[Any], bytes]], view: memoryview) -> bool:
+    """Whether samples of a large frame compress enough to try the whole frame."""
+    if view.nbytes <= 8 * PROBE_BYTES:
+        return True
+    middle = (view.nbytes - PROBE_BYTES) // 2
+    samples = (view[:PROBE_BYTES], view[middle : middle + PROBE_BYTES], view[-PROBE_BYTES:])
+    packed = sum(len(codec[0](sample)) for sample in samples)
+    return packed <= 3 * PROBE_BYTES * COMPRESS_KEEP_RATIO
 
 
 def _write_all(f: Any, data: Any) -> None:
