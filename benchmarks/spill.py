@@ -13,6 +13,7 @@ and whether any worker was restarted (its pid changed) or went missing.
 
     python -m benchmarks.spill [--systems shoal,dask] [--memory-limit 300MiB]
                                [--chunk-mib 20] [--factor 3] [--repeat 1] [--out FILE.json]
+                               [--compression default|none|lz4] [--data random|repetitive]
 """
 
 from __future__ import annotations
