@@ -324,3 +324,29 @@ def test_a_large_incompressible_frame_is_only_sampled(tmp_path, monkeypatch) -> 
     assert frame not in sizes[:3] and sizes.count(frame) == 1  # only zeros went whole
     assert all(size <= spillfile.PROBE_BYTES for size in sizes if size != frame)
     store.close()
+
+
+def test_a_task_pins_its_inputs_only_while_it_runs(tmp_path, monkeypatch) -> None:
+    from shoal.protocol import taskspec
+    from shoal.protocol.taskspec import ArgSpec, Ref
+    from shoal.worker.execute import Executor
+
+    store = Store(tmp_path)
+    dep = result(np.arange(1000))
+    store.put("d", dep)
+    seen: list[int] = []
+    real_run = taskspec.run
+
+    def run(function, spec, values):
+        seen.append(store._entries["d"].pins)
+        assert store.spill(10**9).keys == []  # pinned: it stays in memory
+        return real_run(function, spec, values)
+
+    monkeypatch.setattr(taskspec, "run", run)
+    outcome, _ = Executor(store=store).run(
+        "t", serialize(len), serialize(ArgSpec((Ref("d"),), {}, True)), (("d", dep),)
+    )
+    assert outcome.nbytes > 0 and seen == [1]
+    assert store._entries["d"].pins == 0  # let go once it ended
+    assert store.spill(10**9).keys == ["d"]
+    store.close()

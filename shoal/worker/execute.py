@@ -77,7 +77,24 @@ class Executor:
     def run(
         self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
     ) -> tuple[TaskFinished | TaskErred, Value | None]:
-        """Unpickle, call, pickle the result. Never raises for what user code does."""
+        """Unpickle, call, pickle the result. Never raises for what user code does.
+
+        The inputs are pinned in the store while it runs: never spilled from under
+        it. Only a started task pins them, so that tasks queued behind a paused
+        pool hold nothing in memory.
+        """
+        keys = [dep for dep, _ in deps]
+        if keys:
+            self.store.pin(keys)
+        try:
+            return self._run(key, func, args, deps)
+        finally:
+            if keys:
+                self.store.unpin(keys)
+
+    def _run(
+        self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
+    ) -> tuple[TaskFinished | TaskErred, Value | None]:
         start = time.perf_counter()
         try:
             function = self.functions.get(func)

@@ -17,10 +17,8 @@ from shoal.protocol.messages import Heartbeat
 from shoal.worker.events import (
     Command,
     Drop,
-    Execute,
     ExecutionDone,
     Hold,
-    Key,
     MemorySample,
     Pause,
     Resume,
@@ -51,7 +49,6 @@ class Holding:
         self._rss = 0
         self._rss_at = float("-inf")
         self._reported: set[object] = set()  # keys whose spill failure was logged
-        self._pinned: dict[Key, list[Key]] = {}  # task -> the inputs it pins in memory
 
     def rss(self) -> int:
         now = time.monotonic()
@@ -75,22 +72,11 @@ class Holding:
             unspillable=store.failed_bytes,
         )
 
-    def started(self, command: Execute) -> None:
-        """A task goes to the thread pool: its inputs stay in memory until it ends."""
-        if command.deps:
-            keys = self._pinned[command.key] = [key for key, _ in command.deps]
-            self.store.pin(keys)
-
     def after_tasks(
         self, batch: list[ExecutionDone], pool: ThreadPool | None, limit: int
     ) -> list[ExecutionDone | MemorySample]:
         """The events for the core when tasks ended: theirs, and with a memory limit
-        a sample, since results take memory. Their inputs are unpinned."""
-        pinned = self._pinned
-        for event in batch:
-            keys = pinned.pop(event.key, None)
-            if keys is not None:
-                self.store.unpin(keys)
+        a sample, since results take memory."""
         events: list[ExecutionDone | MemorySample] = list(batch)
         if limit:
             events.append(self.sample(pool))

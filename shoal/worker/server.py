@@ -526,7 +526,6 @@ class Worker(Retiring):
                 self._send(command.msg)  # type: ignore[union-attr]
             elif kind is Execute:
                 assert self._pool is not None
-                self.holding.started(command)  # type: ignore[arg-type]
                 self._pool.submit(command)  # type: ignore[arg-type]
             elif kind in MEMORY_COMMANDS:
                 self.holding.carry_out(command, self._pool)
