@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.children import run_child
-from benchmarks.memory import CliCluster
+from benchmarks.systems import CliCluster
 from benchmarks.table import Metric, format_table, summarize
 
 MiB = 2**20
@@ -194,10 +194,10 @@ def metrics(shape: dict[str, Any]) -> list[Metric]:
     if shape.get("compression", "default") != "default" or shape.get("data", "random") != "random":
         data += f", {shape.get('data', 'random')} data, compression {shape['compression']}"
     return [
-        Metric("wall_s", f"larger than memory ({data}), wall", "s"),
-        Metric("peak_rss_mb", "  peak RSS of the busiest worker", "MiB"),
+        Metric("wall_s", f"larger than memory ({data}), wall", "s", lower=True),
+        Metric("peak_rss_mb", "  peak RSS of the busiest worker", "MiB", lower=True),
         Metric("spilled_mb", "  most bytes reported spilled, all workers", "MiB"),
-        Metric("workers_restarted", "  workers restarted or lost", "count"),
+        Metric("workers_restarted", "  workers restarted or lost", "count", lower=True),
     ]
 
 

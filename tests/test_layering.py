@@ -40,6 +40,8 @@ PURE_CORES = [
     "scheduler/validate.py",
     "scheduler/stalls.py",
     "scheduler/memory.py",
+    "scheduler/tally.py",
+    "scheduler/views.py",
     "worker/state.py",
     "worker/memory.py",
     "worker/events.py",

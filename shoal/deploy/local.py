@@ -87,6 +87,10 @@ def check_scheduler_options(owner: str, given: dict[str, Any]) -> None:
                 options.seconds(value)
             elif name == "allowed_failures":
                 _count(name, value, 1)
+            elif name == "http_port" and value is not None:
+                if type(value) is not int:
+                    raise TypeError(f"http_port must be an int or None, not {value!r}")
+                options.port(str(value))
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
 
@@ -243,6 +247,7 @@ class LocalCluster:
         **scheduler_options: Any,
     ) -> None:
         check_scheduler_options("LocalCluster", scheduler_options)
+        scheduler_options.setdefault("http_port", 0)  # the dashboard, on any free port
         shape = WorkerShape.checked(
             n_workers,
             threads_per_worker,
@@ -365,6 +370,7 @@ class LocalCluster:
             args += ["--local-directory", self.shape.local_directory]
         if self.shape.spill_compression is not None:
             args += ["--spill-compression", self.shape.spill_compression]
+        args.append("--no-http")  # the scheduler's endpoints show the local workers
         if not self.nanny:
             args.append("--no-nanny")
         if self.resources:

@@ -114,6 +114,7 @@ class Nanny:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         log_level: str = "info",
+        log_format: str = "text",
         max_restarts: int = MAX_RESTARTS,
         restart_window: float = RESTART_WINDOW_S,
         stop_timeout: float = STOP_TIMEOUT_S,
@@ -124,6 +125,7 @@ class Nanny:
         self.memory_limit, self.terminate, self.nthreads = memory_limit, terminate, nthreads
         self.kill_at = int(memory_limit * terminate) if memory_limit and terminate else 0
         self._token, self._tls, self._log_level = token, tls, log_level
+        self._log_format = log_format
         self._stop = asyncio.Event()
         self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
         self.stop_timeout = stop_timeout
@@ -224,6 +226,8 @@ class Nanny:
             "shoal",
             "--log-level",
             self._log_level,
+            "--log-format",
+            self._log_format,
             "worker",
             self.scheduler,
             *self.worker_args,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shoal.protocol.schema import Key, Message, Signed, message
+from shoal.protocol.schema import Key, Message, Signed, TypeName, message
 from shoal.protocol.serialize import Serialized
 
 ROLES = ("scheduler", "worker", "client", "nanny")
@@ -152,6 +152,8 @@ class RegisterWorker(Message):
     # The id its nanny registered under (RegisterNanny), tying the two together;
     # empty without a nanny.
     nanny_id: str = ""
+    # Where it serves /health, /ready and /metrics (http(s)://host:port); empty: it does not.
+    http_address: str = ""
 
 
 @message("worker-registered")
@@ -200,7 +202,7 @@ class TaskFinished(Message):
 
     key: Key
     nbytes: int
-    typename: str
+    typename: TypeName
     duration: float
     value: Serialized | None = None
 
@@ -375,6 +377,8 @@ class ClientRegistered(Message):
 
     client_id: str
     workers: int
+    # Where the scheduler serves HTTP and its dashboard (http(s)://host:port); empty: nowhere.
+    http_address: str = ""
 
 
 @message("submit-graph")
