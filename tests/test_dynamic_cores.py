@@ -7,7 +7,7 @@ from __future__ import annotations
 from shoal.protocol import messages as m
 from shoal.protocol.serialize import serialize
 from shoal.scheduler.model import Send
-from shoal.worker.events import Execute, Resume, ThreadRejoining, ThreadSeceded
+from shoal.worker.events import Execute, GrantSlot, ThreadRejoining, ThreadSeceded
 from tests.scheduler_harness import Harness
 from tests.test_worker_state import Core, compute, done, ran, sent
 
@@ -31,7 +31,7 @@ def test_a_rejoining_task_waits_for_a_slot_ahead_of_ready_tasks() -> None:
     core(compute("other"))  # ready, behind the rejoin asked next
     assert core(ThreadRejoining("parent")) == []  # child holds the slot
     out = core(done("child"))
-    assert [c for c in out if type(c) is Resume] == [Resume("parent")]
+    assert [c for c in out if type(c) is GrantSlot] == [GrantSlot("parent")]
     assert ran(out) == []  # "other" waits: the parent has the slot again
     out = core(done("parent"))
     assert ran(out) == ["other"]
@@ -45,7 +45,7 @@ def test_seceding_twice_or_after_finishing_changes_nothing() -> None:
     core(done("x"))
     assert core(ThreadSeceded("x")) == []
     # A rejoin the core knows nothing of is granted at once: no thread waits for ever.
-    assert core(ThreadRejoining("x")) == [Resume("x")]
+    assert core(ThreadRejoining("x")) == [GrantSlot("x")]
 
 
 def test_many_seceded_parents_never_fill_the_threads() -> None:

@@ -153,6 +153,8 @@ class SchedulerState(
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
             ("worker", m.TasksStarted): self._tasks_started,
+            ("worker", m.WorkerPaused): self._worker_paused,
+            ("worker", m.WorkerResumed): self._worker_resumed,
             ("worker", m.RetireWorker): self._retire_worker,
             ("nanny", m.WorkerDied): self._worker_died,
             ("nanny", m.Heartbeat): self._nanny_heartbeat,
@@ -276,7 +278,7 @@ class SchedulerState(
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         holders = ts.who_has  # with_member(), inline: once per task
         if type(holders) is tuple and len(holders) < SMALL:
-            ts.who_has = holders + (ws,)  # noqa: RUF005 (faster than unpacking)
+            ts.who_has = holders + (ws,) if holders else ws.alone  # noqa: RUF005
         else:
             ts.who_has = with_member(holders, ws)
         ws.has_what[ts] = None
@@ -285,7 +287,7 @@ class SchedulerState(
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while placement.has_capacity(ws) and not ws.gone:
+        while placement.has_capacity(ws) and not ws.gone:  # not paused either
             ts = placement.next_for(ws)
             if ts is None:
                 return

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shoal.protocol.messages import TaskSeceded
-from shoal.worker.events import Key, Resume, ThreadRejoining, ThreadSeceded
+from shoal.worker.events import GrantSlot, Key, ThreadRejoining, ThreadSeceded
 
 if TYPE_CHECKING:
     from shoal.worker.events import Command
@@ -47,7 +47,7 @@ class SecededSlots:
         while rejoining and self.busy() < self.nthreads:
             key = next(iter(rejoining))
             del rejoining[key], self.seceded[key]
-            self._out.append(Resume(key))
+            self._out.append(GrantSlot(key))
         return not rejoining and self.busy() < self.slots
 
     def _on_seceded(self, event: ThreadSeceded) -> None:
@@ -64,11 +64,11 @@ class SecededSlots:
         if event.key in self.seceded:
             self.rejoining[event.key] = None
         else:  # never seceded as far as the core knows: nothing to wait for
-            self._out.append(Resume(event.key))
+            self._out.append(GrantSlot(event.key))
 
     def _leave_slot(self, rec: KeyState) -> None:
         """`rec` stops running (its thread returned): it holds no slot any more."""
         del self.executing[rec.key]
         self.seceded.pop(rec.key, None)
         if self.rejoining.pop(rec.key, None) is not None:  # a thread must not wait for ever
-            self._out.append(Resume(rec.key))
+            self._out.append(GrantSlot(rec.key))

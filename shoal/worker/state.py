@@ -31,12 +31,15 @@ from shoal.protocol.serialize import Serialized
 from shoal.worker.events import (
     Command,
     DataPut,
+    Drop,
     Execute,
     ExecutionDone,
     Fetch,
     FetchDone,
     FetchFailed,
+    Hold,
     Key,
+    MemorySample,
     Restart,
     SendToScheduler,
     ThreadRejoining,
@@ -46,6 +49,7 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.history import TransitionLog
+from shoal.worker.memory import MemoryLimits, MemoryManagement
 from shoal.worker.slots import SecededSlots
 
 # Fetch requests in flight at once, to all peers together.
@@ -112,8 +116,12 @@ class KeyState:
     timed_out: bool = False  # ran past its timeout; the thread may still run it
 
 
-class WorkerState(SecededSlots):
-    """What one worker holds, fetches and runs. Feed events, carry out the commands."""
+class WorkerState(SecededSlots, MemoryManagement):
+    """What one worker holds, fetches and runs. Feed events, carry out the commands.
+
+    `memory` holds the memory limit and its thresholds (see worker/memory.py):
+    while paused, no task starts and nothing is fetched.
+    """
 
     def __init__(
         self,
@@ -126,6 +134,7 @@ class WorkerState(SecededSlots):
         timeout_grace: float = TIMEOUT_GRACE_S,
         can_restart: bool = False,
         limits: Limits = DEFAULT_LIMITS,
+        memory: MemoryLimits = MemoryLimits(),  # noqa: B008 (frozen)
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -144,6 +153,7 @@ class WorkerState(SecededSlots):
         self.timeout_grace, self.can_restart = timeout_grace, can_restart
         self.restarting = False
         self.limits = limits  # what this worker accepts from a peer: for error messages
+        self.memory, self.paused, self._freed = memory, False, 0
         self.to_fetch: dict[Key, None] = {}  # FETCH keys
         self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
         # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
@@ -257,6 +267,8 @@ class WorkerState(SecededSlots):
         if rec.wanted:  # acquired for the scheduler, which hears of it
             self._acquired.append(rec.key)
         rec.value = Value(payload)
+        # Made now: once the store spills the value, its payload is on disk.
+        rec.finished = _finished_from_payload(rec)
         self._move(rec, S.MEMORY)
 
     def _on_acquire(self, msg: AcquireKeys) -> None:
@@ -495,7 +507,7 @@ class WorkerState(SecededSlots):
         `fetch_bytes` in all.
         """
         to_fetch = self.to_fetch
-        while to_fetch and len(self.requests) < self.max_fetches:
+        while to_fetch and len(self.requests) < self.max_fetches and not self.paused:
             first = self.keys[next(iter(to_fetch))]
             address = min(first.holders, key=lambda a: len(self.in_flight.get(a, ())))
             keys: list[Key] = []
@@ -514,7 +526,8 @@ class WorkerState(SecededSlots):
 
     def _start_ready(self) -> None:
         ready = self._ready
-        while self._may_start_ready() and ready:
+        # Rejoining tasks get their slots even while paused: they are started already.
+        while self._may_start_ready() and ready and not self.paused:
             _, arrival, key = heapq.heappop(ready)
             rec = self.keys.get(key)
             if rec is not None and rec.status is S.READY and rec.queued == arrival:
@@ -587,6 +600,8 @@ class WorkerState(SecededSlots):
         return value
 
     def _enter_memory(self, rec: KeyState) -> None:
+        assert rec.value is not None
+        self._out.append(Hold(rec.key, rec.value))
         for key in tuple(rec.dependents):
             task = self.keys[key]
             if task.status is S.WAITING:
@@ -596,7 +611,9 @@ class WorkerState(SecededSlots):
 
     def _forget(self, rec: KeyState) -> None:
         del self.keys[rec.key]
-        rec.value = None
+        if rec.value is not None:  # it was in memory: the store lets it go
+            self._out.append(Drop(rec.key))
+            rec.value = None
 
     # -- validation -----------------------------------------------------------
 
@@ -637,6 +654,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     ThreadsStarted: WorkerState._on_threads_started,
     ThreadSeceded: WorkerState._on_seceded,
     ThreadRejoining: WorkerState._on_rejoining,
+    MemorySample: WorkerState._on_memory,
 }
 
 W = WorkerState
