@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy import options
+from shoal.deploy import gpus, options
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.nanny import (
     FATAL_EXIT,
@@ -29,6 +29,7 @@ from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
+from shoal.worker.gpu import parse_gpus
 
 DEFAULT_PORT = 7786
 log = logging.getLogger("shoal.cli")
@@ -205,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
         help='what it offers, e.g. "GPU=1,MEM=8e9"',
     )
     worker.add_argument(
+        "--gpus",
+        type=_checked(parse_gpus),
+        default=None,
+        metavar="all|0,2|UUID,...",
+        help="one worker per GPU, each pinned to its device with GPU=1: all, indices as "
+        "nvidia-smi shows them (GPU:SLOT for a MIG instance), or GPU-/MIG- UUIDs",
+    )
+    worker.add_argument(
+        "--device-memory-limit",
+        default=None,
+        help="with --gpus: restart a worker whose device use passes this: a fraction of the "
+        f"device (default {options.DEFAULT_DEVICE_MEMORY_FRACTION}), a size such as 64GiB, "
+        "or 0: no limit",
+    )
+    worker.add_argument(
         "--listen",
         type=_checked(_listen_address),
         default=None,
@@ -270,6 +286,7 @@ def check_args(args: argparse.Namespace) -> None:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
             parser.error(f"argument --memory-limit: {exc}")
+        gpus.check_worker_args(args, parser)  # sets args.devices, found through NVML
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -350,6 +367,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     from shoal.worker.server import Worker
 
     nanny_id = os.environ.pop(NANNY_ENV, "")
+    gpu = gpus.worker_setup(args)  # pinned to its device, named after it, GPU=1
     signals = _Signals()
     first = True
     while True:
@@ -366,6 +384,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             nanny=bool(nanny_id),
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
+            gpu=gpu,
         )
         starting = asyncio.ensure_future(worker.start())
         if await signals.race(starting):
@@ -399,39 +418,54 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
 
 async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
-    """Supervise a worker process (see shoal.deploy.nanny) until signalled."""
+    """Supervise a worker process (see shoal.deploy.nanny), or with --gpus one per
+    device (see shoal.deploy.gpus), until signalled."""
     from shoal.deploy.nanny import Nanny
 
-    nanny = Nanny(
-        str(args.address),
-        _worker_options(argv),
-        name=args.name,
-        memory_limit=args.memory_limit,
-        token=args.token,
-        tls=_tls(args),
-        log_level=args.log_level,
-        max_restarts=args.max_restarts,
-        restart_window=args.restart_window,
-    )
+    def make(name: str | None, worker_args: list[str], env: Any = None, device: Any = None) -> Any:
+        return Nanny(
+            str(args.address),
+            worker_args,
+            name=name,
+            memory_limit=args.memory_limit,
+            token=args.token,
+            tls=_tls(args),
+            log_level=args.log_level,
+            max_restarts=args.max_restarts,
+            restart_window=args.restart_window,
+            env=env,
+            device=device,
+        )
+
+    if args.devices:
+        nannies = gpus.device_nannies(args, _worker_options(argv), make)
+    else:
+        nannies = [make(args.name, _worker_options(argv))]
+
+    def stop() -> None:
+        for nanny in nannies:
+            nanny.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, nanny.stop)
-    if watch_parent(nanny.stop):  # started by LocalCluster: end with it
-        log.debug("nanny of %s ends with the process that started it", nanny.name)
-    return await nanny.run()
+        loop.add_signal_handler(sig, stop)
+    if watch_parent(stop):  # started by LocalCluster: end with it
+        log.debug("nannies of %s end with the process that started them", args.name)
+    return await gpus.run_all(nannies)
 
 
 def _worker_options(argv: list[str]) -> list[str]:
     """The `shoal worker` options in `argv`, for the worker process: without the
     address (the one argument that is neither an option nor an option's value),
-    --name (the nanny fixes it), the token (it travels in the environment) and
-    the global options before `worker`."""
+    --name (the nanny fixes it), the token (it travels in the environment), the
+    options set anew for each GPU's worker, and the global options before `worker`."""
     rest = argv[argv.index("worker") + 1 :]
+    dropped = ("--name", "--token", *gpus.PER_DEVICE_OPTIONS)
     out: list[str] = []
     value_of = ""  # the option whose value comes next
     for arg in rest:
         if value_of:
-            if value_of not in ("--name", "--token"):
+            if value_of not in dropped:
                 out.append(arg)
             value_of = ""
             continue
@@ -440,7 +474,7 @@ def _worker_options(argv: list[str]) -> list[str]:
         name = arg.split("=", 1)[0]
         if "=" not in arg and name not in _WORKER_FLAGS:
             value_of = name
-        if name not in ("--name", "--token"):
+        if name not in dropped:
             out.append(arg)
     return out
 

@@ -162,6 +162,9 @@ class WorkerInfo:
     __slots__ = (
         "address",
         "cpu",
+        "device_figures",
+        "device_memory_limit",
+        "devices",
         "executing",
         "free",
         "gone",
@@ -219,6 +222,11 @@ class WorkerInfo:
         self.cpu = 0.0
         self.memory = 0
         self.executing = 0
+        # The GPUs it is pinned to (index, uuid, name), its device memory limit, and
+        # each one's latest figures (memory used and in all, utilisation).
+        self.devices: tuple[dict[str, str], ...] = ()
+        self.device_memory_limit = 0
+        self.device_figures: tuple[dict[str, float], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

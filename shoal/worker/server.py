@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.errors import CommClosedError, RegistrationError, ShoalError
-from shoal.protocol.address import Address, parse_address
+from shoal.protocol.address import advertised, parse_address
 from shoal.protocol.answers import Parts, send_data
 from shoal.protocol.comm import Comm, Listener, connect, listen
 from shoal.protocol.limits import DEFAULT_LIMITS, Limits
@@ -57,6 +57,7 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.execute import ThreadPool
+from shoal.worker.gpu import DeviceMonitor
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ PREFETCH_PER_THREAD = 8
 HEARTBEAT_INTERVAL_S = 1.0
 # How often running tasks are checked against their timeouts, while any has one.
 TIMEOUT_CHECK_S = 0.1
-_UNSPECIFIED_HOSTS = ("0.0.0.0", "::", "")
 _worker_numbers = itertools.count(1)
 
 
@@ -186,7 +186,8 @@ class Worker:
 
     `data_limits` bounds what it accepts in one batch on its data connections; a
     peer's value over them is answered as too large, never as missing, and the
-    tasks here that need it err with ValueTooLarge.
+    tasks here that need it err with ValueTooLarge. `gpu` watches the GPU its
+    process is pinned to (shoal.worker.gpu), for its registration and heartbeats.
 
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
@@ -209,8 +210,10 @@ class Worker:
         nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
+        gpu: DeviceMonitor | None = None,
     ) -> None:
         self.scheduler_address = scheduler
+        self.gpu = gpu  # the device it is pinned to, which its heartbeats describe
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
@@ -274,7 +277,7 @@ class Worker:
                 tls=self._tls,
                 limits=self.data_limits,
             )
-            self.address = _advertised(self._listener.address, comm)
+            self.address = advertised(self._listener.address, comm.local_address)
             leftover = await self._register(comm)
         except BaseException:
             comm.abort("worker start failed")
@@ -352,6 +355,7 @@ class Worker:
                 host=socket.gethostname(),
                 nanny=self.nanny,
                 nanny_id=self.nanny_id,
+                **(self.gpu.registration() if self.gpu is not None else {}),
             )
         )
         async with asyncio.timeout(self._connect_timeout):
@@ -471,6 +475,7 @@ class Worker:
                         cpu=process.cpu_percent(),
                         memory=process.memory_info().rss,
                         executing=len(self._pool.running()) if self._pool is not None else 0,
+                        devices=self.gpu.sample() if self.gpu is not None else (),
                     )
                 )
             # Never long asleep: a task with a timeout may start at any moment.
@@ -590,21 +595,15 @@ class Worker:
 
 
 def _payload_of(key: Key, value: Value) -> Serialized | None:
-    """The value's payload, made now if it has none; None if it cannot be pickled."""
-    if value.payload is None:
+    """The value's payload, made now if it has none (and kept, unless on the device:
+    then a host copy for this answer); None if it cannot be pickled."""
+    payload = value.payload
+    if payload is None:
         try:
-            value.payload = serialize(value.obj, f"value of {key!r}")
+            payload = serialize(value.obj, f"value of {key!r}")
         except ShoalError as exc:
             log.warning("cannot serve %r: %s", key, exc)
             return None
-    return value.payload
-
-
-def _advertised(listening: str, comm: Comm) -> str:
-    """Where peers reach the listener: a wildcard host becomes the address this host
-    uses toward the scheduler, which peers on the scheduler's network can reach."""
-    addr = parse_address(listening)
-    if addr.host not in _UNSPECIFIED_HOSTS:
-        return listening
-    local = parse_address(comm.local_address)
-    return str(Address(addr.scheme, local.host, addr.port))
+        if not value.on_device:
+            value.payload = payload
+    return payload
