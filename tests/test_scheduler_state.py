@@ -777,7 +777,7 @@ def test_scheduler_info_is_plain_data() -> None:
                 "cpu": 0.0,
                 "memory": 0,
                 "executing": 0,
-                "gpus": [],
+                "gpus": (),
             }
         },
         "clients": 1,

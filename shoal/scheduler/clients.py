@@ -246,7 +246,7 @@ class ClientRequests(CoreBase):
             self._send(client.peer, msg)
 
 
-def gpus_of(ws: WorkerInfo) -> list[dict[str, Any]]:
+def gpus_of(ws: WorkerInfo) -> tuple[dict[str, Any], ...]:
     """What scheduler_info() says of each GPU of a worker: from its registration,
     index, uuid, name and memory_limit; from its latest heartbeat, memory_used and
     memory_total (0 until one came) and utilization (None where NVML cannot say)."""
@@ -264,4 +264,4 @@ def gpus_of(ws: WorkerInfo) -> list[dict[str, Any]]:
                 "utilization": figures.get("utilization"),
             }
         )
-    return out
+    return tuple(out)  # as it reads after crossing the wire
