@@ -21,8 +21,6 @@ from shoal.errors import NoDevice
 
 log = logging.getLogger(__name__)
 
-# The module with pynvml's interface to import; tests and other bindings set it.
-NVML_MODULE_ENV = "SHOAL_NVML_MODULE"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 _MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE
 INSTALL_HINT = "install nvidia-ml-py (pip install 'shoal[gpu]') on a node with the NVIDIA driver"
@@ -32,13 +30,15 @@ INSTALL_HINT = "install nvidia-ml-py (pip install 'shoal[gpu]') on a node with t
 class Device:
     """One device a worker can be pinned to: a whole GPU, or one MIG instance of one.
 
-    `index` is NVML's: "3" for GPU 3, "3:1" for the MIG instance in slot 1 of GPU 3.
+    `index` is NVML's: "3" for GPU 3, "3:1" for the MIG instance in slot 1 of GPU 3,
+    whose `parent` is the UUID of GPU 3 ("" for a whole GPU).
     """
 
     index: str
     uuid: str
     name: str
     memory_total: int
+    parent: str = ""
 
     @property
     def label(self) -> str:
@@ -93,12 +93,11 @@ class Nvml:
             NoDevice: the module is not installed or NVML does not start (no
                 driver); the message starts with `asked`, what was looked for.
         """
-        name = os.environ.get(NVML_MODULE_ENV) or "pynvml"
         try:
-            module = importlib.import_module(name)
+            module = importlib.import_module("pynvml")
         except ImportError as exc:
             raise NoDevice(
-                f"{asked}: no NVIDIA GPU can be found: the NVML bindings ({name}) are not "
+                f"{asked}: no NVIDIA GPU can be found: the NVML bindings (pynvml) are not "
                 f"installed ({exc}); {INSTALL_HINT}"
             ) from None
         try:
@@ -118,12 +117,13 @@ class Nvml:
             if not self._mig_enabled(handle):
                 found.append(self._device(str(i), handle))
                 continue
+            parent = _text(nvml.nvmlDeviceGetUUID(handle))
             for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
                 try:
                     instance = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                 except self.error:
                     continue  # an empty slot
-                found.append(self._device(f"{i}:{slot}", instance))
+                found.append(self._device(f"{i}:{slot}", instance, parent))
         return found
 
     def _mig_enabled(self, handle: Any) -> bool:
@@ -132,12 +132,12 @@ class Nvml:
         except self.error:  # a GPU that cannot be split
             return False
 
-    def _device(self, index: str, handle: Any) -> Device:
+    def _device(self, index: str, handle: Any, parent: str = "") -> Device:
         nvml = self._nvml
         uuid = _text(nvml.nvmlDeviceGetUUID(handle))
         self._handles[uuid] = handle
         total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-        return Device(index, uuid, _text(nvml.nvmlDeviceGetName(handle)), total)
+        return Device(index, uuid, _text(nvml.nvmlDeviceGetName(handle)), total, parent)
 
     def _handle(self, uuid: str) -> Any:
         if uuid not in self._handles:
@@ -198,7 +198,9 @@ def parse_gpus(value: object) -> str | tuple[str, ...]:
 
 def _matches(device: Device, token: str) -> bool:
     """Whether `token` (an index or a UUID) names `device` or the GPU it is part of."""
-    return token in (device.uuid, device.index) or device.index.startswith(f"{token}:")
+    return token in (device.uuid, device.index, device.parent) or device.index.startswith(
+        f"{token}:"
+    )
 
 
 def select(
