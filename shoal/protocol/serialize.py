@@ -235,12 +235,13 @@ def _numpy_dumps(arr: Any) -> tuple[Any, list[Any]] | None:
     dtype = arr.dtype
     if dtype.hasobject or dtype.itemsize == 0:
         return None  # objects are pickled one by one; a zero-width dtype has no data
-    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
-        import numpy as np
+    import numpy as np
 
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         arr = np.ascontiguousarray(arr)
     order = "C" if arr.flags.c_contiguous else "F"
-    return (dtype, arr.shape, order), [arr]
+    # As bytes in memory order (a view): some dtypes (datetimes) export no buffer.
+    return (dtype, arr.shape, order), [arr.ravel(order="K").view(np.uint8)]
 
 
 def _numpy_loads(header: Any, buffers: list[memoryview], host: bool) -> object:
