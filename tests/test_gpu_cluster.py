@@ -181,7 +181,9 @@ def test_shoal_worker_gpus_all_runs_a_pinned_worker_per_device_and_moves_device_
 
 def test_worker_options_are_set_anew_for_each_device() -> None:
     argv = "worker 10.0.0.5 --gpus 0,1 --device-memory-limit=0.5 --nthreads 2 --name n".split()
-    assert _worker_options(argv) == ["--nthreads", "2"]
+    argv += ["--memory-limit", "4GB"]
+    assert _worker_options(argv, per_device=True) == ["--nthreads", "2"]
+    assert "--gpus" in _worker_options(argv) and "--memory-limit" in _worker_options(argv)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy import gpus, options
+from shoal.deploy import cgroup, gpus, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.nanny import (
     FATAL_EXIT,
@@ -32,6 +32,9 @@ from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 from shoal.worker.gpu import parse_gpus
 
 DEFAULT_PORT = 7786
+# The part of a container's memory limit a worker takes by default: the rest is
+# for its nanny, so that the nanny restarts it before the kernel kills the pod.
+CONTAINER_SHARE = 0.95
 log = logging.getLogger("shoal.cli")
 
 
@@ -187,17 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--nthreads",
         type=_at_least_one,
-        default=os.cpu_count() or 1,
-        help="threads running tasks (default: one per core)",
+        default=None,
+        help="threads running tasks (default: one per core it may use; in a container, "
+        "its CPU limit rounded up)",
     )
     worker.add_argument(
         "--name", type=_checked(_text("the name")), default=None, help="unique worker name"
     )
     worker.add_argument(
         "--memory-limit",
-        default="0",
+        default=None,
         help="e.g. 8GB or 512MiB; 0.5: half this machine's memory; auto: its share of "
-        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} MiB)",
+        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} "
+        "MiB; default: in a container with a memory limit, 95%% of it, else none)",
     )
     worker.add_argument(
         "--resources",
@@ -261,7 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
     )
+    worker.add_argument(
+        "--retire-timeout",
+        type=_positive,
+        default=retire.RETIRE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM the worker retires: its tasks finish or move and its values move "
+        f"to other workers; it leaves after this long regardless (default "
+        f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
+    )
     _add_security(worker)
+
+    retiring = retire.add_parser(
+        commands, _checked(_connect_address), _checked(_text("the worker")), _positive
+    )
+    _add_security(retiring)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
     demo.add_argument(
@@ -282,11 +301,19 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tls_cert and not args.tls_ca:
         parser.error("--tls-cert needs --tls-ca")
     if args.command == "worker":
+        gpus.check_worker_args(args, parser)  # sets args.devices, found through NVML
+        limits = cgroup.read_limits()
+        if args.nthreads is None:
+            # A GPU worker feeds one device: one thread, as dask-cuda's workers have.
+            args.nthreads = 1 if args.devices else limits.threads(cgroup.usable_cores())
+        if args.memory_limit is None:
+            # The container's memory, shared by the workers of its devices, if several.
+            share = CONTAINER_SHARE / max(1, len(args.devices))
+            args.memory_limit = str(int(limits.memory * share)) if limits.memory else "0"
         try:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
             parser.error(f"argument --memory-limit: {exc}")
-        gpus.check_worker_args(args, parser)  # sets args.devices, found through NVML
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -303,12 +330,21 @@ class _Signals:
     def __init__(self) -> None:
         self.name = ""  # what stopped it: "SIGTERM", or "its parent's end"
         self._event = asyncio.Event()
+        self._ignoring = ""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._caught, sig.name)
         watch_parent(lambda: self._caught("its parent's end"))
 
+    def rearm(self, ignoring: str) -> None:
+        """Wait for a further signal from now on, passing over `ignoring` ones."""
+        self._ignoring = ignoring
+        self._event = asyncio.Event()
+
     def _caught(self, name: str) -> None:
+        if name == self._ignoring:
+            return
+        self.name = "" if self._ignoring else self.name
         if not self.name and not name.startswith("SIG"):
             log.warning("the process that started this one is gone; stopping")
         self.name = self.name or name
@@ -403,8 +439,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
         )
         finished = asyncio.ensure_future(worker.finished())
         signalled = await signals.race(finished)
+        if signalled and signals.name == "SIGTERM":
+            await retire.retire_on_signal(worker, signals, args.retire_timeout)
         await worker.close(f"stopped by {signals.name}" if signalled else "scheduler gone")
-        if signalled:
+        if signalled or worker.retired:  # retired at `shoal retire`'s request: done
             return 0
         if finished.exception() is not None:
             return INTERNAL_ERROR_EXIT  # logged already; its nanny restarts it
@@ -433,34 +471,36 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
             log_level=args.log_level,
             max_restarts=args.max_restarts,
             restart_window=args.restart_window,
+            stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
             env=env,
             device=device,
         )
 
     if args.devices:
-        nannies = gpus.device_nannies(args, _worker_options(argv), make)
+        nannies = gpus.device_nannies(args, _worker_options(argv, per_device=True), make)
     else:
         nannies = [make(args.name, _worker_options(argv))]
 
-    def stop() -> None:
+    def stop(sig: int = signal.SIGTERM) -> None:
         for nanny in nannies:
-            nanny.stop()
+            nanny.stop(sig)
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    if watch_parent(stop):  # started by LocalCluster: end with it
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its workers retire
+        loop.add_signal_handler(sig, stop, sig)
+    if watch_parent(lambda: stop(signal.SIGINT)):  # started by LocalCluster: end with it
         log.debug("nannies of %s end with the process that started them", args.name)
     return await gpus.run_all(nannies)
 
 
-def _worker_options(argv: list[str]) -> list[str]:
+def _worker_options(argv: list[str], per_device: bool = False) -> list[str]:
     """The `shoal worker` options in `argv`, for the worker process: without the
     address (the one argument that is neither an option nor an option's value),
     --name (the nanny fixes it), the token (it travels in the environment), the
-    options set anew for each GPU's worker, and the global options before `worker`."""
+    global options before `worker`, and with `per_device` the options set anew for
+    each GPU's worker."""
     rest = argv[argv.index("worker") + 1 :]
-    dropped = ("--name", "--token", *gpus.PER_DEVICE_OPTIONS)
+    dropped = ("--name", "--token", *(gpus.PER_DEVICE_OPTIONS if per_device else ()))
     out: list[str] = []
     value_of = ""  # the option whose value comes next
     for arg in rest:
@@ -499,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         from shoal.deploy.demo import main as demo_main
 
         return demo_main(args.workers, args.leaves)
+    if args.command == "retire":
+        try:
+            return retire.run(args, _tls(args))
+        except (OSError, TimeoutError, ShoalError) as exc:
+            print(f"shoal retire: {exc}", file=sys.stderr)
+            return 1
     try:
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))

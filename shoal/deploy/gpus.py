@@ -6,8 +6,10 @@ one nanny per device, each starting its worker with CUDA_VISIBLE_DEVICES
 pinned to that device's UUID, `--gpus UUID` and the device's memory limit in
 bytes. A worker with a device offers GPU=1 (unless --resources says
 otherwise), is named after it (`host-gpu3`, `host-gpu3-mig1`), and describes
-it in its heartbeats. When one nanny gives up on its worker, the supervisor
-stops the others and exits with its code, for the orchestrator to see.
+it in its heartbeats. By default each worker runs one thread, and a memory
+limit read from the container is shared among the workers. When one nanny
+gives up on its worker, the supervisor stops the others (they retire) and
+exits with its code, for the orchestrator to see.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from shoal.worker.gpu import (
 log = logging.getLogger(__name__)
 
 # The `shoal worker` options the supervisor sets anew for each device's worker.
-PER_DEVICE_OPTIONS = ("--gpus", "--device-memory-limit")
+PER_DEVICE_OPTIONS = ("--gpus", "--device-memory-limit", "--memory-limit")
 
 
 def asked(spec: str | tuple[str, ...], flag: str = "--gpus") -> str:
@@ -94,13 +96,17 @@ def worker_setup(args: argparse.Namespace) -> DeviceMonitor | None:
     device = args.devices[0]
     os.environ.update(pin_env(device))
     args.name = worker_name(args.name or socket.gethostname(), device)
-    args.resources = {"GPU": 1.0, **args.resources}
+    args.resources = {**args.resources, "GPU": 1.0}  # one device, whatever --resources said
     return DeviceMonitor.pinned(args.nvml, args.device_limits[0])
 
 
-def device_worker_args(options_: list[str], device: Device, limit: int) -> list[str]:
-    """The `shoal worker` options of the worker of `device`."""
-    return [*options_, "--gpus", device.uuid, "--device-memory-limit", str(limit)]
+def device_worker_args(
+    options_: list[str], device: Device, limit: int, memory_limit: int | None = None
+) -> list[str]:
+    """The `shoal worker` options of the worker of `device` (with its host memory
+    limit in bytes, when given)."""
+    out = [*options_, "--gpus", device.uuid, "--device-memory-limit", str(limit)]
+    return out if memory_limit is None else [*out, "--memory-limit", str(memory_limit)]
 
 
 def device_nannies(
@@ -112,7 +118,7 @@ def device_nannies(
     for device, limit in zip(args.devices, args.device_limits, strict=True):
         nanny = make_nanny(
             worker_name(base, device),
-            device_worker_args(worker_options, device, limit),
+            device_worker_args(worker_options, device, limit, args.memory_limit),
             pin_env(device),
             DeviceMonitor(args.nvml, device, limit),
         )

@@ -115,6 +115,7 @@ class Nanny:
         log_level: str = "info",
         max_restarts: int = MAX_RESTARTS,
         restart_window: float = RESTART_WINDOW_S,
+        stop_timeout: float = STOP_TIMEOUT_S,
         env: dict[str, str] | None = None,
         device: DeviceMonitor | None = None,
     ) -> None:
@@ -125,6 +126,8 @@ class Nanny:
         self.env, self.device = dict(env or {}), device
         self._token, self._tls, self._log_level = token, tls, log_level
         self._stop = asyncio.Event()
+        self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
+        self.stop_timeout = stop_timeout
         self.restarts = 0
         self.causes: list[str] = []  # every cause of death reported, in order
         self.address = ""  # the worker's data address, as it announced it
@@ -132,13 +135,20 @@ class Nanny:
         # Ties the worker to this nanny at the scheduler: only this nanny may report it.
         self.nanny_id = secrets.token_hex(8)
         self._lifeline = Lifeline()
+        self._proc: asyncio.subprocess.Process | None = None  # the worker process
         self._comm: Comm | None = None  # the scheduler link, while connected
         self._linked = asyncio.Event()
         self._deaths: collections.deque[float] = collections.deque()
         self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
 
-    def stop(self) -> None:
-        """Stop the worker (it leaves the scheduler cleanly) and then the nanny."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the worker and then the nanny. The worker gets `sig`: on SIGTERM it
+        retires gracefully (its values move to other workers), on SIGINT it leaves
+        at once. A later SIGINT cuts a retirement short."""
+        if not self._stop.is_set() or sig == signal.SIGINT:
+            self._stop_signal = sig
+        if self._stop.is_set() and self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(sig)  # it is being stopped already: pass this one on
         self._stop.set()
 
     async def run(self) -> int:
@@ -157,7 +167,7 @@ class Nanny:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
-            proc = await self._spawn()
+            proc = self._proc = await self._spawn()
             code, cause = await self._watch(proc)
             if self._stop.is_set():
                 return 0
@@ -323,12 +333,12 @@ class Nanny:
             await asyncio.sleep(DEVICE_POLL_S)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(self._stop_signal)
         try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
+            async with asyncio.timeout(self.stop_timeout):
                 await proc.wait()
         except TimeoutError:
-            log.warning("worker %s did not stop in %g s; killing it", self.name, STOP_TIMEOUT_S)
+            log.warning("worker %s did not stop in %g s; killing it", self.name, self.stop_timeout)
             proc.kill()
             await proc.wait()
 
