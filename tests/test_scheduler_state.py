@@ -762,6 +762,8 @@ def test_scheduler_info_is_plain_data() -> None:
     info = out.msg.info
     assert info == {
         "address": "tcp://sched:8786",
+        "http_address": "",
+        "dashboard": "",
         "workers": {
             "a": {
                 "address": "tcp://a:1",
@@ -773,10 +775,16 @@ def test_scheduler_info_is_plain_data() -> None:
                 "nbytes": 40,
                 "pid": 0,
                 "host": "",
+                "http_address": "",
                 "nanny": False,
                 "cpu": 0.0,
                 "memory": 0,
                 "executing": 0,
+                "managed": 0,
+                "unmanaged": 0,
+                "spilled": 0,
+                "unspillable": 0,
+                "paused": False,
                 "gpus": (),
             }
         },

@@ -29,6 +29,7 @@ from shoal.protocol.taskspec import ArgSpec, Ref
 from shoal.worker.events import Value
 from shoal.worker.execute import Executor
 from shoal.worker.state import _finished_from_payload
+from shoal.worker.store import Place, Store
 from tests.fakes import cupy as fake_cupy
 
 
@@ -299,20 +300,33 @@ def test_a_device_result_stays_on_the_device_and_a_task_here_gets_the_same_array
 
 
 def test_a_value_served_from_the_device_is_copied_for_each_answer_not_kept(gpu_here: Any) -> None:
-    from shoal.worker.server import _payload_of
-
+    store = Store()
     value = Value(None, gpu_here.array(np.ones(8, "f4")), nbytes=32, typename="c", on_device=True)
-    first, second = _payload_of("x", value), _payload_of("x", value)
+    store.put("x", value)
+    assert store.where("x") is Place.DEVICE and store.memory_bytes == 0
+    assert store.bytes[Place.DEVICE] == 32
+    first, second = store.payload("x"), store.payload("x")
     assert first is not None and second is not None and first is not second
     assert value.payload is None and len(gpu_here.PINNED) == 2
+    assert store.spill(10**9).keys == []  # host memory pressure does not move it
+    store.validate()
+    store.drop("x")
+    assert store.bytes[Place.DEVICE] == 0
+    store.validate()
 
 
 def test_a_device_value_received_here_keeps_no_host_copy_once_loaded(gpu_here: Any) -> None:
     sent = _over_the_wire(serialize(gpu_here.array(np.arange(4, dtype="i4"))))
+    store = Store()
     value = Value(sent)
-    obj = Executor().load("x", value)
+    store.put("x", value)
+    assert store.where("x") is Place.MEMORY and store.memory_bytes == sent.nbytes
+    obj = Executor(store=store).load("x", value)
     assert isinstance(obj, gpu_here.ndarray) and value.obj is obj
     assert value.on_device and value.payload is None
+    assert store.where("x") is Place.DEVICE and store.memory_bytes == 0
+    assert store.take_freed() == sent.nbytes  # its frames went
+    store.validate()
     assert (value.nbytes, value.typename) == (sent.nbytes, "tests.fakes.cupy.ndarray")
 
     class Record:  # what the core reports for it, should the scheduler ask
@@ -322,3 +336,7 @@ def test_a_device_value_received_here_keeps_no_host_copy_once_loaded(gpu_here: A
     record.value = value
     report = _finished_from_payload(record)
     assert report.nbytes == sent.nbytes and report.value is None
+    # Not held by a store (a value in flight): loading drops its frames all the same.
+    loose = Value(_over_the_wire(serialize(gpu_here.array(np.zeros(2)))))
+    Executor().load("y", loose)
+    assert loose.on_device and loose.payload is None

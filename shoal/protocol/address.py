@@ -60,16 +60,3 @@ def parse_address(text: str, default_port: int = 0) -> Address:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} in {text!r} is out of range")
     return Address(scheme, host, port)
-
-
-_UNSPECIFIED_HOSTS = ("0.0.0.0", "::", "")
-
-
-def advertised(listening: str, local_address: str) -> str:
-    """Where peers reach a listener at `listening`: a wildcard host becomes the host
-    of `local_address`, the address this host uses toward the scheduler, which
-    peers on the scheduler's network can reach."""
-    addr = parse_address(listening)
-    if addr.host in _UNSPECIFIED_HOSTS:
-        return str(Address(addr.scheme, parse_address(local_address).host, addr.port))
-    return listening

@@ -36,12 +36,19 @@ class ClientRequests(CoreBase):
     def _register_client(self, peer: str, msg: m.RegisterClient) -> None:
         client = ClientInfo(peer, f"client-{next(self._client_ids)}", msg.name)
         self.clients[peer] = client
+        self.tally.clients_connected += 1
+        self.tally.event(self._now, "client-connected", client=client.client_id, name=msg.name)
         self._send(
             peer,
-            m.ClientRegistered(client_id=client.client_id, workers=len(self.placement.workers)),
+            m.ClientRegistered(
+                client_id=client.client_id,
+                workers=len(self.placement.workers),
+                http_address=self.http_address,
+            ),
         )
 
     def _remove_client(self, client: ClientInfo) -> None:
+        self.tally.event(self._now, "client-gone", client=client.client_id, name=client.name)
         for ts in list(client.wants):
             self._unwant(client, ts)
 
@@ -53,6 +60,10 @@ class ClientRequests(CoreBase):
         self._check_release(ts)
 
     def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        self.tally.graphs += 1
+        self.tally.graph_tasks += len(msg.keys)
+        client = self.clients[peer].client_id
+        self.tally.event(self._now, "graph-received", client=client, tasks=len(msg.keys))
         if len(msg.keys) <= SLICE_TASKS:
             self._submit_graph_now(peer, msg)
             return
@@ -77,11 +88,11 @@ class ClientRequests(CoreBase):
             tasks[ts.key] = ts
         # Existing tasks that were let go but are needed again (recomputed below).
         again = [ts for ts in plan.outside.values() if ts.status is R]
-        index = plan.index
+        index, alone = plan.index, (client,)  # one tuple for all the tasks it alone wants
         for key in msg.wanted:
             if key in index:  # created just now: released, wanted by nobody else
                 ts = local[key]
-                ts.wanted_by = (client,)
+                ts.wanted_by = alone
                 client.wants[ts] = None
                 continue
             again += self._want_known(client, tasks[key])
@@ -115,13 +126,17 @@ class ClientRequests(CoreBase):
         added here): a small dict of recent entries, where self.tasks may be huge and
         cold. Known dependencies list them as dependents; self.tasks is left alone."""
         keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
-        prio, order = msg.priority, self._order
+        prio, order, group_of = msg.priority, self._order, self.tally.group_of
         options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
+        # Tasks that read one and the same task (a map over one future) share the
+        # tuple that names it.
+        last: tuple[TaskState, ...] = ()
         for i in positions:
             key = keys[i]
             priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
             ts = TaskState(key, funcs[func[i]], args[i], priority)
+            ts.group = group_of(key)
             if options:
                 ts.resources = msg.resources.get(i)
                 ts.restrict = msg.restrict.get(i)
@@ -130,7 +145,9 @@ class ClientRequests(CoreBase):
             dep_keys = deps[i]
             if len(dep_keys) == 1:
                 dep = local[dep_keys[0]]
-                ts.deps = (dep,)
+                if not last or last[0] is not dep:
+                    last = (dep,)
+                ts.deps = last
                 users = dep.dependents  # with_member(), inline
                 if type(users) is tuple and len(users) < SMALL:
                     dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
@@ -189,9 +206,7 @@ class ClientRequests(CoreBase):
 
     def info(self) -> dict[str, Any]:
         """The cluster as plain data."""
-        counts: dict[str, int] = {}
-        for ts in self.tasks.values():
-            counts[ts.status] = counts.get(ts.status, 0) + 1
+        counts = {s: n for s, n in self.tally.counts().items() if n and s != "forgotten"}
         workers = {
             ws.name: {
                 "address": ws.address,
@@ -203,16 +218,27 @@ class ClientRequests(CoreBase):
                 "nbytes": ws.nbytes,
                 "pid": ws.pid,
                 "host": ws.host,
+                "http_address": ws.http_address,
                 "nanny": ws.nanny,
                 "cpu": ws.cpu,
                 "memory": ws.memory,
                 "executing": ws.executing,
+                # Of `memory`: the values held (managed); the rest is the process's.
+                # Values on disk (spilled) are not in `memory`; values that could
+                # not be written to disk (unspillable) are in managed.
+                "managed": ws.managed,
+                "unmanaged": max(0, ws.memory - ws.managed),
+                "spilled": ws.spilled,
+                "unspillable": ws.unspillable,
+                "paused": ws.paused,
                 "gpus": gpus_of(ws),
             }
             for ws in self.placement.workers.values()
         }
         return {
             "address": self.address,
+            "http_address": self.http_address,
+            "dashboard": f"{self.http_address}/" if self.http_address else "",
             "workers": workers,
             "clients": len(self.clients),
             "tasks": counts,

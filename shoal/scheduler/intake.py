@@ -115,13 +115,14 @@ class LargeSubmissions(CoreBase):
             # The new tasks wanted are marked while still private (the client's
             # table takes them at once when published); known ones wait for that.
             client, index = self.clients[peer], plan.index
+            alone = (client,)  # one tuple for all the tasks it alone wants
             new_wanted: list[TaskState] = []
             old_wanted: list[object] = []
             for start in range(0, len(msg.wanted), SLICE_TASKS):
                 for key in msg.wanted[start : start + SLICE_TASKS]:
                     if key in index:
                         ts = local[key]
-                        ts.wanted_by = (client,)
+                        ts.wanted_by = alone
                         new_wanted.append(ts)
                     else:
                         old_wanted.append(key)
@@ -175,8 +176,10 @@ class LargeSubmissions(CoreBase):
         return all(map(operator.is_, map(tasks.get, plan.outside), plan.outside.values()))
 
     def _unlink(self, new: list[TaskState], plan: Plan) -> None:
-        """Drop tasks never published: known tasks forget them as dependents."""
+        """Drop tasks never published: known tasks forget them as dependents, and
+        their groups stop counting them."""
         for ts in new:
+            ts.group.counts[R] -= 1
             for dep in ts.deps:
                 if dep.key not in plan.index:
                     dep.dependents = without_member(dep.dependents, ts)

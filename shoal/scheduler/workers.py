@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
+from shoal.scheduler.memory import MemoryPressure
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -27,9 +28,9 @@ from shoal.scheduler.retirement import Retirements
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents(Retirements):
+class WorkerEvents(Retirements, MemoryPressure):
     """Handlers of worker membership and liveness (see SchedulerState); leaving
-    gracefully is retirement.py's."""
+    gracefully is retirement.py's, pausing for memory memory.py's."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
         reason = self._registration_problem(msg)
@@ -48,6 +49,7 @@ class WorkerEvents(Retirements):
             next(self._worker_index),
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
+        ws.nanny_id, ws.http_address = msg.nanny_id, msg.http_address
         ws.nanny_id = msg.nanny_id
         ws.devices, ws.device_memory_limit = msg.devices, msg.device_memory_limit
         self.workers[peer] = ws
@@ -55,6 +57,8 @@ class WorkerEvents(Retirements):
         self.placement.add_worker(ws)
         self.retire_events += 1  # somewhere for a retiring worker's values
         self._send(peer, m.WorkerRegistered(name=ws.name))
+        self.tally.workers_joined += 1
+        self.tally.event(self._now, "worker-joined", worker=ws.name, address=ws.address)
         self._workers_changed()
         self._fill(ws)
 
@@ -70,12 +74,18 @@ class WorkerEvents(Retirements):
             return f"worker {holder.name!r} already serves data at {msg.address!r}"
         return None
 
+    def _workers_changed(self) -> None:
+        msg = m.WorkersChanged(workers=len(self.placement.workers))
+        for client in self.clients.values():
+            self._send(client.peer, msg)
+
     def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
         self._remove_worker(self.workers[peer])
 
     def _heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
+        ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
         ws.device_figures = msg.devices
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
@@ -168,6 +178,14 @@ class WorkerEvents(Retirements):
         """
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
+        if cause is None:
+            self.tally.workers_left += 1
+            self.tally.event(self._now, "worker-left", worker=ws.name, address=ws.address)
+        else:
+            self.tally.workers_died += 1
+            self.tally.event(
+                self._now, "worker-died", worker=ws.name, address=ws.address, cause=cause
+            )
         self._retirement_over(ws)
         self.retire_events += 1  # it may have been fetching a retiring worker's values
         if self.by_address.get(ws.address) is ws:

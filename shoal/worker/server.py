@@ -14,22 +14,19 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
-from shoal.errors import CommClosedError, RegistrationError, ShoalError
-from shoal.protocol.address import advertised, parse_address
-from shoal.protocol.answers import Parts, send_data
-from shoal.protocol.comm import Comm, Listener, connect, listen
+from shoal.errors import CommClosedError, RegistrationError
+from shoal.protocol.address import Address, parse_address
+from shoal.protocol.answers import send_data
+from shoal.protocol.comm import Comm, Listener, listen
 from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import (
     AcquireKeys,
     ComputeTask,
-    DataSent,
     DataStored,
     FreeKeys,
     GetData,
-    Heartbeat,
     PutData,
     RegisterWorker,
     RegistrationRefused,
@@ -39,10 +36,11 @@ from shoal.protocol.messages import (
 )
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
-from shoal.protocol.serialize import Serialized, serialize
+from shoal.protocol.serialize import Serialized
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
 from shoal.worker.events import (
+    MEMORY_COMMANDS,
     Command,
     DataPut,
     Execute,
@@ -55,10 +53,13 @@ from shoal.worker.events import (
     SendToScheduler,
     ThreadsStarted,
     Tick,
-    Value,
 )
-from shoal.worker.execute import ThreadPool
+from shoal.worker.execute import Executor, ThreadPool
+from shoal.worker.fetcher import PeerFetcher
 from shoal.worker.gpu import DeviceMonitor
+from shoal.worker.holding import Holding
+from shoal.worker.http import advertised_http
+from shoal.worker.memory import MemoryLimits
 from shoal.worker.retiring import Retiring
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
@@ -71,115 +72,12 @@ PREFETCH_PER_THREAD = 8
 HEARTBEAT_INTERVAL_S = 1.0
 # How often running tasks are checked against their timeouts, while any has one.
 TIMEOUT_CHECK_S = 0.1
+_UNSPECIFIED_HOSTS = ("0.0.0.0", "::", "")
 _worker_numbers = itertools.count(1)
 
 
 class _Stop(Exception):
     """Raised in the TaskGroup's body to cancel every background task on purpose."""
-
-
-class _Link:
-    """One connection to a peer worker and the GetData requests it has not answered,
-    with the parts of their answers received so far."""
-
-    __slots__ = ("comm", "parts", "pending")
-
-    def __init__(self) -> None:
-        self.comm: Comm | None = None
-        self.pending: dict[int, tuple[Key, ...]] = {}
-        self.parts: dict[int, Parts] = {}
-
-
-class PeerFetcher:
-    """Fetches values from peer workers: one connection per address, requests matched to
-    answers by request_id. Outcomes go to `on_event` as FetchDone or FetchFailed."""
-
-    def __init__(
-        self,
-        group: asyncio.TaskGroup,
-        on_event: Callable[[FetchDone | FetchFailed], None],
-        connect_options: dict[str, Any],
-    ) -> None:
-        self._group = group
-        self._on_event = on_event
-        self._connect_options = connect_options
-        self._links: dict[str, _Link] = {}
-        self._request_ids = itertools.count(1)
-        self.closing = False
-
-    def fetch(self, address: str, keys: tuple[Key, ...]) -> None:
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = _Link()
-            self._group.create_task(self._serve_link(address, link), name=f"fetch {address}")
-        request_id = next(self._request_ids)
-        link.pending[request_id] = keys
-        if link.comm is not None:
-            self._request(link.comm, request_id, keys)
-
-    @staticmethod
-    def _request(comm: Comm, request_id: int, keys: tuple[Key, ...]) -> None:
-        try:
-            comm.send(GetData(keys=keys, request_id=request_id))
-        except CommClosedError:
-            log.debug("request %d not sent: the reader reports the closed connection", request_id)
-
-    async def _serve_link(self, address: str, link: _Link) -> None:
-        try:
-            reason = await self._connect_and_read(address, link)
-        finally:
-            if self._links.get(address) is link:
-                del self._links[address]
-            if link.comm is not None:
-                link.comm.abort("fetcher done with it")
-        # Not reached when cancelled: a worker shutting down reports nothing.
-        if link.pending and not self.closing:
-            log.warning("fetching from %s failed: %s", address, reason)
-            for keys in link.pending.values():
-                self._on_event(FetchFailed(address, keys, reason))
-
-    async def _connect_and_read(self, address: str, link: _Link) -> str:
-        """Connect, send what is pending, deliver answers; return why the link ended."""
-        try:
-            link.comm = await connect(address, role="worker", **self._connect_options)
-        except (OSError, TimeoutError, ValueError, ShoalError) as exc:
-            return f"cannot connect: {exc}"
-        for request_id, keys in list(link.pending.items()):
-            self._request(link.comm, request_id, keys)
-        return await self._read_answers(address, link, link.comm)
-
-    async def _read_answers(self, address: str, link: _Link, comm: Comm) -> str:
-        """Deliver answers until the connection ends; return why it ended."""
-        while True:
-            try:
-                msgs = await comm.read()
-            except CommClosedError as exc:
-                return str(exc)
-            reason = self._deliver(address, link, msgs)
-            # Not kept in this frame while it waits: the values' memory is the core's
-            # to free.
-            del msgs
-            if reason:
-                return reason
-
-    def _deliver(self, address: str, link: _Link, msgs: list[Message]) -> str:
-        """Hand answers to the core; why the connection must end, if it must."""
-        for msg in msgs:
-            if type(msg) is not DataSent:
-                return f"unexpected {msg.op} from a peer worker"
-            keys = link.pending.get(msg.request_id)
-            if keys is None:
-                log.warning("%s answered unknown request %d", address, msg.request_id)
-                continue
-            parts = link.parts.get(msg.request_id)
-            if parts is None:
-                parts = link.parts[msg.request_id] = Parts(keys)
-            answer = parts.add(msg)
-            if answer is None:
-                continue  # more parts follow
-            del link.pending[msg.request_id], link.parts[msg.request_id]
-            self._on_event(FetchDone(address, keys, answer.data, answer.too_large))
-        return ""
 
 
 class Worker(Retiring):
@@ -190,6 +88,11 @@ class Worker(Retiring):
     peer's value over them is answered as too large, never as missing, and the
     tasks here that need it err with ValueTooLarge. `gpu` watches the GPU its
     process is pinned to (shoal.worker.gpu), for its registration and heartbeats.
+    tasks here that need it err with ValueTooLarge. `http_address` is where its
+    HTTP endpoints listen (shoal.worker.http), told to the scheduler.
+
+    `memory`: thresholds of `memory_limit` (see worker/memory.py); spill files go
+    under `local_directory`, compressed with `spill_compression` if named.
 
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
@@ -213,6 +116,10 @@ class Worker(Retiring):
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
         gpu: DeviceMonitor | None = None,
+        memory: MemoryLimits | None = None,
+        local_directory: str | None = None,
+        spill_compression: str | None = None,
+        http_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler
         self.gpu = gpu  # the device it is pinned to, which its heartbeats describe
@@ -220,15 +127,20 @@ class Worker(Retiring):
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
         self.address = ""
+        # Where its HTTP endpoints listen (worker/http.py), told to the scheduler with
+        # an unspecified host replaced by the data address's; empty: none.
+        self.http_address = http_address
         # With a nanny, a worker whose thread is stuck past a timeout restarts.
         self.nanny = nanny
         self.nanny_id = nanny_id  # the id its nanny registered under at the scheduler
+        self.holding = Holding(self.name, local_directory, spill_compression)
         self.state = WorkerState(
             nthreads,
             prefetch=PREFETCH_PER_THREAD * nthreads,
             timeout_grace=timeout_grace,
             can_restart=nanny,
             limits=data_limits,
+            memory=(memory or MemoryLimits()).with_limit(memory_limit),
         )
         # What this worker accepts in one batch on its data connections: from the
         # peers it fetches from, and from those that fetch from it or put data on it.
@@ -279,7 +191,7 @@ class Worker(Retiring):
                 tls=self._tls,
                 limits=self.data_limits,
             )
-            self.address = advertised(self._listener.address, comm.local_address)
+            self.address = _advertised(self._listener.address, comm)
             leftover = await self._register(comm)
         except BaseException:
             comm.abort("worker start failed")
@@ -290,12 +202,23 @@ class Worker(Retiring):
         self._pool = ThreadPool(
             self.nthreads,
             self._on_executed,
+            executor=Executor(store=self.holding.store),
             name=f"shoal-{self.name}",
             on_started=self._on_started,
         )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
         return self
+
+    @property
+    def fetcher(self) -> PeerFetcher | None:
+        """Its fetches from peers, with their counts (None until started)."""
+        return self._fetcher
+
+    @property
+    def registered(self) -> bool:
+        """Joined its scheduler and not stopped (for /ready)."""
+        return self._main is not None and not self._main.done() and not self._stop.is_set()
 
     async def finished(self) -> None:
         """Return once the worker has stopped (close(), or the scheduler was lost).
@@ -358,6 +281,7 @@ class Worker(Retiring):
                 nanny=self.nanny,
                 nanny_id=self.nanny_id,
                 **(self.gpu.registration() if self.gpu is not None else {}),
+                http_address=advertised_http(self.http_address, self.address),
             )
         )
         async with asyncio.timeout(self._connect_timeout):
@@ -365,7 +289,7 @@ class Worker(Retiring):
                 msgs = await comm.read()
                 for i, msg in enumerate(msgs):
                     if type(msg) is WorkerRegistered:
-                        self.name = msg.name
+                        self.name = self.holding.name = msg.name
                         return msgs[i + 1 :]
                     if type(msg) is RegistrationRefused:
                         raise RegistrationError(
@@ -443,6 +367,7 @@ class Worker(Retiring):
         if self._pool is not None:
             # A restart is for a stuck thread: waiting for it would be in vain.
             await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
+        self.holding.close()
         log.info("worker %s stopped", self.name)
 
     # -- the scheduler link -------------------------------------------------------
@@ -460,7 +385,7 @@ class Worker(Retiring):
             self._on_messages(msgs)
 
     async def _clock(self) -> None:
-        """Heartbeats to the scheduler; running tasks checked against their timeouts."""
+        """Heartbeats; running tasks checked against their timeouts; memory measured."""
         import psutil
 
         process = psutil.Process()
@@ -470,18 +395,14 @@ class Worker(Retiring):
             now = time.monotonic()
             if self.state.timed and self._pool is not None:
                 self._handle(Tick(self._pool.running()), now)
+            self._handle(self.holding.sample(self._pool), now)
             if now >= next_beat:
                 next_beat = now + self._heartbeat_interval
-                self._send(
-                    Heartbeat(
-                        cpu=process.cpu_percent(),
-                        memory=process.memory_info().rss,
-                        executing=len(self._pool.running()) if self._pool is not None else 0,
-                        devices=self.gpu.sample() if self.gpu is not None else (),
-                    )
-                )
+                devices = self.gpu.sample() if self.gpu is not None else ()
+                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool, devices))
             # Never long asleep: a task with a timeout may start at any moment.
-            pause = min(next_beat - now, TIMEOUT_CHECK_S if self.state.timed else 0.25)
+            quick = self.state.timed or self.memory_limit  # and memory may grow fast
+            pause = min(next_beat - now, TIMEOUT_CHECK_S if quick else 0.25)
             await asyncio.sleep(pause)
 
     def _on_messages(self, msgs: list[Message]) -> None:
@@ -503,7 +424,7 @@ class Worker(Retiring):
         if self._stop.is_set():
             return  # stopping: the scheduler hears WorkerLeaving, not these
         now = time.monotonic()
-        for event in batch:
+        for event in self.holding.after_tasks(batch, self._pool, self.memory_limit):
             self._handle(event, now)
 
     def _on_started(self, keys: list[Key]) -> None:
@@ -525,6 +446,8 @@ class Worker(Retiring):
             elif kind is Execute:
                 assert self._pool is not None
                 self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind in MEMORY_COMMANDS:
+                self.holding.carry_out(command, self._pool)
             elif kind is Fetch:
                 assert self._fetcher is not None
                 self._fetcher.fetch(command.address, command.keys)  # type: ignore[union-attr]
@@ -589,8 +512,8 @@ class Worker(Retiring):
         data: dict[Key, Serialized] = {}
         missing: list[Key] = []
         for key in msg.keys:
-            value = self.state.value_of(key)
-            payload = _payload_of(key, value) if value is not None else None
+            held = self.state.value_of(key) is not None
+            payload = self.holding.store.payload(key) if held else None
             if payload is None:
                 missing.append(key)
             else:
@@ -598,16 +521,11 @@ class Worker(Retiring):
         return data, tuple(missing)
 
 
-def _payload_of(key: Key, value: Value) -> Serialized | None:
-    """The value's payload, made now if it has none (and kept, unless on the device:
-    then a host copy for this answer); None if it cannot be pickled."""
-    payload = value.payload
-    if payload is None:
-        try:
-            payload = serialize(value.obj, f"value of {key!r}")
-        except ShoalError as exc:
-            log.warning("cannot serve %r: %s", key, exc)
-            return None
-        if not value.on_device:
-            value.payload = payload
-    return payload
+def _advertised(listening: str, comm: Comm) -> str:
+    """Where peers reach the listener: a wildcard host becomes the address this host
+    uses toward the scheduler, which peers on the scheduler's network can reach."""
+    addr = parse_address(listening)
+    if addr.host not in _UNSPECIFIED_HOSTS:
+        return listening
+    local = parse_address(comm.local_address)
+    return str(Address(addr.scheme, local.host, addr.port))
