@@ -171,3 +171,9 @@ class NestingTooDeep(ShoalError, ValueError):
 class UploadError(ShoalError):
     """An uploaded file did not import on a worker; the message names the worker
     and the error. The file stays uploaded."""
+
+
+class NoDevice(ShoalError):
+    """No GPU matches what was asked for (`--gpus`, `LocalCluster(gpus=...)`): NVML
+    could not be loaded, finds no device, or none of the ones named. The message
+    says what was looked for and what was found."""
