@@ -11,6 +11,7 @@ exists here). The frames hold no variables of the task.
 from __future__ import annotations
 
 import re
+import threading
 from types import TracebackType
 
 _FRAME = re.compile(r'^  File "(?P<file>[^"\n]*)", line (?P<line>\d+), in (?P<name>.+)$', re.M)
@@ -31,13 +32,24 @@ def remote_traceback(text: str) -> TracebackType | None:
     frames = [(m["file"], int(m["line"]), m["name"].strip()) for m in _FRAME.finditer(text, at)][
         -MAX_FRAMES:
     ]
-    head: TracebackType | None = None
-    for filename, line, name in reversed(frames):
-        tb = _frame(filename, min(max(line, 1), MAX_LINE), name)
-        if tb is not None:
-            tb.tb_next = head
-            head = tb
-    return head
+    made: list[TracebackType | None] = [None]
+
+    def build() -> None:
+        head: TracebackType | None = None
+        for filename, line, name in reversed(frames):
+            tb = _frame(filename, min(max(line, 1), MAX_LINE), name)
+            if tb is not None:
+                tb.tb_next = head
+                head = tb
+        made[0] = head
+
+    # On a thread of its own: a made frame's callers (f_back) are then that thread's
+    # few frames, never the caller's, whose locals (a Future, the exception itself)
+    # the traceback would otherwise keep alive.
+    thread = threading.Thread(target=build, name="shoal-traceback", daemon=True)
+    thread.start()
+    thread.join()
+    return made[0]
 
 
 def _frame(filename: str, line: int, name: str) -> TracebackType | None:
