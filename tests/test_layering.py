@@ -39,6 +39,8 @@ PURE_CORES = [
     "scheduler/history.py",
     "scheduler/validate.py",
     "scheduler/stalls.py",
+    "scheduler/tally.py",
+    "scheduler/views.py",
     "worker/state.py",
     "worker/events.py",
     "worker/validate.py",
