@@ -388,11 +388,15 @@ def test_metrics_ingress_and_autoscalers_point_at_the_right_ports() -> None:
         bounds = {"cpu": (1, 20), "big": (0, 5)}[group]
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == bounds
         metric = hpa["spec"]["metrics"][0]["external"]
-        assert metric["metric"]["name"] == "shoal_desired_workers"
+        assert metric["metric"]["name"] == "shoal_scheduler_desired_workers"
         assert metric["metric"]["selector"]["matchLabels"] == {"group": group}
         assert metric["target"] == {"type": "AverageValue", "averageValue": "1"}
     docs = render(values_of("keda"))
     scaled = one(docs, "ScaledObject", f"{RELEASE}-shoal-worker-cpu")
+    assert [s["metadata"]["name"] for s in kind(docs, "ScaledObject")] == [
+        f"{RELEASE}-shoal-worker-cpu"
+    ]  # only the group named in autoscaling.groups
+    assert worker_groups(docs)["io"]["spec"]["replicas"] == 3
     trigger = scaled["spec"]["triggers"][0]
     assert (
         trigger["metadata"]["url"]
