@@ -20,7 +20,7 @@ from shoal.protocol.tls import TLSConfig
 from shoal.protocol.web import TOKEN_COOKIE, Guard, WebServer
 from shoal.scheduler.server import Scheduler
 from shoal.scheduler.tally import key_prefix
-from shoal.worker.http import WorkerWeb, advertised_http
+from shoal.worker.http import WorkerWeb, advertised_http, gpu_memory
 from shoal.worker.server import Worker
 from tests.certs import PKI
 
@@ -241,3 +241,18 @@ def test_the_worker_tells_an_address_peers_can_reach() -> None:
     assert advertised_http("http://0.0.0.0:9000", "tcp://10.0.0.7:4001") == "http://10.0.0.7:9000"
     assert advertised_http("https://127.0.0.1:9000", "tcp://10.0.0.7:1") == "https://127.0.0.1:9000"
     assert advertised_http("", "tcp://10.0.0.7:4001") == ""
+
+
+@pytest.mark.gpu
+def test_gpu_memory_where_present() -> None:
+    pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    try:
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError as exc:
+        pytest.skip(f"no NVIDIA GPU here: {exc}")
+    (family,) = gpu_memory()
+    by_gpu = {(s.labels["gpu"], s.labels["type"]): s.value for s in family.samples}
+    assert len(by_gpu) == 2 * count
+    for index in range(count):
+        assert 0 < by_gpu[str(index), "used"] <= by_gpu[str(index), "total"]

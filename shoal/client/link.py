@@ -30,6 +30,7 @@ from shoal.protocol.messages import (
     WhoHas,
     WhoHasAnswer,
     WorkersChanged,
+    WorkersPaused,
 )
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
@@ -52,6 +53,17 @@ def stalled_text(msg: TasksStalled) -> str:
     )
 
 
+def paused_text(msg: WorkersPaused) -> str:
+    """The warning a client logs for a WorkersPaused."""
+    used = f" ({msg.memory // 2**20} of {msg.limit // 2**20} MiB in use)" if msg.limit else ""
+    return (
+        f"all {msg.workers} workers are paused for memory{used}: {msg.waiting} task(s) "
+        "wanted here wait until one resumes (workers spill to disk meanwhile) or a worker "
+        "joins; if memory is held outside shoal's values, a larger memory_limit or more "
+        "workers are needed"
+    )
+
+
 class SchedulerLink:
     """One registered connection to the scheduler, on the client's loop.
 
@@ -71,6 +83,7 @@ class SchedulerLink:
         self.on_lost = on_lost
         self.client_id = ""
         self.workers = 0
+        self.http_address = ""  # the scheduler's HTTP endpoints, as its welcome said
         self.lost: str | None = None
         self.closing = False
         self._comm: Comm | None = None
@@ -113,6 +126,7 @@ class SchedulerLink:
             comm.abort("registration did not complete")
             raise
         self.client_id, self.workers = first[0].client_id, first[0].workers
+        self.http_address = first[0].http_address
         self._comm = comm
         with self.keys.batch():
             for msg in first[1:]:
@@ -157,6 +171,8 @@ class SchedulerLink:
             self._workers_changed(msg.workers)
         elif isinstance(msg, TasksStalled):
             log.warning("%s", stalled_text(msg))
+        elif isinstance(msg, WorkersPaused):
+            log.warning("%s", paused_text(msg))
         elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated):
             waiter = self._requests.get(msg.request_id)
             if waiter is not None and not waiter.done():

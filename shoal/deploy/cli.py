@@ -17,6 +17,7 @@ from shoal import __version__
 from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.logs import configure_logging
+from shoal.deploy.memory_flags import add_memory_arguments, memory_limits
 from shoal.deploy.nanny import (
     FATAL_EXIT,
     INTERNAL_ERROR_EXIT,
@@ -30,6 +31,7 @@ from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
+from shoal.worker.spillfile import check_compression
 
 if TYPE_CHECKING:
     from shoal.worker.http import WorkerWeb
@@ -58,11 +60,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
 
 def _add_http(parser: argparse.ArgumentParser, default: int, what: str) -> None:
     group = parser.add_argument_group("HTTP")
+    more = (
+        f"; default {default}, or any free port when {default} is taken or --port is 0"
+        if default
+        else "; default 0"
+    )
     group.add_argument(
         "--http-port",
         type=_checked(options.port),
-        default=default,
-        help=f"port of {what} on the same interface (0: any free port; default {default})",
+        default=None,
+        help=f"port of {what} on the same interface (0: any free port{more})",
     )
     group.add_argument("--no-http", action="store_true", help="serve no HTTP endpoints")
 
@@ -273,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
     )
-    _add_http(worker, 0, "/metrics, /health, /ready")
     worker.add_argument(
         "--retire-timeout",
         type=_positive,
@@ -283,12 +289,31 @@ def build_parser() -> argparse.ArgumentParser:
         f"to other workers; it leaves after this long regardless (default "
         f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
     )
+    _add_http(worker, 0, "/metrics, /health, /ready")
+    add_memory_arguments(worker, _checked, _text)
     _add_security(worker)
 
     retiring = retire.add_parser(
         commands, _checked(_connect_address), _checked(_text("the worker")), _positive
     )
     _add_security(retiring)
+
+    stat = commands.add_parser("status", help="print a scheduler's workers and task counts")
+    stat.set_defaults(parser=stat)
+    stat.add_argument(
+        "address",
+        type=_checked(_connect_address),
+        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
+    )
+    stat.add_argument("--json", action="store_true", help="the scheduler's info as JSON")
+    stat.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when the scheduler does not answer within this (default 10)",
+    )
+    _add_security(stat)
 
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
     demo.add_argument(
@@ -318,6 +343,10 @@ def check_args(args: argparse.Namespace) -> None:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
             parser.error(f"argument --memory-limit: {exc}")
+        try:
+            check_compression(args.spill_compression)
+        except ValueError as exc:
+            parser.error(f"argument --spill-compression: {exc}")
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -384,7 +413,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         no_worker_warning=args.no_worker_warning,
         no_workers_timeout=args.no_workers_timeout,
         freeze_gc=True,  # this process is the scheduler's alone
-        http_port=None if args.no_http else args.http_port,
+        http_port=None if args.no_http else _scheduler_http_port(args),
+        http_fallback=args.http_port is None,  # the default port gives way when taken
     )
     try:
         await scheduler.start()
@@ -405,6 +435,12 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_http_port(args: argparse.Namespace) -> int:
+    if args.http_port is not None:
+        return int(args.http_port)
+    return 0 if args.port == 0 else DEFAULT_HTTP_PORT
+
+
 async def _run_worker(args: argparse.Namespace) -> int:
     """A worker in this process; it joins its scheduler again whenever it loses it."""
     from shoal.worker.http import WorkerWeb
@@ -414,7 +450,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
     web = None
     if not args.no_http:
         web = WorkerWeb(
-            host=_worker_http_host(args), port=args.http_port, token=args.token, tls=_tls(args)
+            host=_worker_http_host(args),
+            port=args.http_port or 0,
+            token=args.token,
+            tls=_tls(args),
         )
         try:
             await web.start()
@@ -458,6 +497,9 @@ async def _serve_worker(
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
             http_address=web.address if web is not None else "",
+            memory=memory_limits(args),
+            local_directory=args.local_directory,
+            spill_compression=check_compression(args.spill_compression),
         )
         if web is not None:
             web.worker = worker
@@ -507,6 +549,8 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         _worker_options(argv),
         name=args.name,
         memory_limit=args.memory_limit,
+        terminate=args.memory_terminate_fraction,
+        nthreads=args.nthreads,
         token=args.token,
         tls=_tls(args),
         log_level=args.log_level,
@@ -559,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     check_args(args)
-    level = "warning" if args.command == "demo" else args.log_level
+    level = "warning" if args.command in ("demo", "status") else args.log_level
     configure_logging(level, args.log_format)
     if args.command == "demo":
         from shoal.deploy.demo import main as demo_main
@@ -572,6 +616,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shoal retire: {exc}", file=sys.stderr)
             return 1
     try:
+        if args.command == "status":
+            from shoal.deploy.status import status
+
+            text = status(
+                str(args.address),
+                token=args.token,
+                tls=_tls(args),
+                timeout=args.timeout,
+                as_json=args.json,
+            )
+            print(text, flush=True)
+            return 0
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))
         if args.no_nanny:

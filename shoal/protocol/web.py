@@ -11,6 +11,7 @@ tasks; the scheduler and the worker bring their own routes and collectors.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hmac
 import ipaddress
@@ -243,7 +244,9 @@ class WebServer:
     """An HTTP(S) server for `routes` at `host`:`port` (0: any free port).
 
     `address` is http(s)://host:port once `start()` returned. Beyond loopback
-    without a token it refuses to start unless `allow_insecure`.
+    without a token it refuses to start unless `allow_insecure`. With
+    `fallback`, a port already taken is replaced by any free one (a warning
+    says so), as for a default port.
     """
 
     def __init__(
@@ -256,8 +259,9 @@ class WebServer:
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
         static_path: str | None = None,
+        fallback: bool = False,
     ) -> None:
-        self.host, self.port = host, port
+        self.host, self.port, self.fallback = host, port, fallback
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
         settings: dict[str, Any] = {"shoal_guard": Guard(token), "log_function": _log_request}
         if static_path is not None:
@@ -281,7 +285,13 @@ class WebServer:
                 f"HTTP on {self.host} is beyond loopback: give a cluster token "
                 "(the endpoints then need it as a bearer header), or allow_insecure"
             )
-        sockets = tornado.netutil.bind_sockets(self.port, host or None, family=socket.AF_UNSPEC)
+        try:
+            sockets = tornado.netutil.bind_sockets(self.port, host or None, family=socket.AF_UNSPEC)
+        except OSError as exc:
+            if not (self.fallback and self.port and exc.errno == errno.EADDRINUSE):
+                raise
+            log.warning("HTTP port %d is taken; serving HTTP on a free port instead", self.port)
+            sockets = tornado.netutil.bind_sockets(0, host or None, family=socket.AF_UNSPEC)
         ssl_options = self._tls.server_context() if self._tls is not None else None
         self._server = tornado.httpserver.HTTPServer(self.app, ssl_options=ssl_options)
         self._server.add_sockets(sockets)

@@ -151,11 +151,19 @@ def scheduler_web(
     token: str | bytes | None,
     tls: TLSConfig | None,
     allow_insecure: bool,
+    fallback: bool = False,
 ) -> WebServer:
-    """The scheduler's HTTP server, not started."""
+    """The scheduler's HTTP server, not started (see WebServer for `fallback`)."""
     options: dict[str, Any] = {"scheduler": scheduler}
+    files = {"scheduler": scheduler, "files": page_files()}
     server = WebServer(
-        [], host=host, port=port, token=token, tls=tls, allow_insecure=allow_insecure
+        [],
+        host=host,
+        port=port,
+        token=token,
+        tls=tls,
+        allow_insecure=allow_insecure,
+        fallback=fallback,
     )
     registry = registry_for("shoal_scheduler", server.loop, SchedulerCollector(scheduler.state))
     server.app.add_handlers(
@@ -172,6 +180,8 @@ def scheduler_web(
             (r"/api/v1/events", EventsHandler, options),
             (r"/api/v1/desired-workers", DesiredWorkersHandler, options),
             (r"/api/v1/dashboard", DashboardDataHandler, options),
+            (r"/", PageHandler, files),
+            (r"/dashboard/([a-z.]+)", PageHandler, files),
         ],
     )
     return server

@@ -117,7 +117,9 @@ class Scheduler:
     every connection. `freeze_gc` sets the process's garbage collection
     policy (see Collector). `http_port` serves the HTTP endpoints and the
     dashboard (shoal.scheduler.http) on the same host (0: any free port;
-    None: no HTTP); `http_address` is then their address. Extra keyword
+    None: no HTTP); `http_address` is then their address. With
+    `http_fallback`, a taken `http_port` gives way to any free port (for a
+    default port, as the `shoal scheduler` command's). Extra keyword
     arguments configure SchedulerState.
 
     An internal error (an exception from the core or from this shell) is
@@ -138,10 +140,11 @@ class Scheduler:
         sock: socket.socket | None = None,
         freeze_gc: bool = False,
         http_port: int | None = None,
+        http_fallback: bool = False,
         **state_options: Any,
     ) -> None:
         self.address = address
-        self.http_port = http_port
+        self.http_port, self._http_fallback = http_port, http_fallback
         self.http_address = ""
         self._web: WebServer | None = None
         self._sock = sock  # bound and listening at `address` already, if given
@@ -184,6 +187,7 @@ class Scheduler:
                 await self._start_web(self.http_port)
             except BaseException:
                 await self._listener.close()
+                self._listener = None
                 raise
         self._main = asyncio.create_task(self._run(), name=f"scheduler {self.address}")
         log.info("scheduler listening at %s", self.address)
@@ -197,6 +201,7 @@ class Scheduler:
             token=self._token,
             tls=self._tls,
             allow_insecure=self._allow_insecure,
+            fallback=self._http_fallback,
         )
         await self._web.start()
         self.http_address = self.state.http_address = self._web.address

@@ -87,7 +87,7 @@ class Tally:
         name = key_prefix(key)
         group = self.groups.get(name)
         if group is None:
-            if len(self.groups) >= MAX_GROUPS:
+            if len(self.groups) >= MAX_GROUPS - 1:  # one kept for OTHER
                 name = OTHER
                 group = self.groups.get(name)
             if group is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
+from shoal.scheduler.memory import MemoryPressure
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -27,9 +28,9 @@ from shoal.scheduler.retirement import Retirements
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents(Retirements):
+class WorkerEvents(Retirements, MemoryPressure):
     """Handlers of worker membership and liveness (see SchedulerState); leaving
-    gracefully is retirement.py's."""
+    gracefully is retirement.py's, pausing for memory memory.py's."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
         reason = self._registration_problem(msg)
@@ -82,6 +83,7 @@ class WorkerEvents(Retirements):
     def _heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
+        ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
         """A worker's threads started these tasks: its death would count against them."""
@@ -173,8 +175,6 @@ class WorkerEvents(Retirements):
         """
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
-        self._retirement_over(ws)
-        self.retire_events += 1  # it may have been fetching a retiring worker's values
         if cause is None:
             self.tally.workers_left += 1
             self.tally.event(self._now, "worker-left", worker=ws.name, address=ws.address)
@@ -183,6 +183,8 @@ class WorkerEvents(Retirements):
             self.tally.event(
                 self._now, "worker-died", worker=ws.name, address=ws.address, cause=cause
             )
+        self._retirement_over(ws)
+        self.retire_events += 1  # it may have been fetching a retiring worker's values
         if self.by_address.get(ws.address) is ws:
             del self.by_address[ws.address]
             # Rare: a dying worker's successor took its address and left first.
