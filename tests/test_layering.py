@@ -39,6 +39,7 @@ PURE_CORES = [
     "scheduler/history.py",
     "scheduler/validate.py",
     "scheduler/stalls.py",
+    "scheduler/roles.py",
     "worker/state.py",
     "worker/events.py",
     "worker/validate.py",

@@ -27,8 +27,9 @@ from shoal.protocol.connection import (
 from shoal.protocol.escape import peer_text
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.limits import DEFAULT_LIMITS, HANDSHAKE_LIMITS, Limits
-from shoal.protocol.refusals import RefusalLog
+from shoal.protocol.refusals import RefusalLog, Summary
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.protocol.transports import (
     SocketTransport,
     StreamTransport,
@@ -41,6 +42,9 @@ __all__ = ["Comm", "Listener", "connect", "listen"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Comm], Awaitable[None]]
+# Told of each refusal logged in full and each count of those left out (for an
+# audit log): an event name and its fields, plain data with no secret in it.
+EventHook = Callable[[str, dict[str, object]], None]
 
 # -- connect ----------------------------------------------------------------------
 
@@ -149,8 +153,10 @@ _inproc_ids = itertools.count(1)
 class Listener:
     """Accepts connections, runs the handshake, and hands each Comm to `handler`.
 
-    A failed handshake or bad bytes cost that one connection (one WARNING);
-    an exception in `handler` is logged with its traceback. `close()` stops
+    A failed handshake or bad bytes cost that one connection (one WARNING, a
+    few per host and window, then a count); an exception in `handler` is logged
+    with its traceback. `on_event`, if given, hears of each refusal logged in
+    full and of each count of those left out. `close()` stops
     accepting, cancels the handlers and closes their connections.
     """
 
@@ -160,17 +166,20 @@ class Listener:
         handler: Handler,
         role: str,
         name: str,
-        token: bytes | None,
+        keyring: Keyring | None,
         tls: TLSConfig | None,
         limits: Limits,
         handshake_timeout: float,
         sock: socket.socket | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         self._bind = address
         self._given = sock
         self.address = str(address)
         self._handler = handler
-        self._role, self._name, self._token = role, name, token
+        self._role, self._name, self.keyring = role, name, keyring
+        self._on_event = on_event
+        self._summary_timer: asyncio.TimerHandle | None = None
         self._tls, self._limits = tls, limits
         self._handshake_timeout = handshake_timeout
         self._sock: socket.socket | None = None
@@ -244,7 +253,7 @@ class Listener:
                             True,
                             ssl_timeout=self._handshake_timeout,
                         )
-                    await listener_handshake(comm, self._role, self._name, self._token)
+                    await listener_handshake(comm, self._role, self._name, self.keyring)
             except ProtocolError as exc:
                 self._log_refusal(peer, f"refused connection from {peer}: {exc}")
                 return
@@ -295,8 +304,34 @@ class Listener:
         full, summaries = self.refusals.refused(host, line, time.monotonic())
         if full:
             log.warning("%s", line)
+            if self._on_event is not None:
+                self._on_event("connection-refused", {"peer": peer, "reason": line})
+        self._summarised(summaries)
+        if self.refusals.pending and self._summary_timer is None:
+            # A window's count is due when it ends, even if nobody is refused then.
+            loop = asyncio.get_running_loop()
+            self._summary_timer = loop.call_later(self.refusals.window_s, self._summaries_due)
+
+    def _summaries_due(self) -> None:
+        self._summary_timer = None
+        self._summarised(self.refusals.expire(time.monotonic()))
+        if self.refusals.pending:
+            loop = asyncio.get_running_loop()
+            self._summary_timer = loop.call_later(self.refusals.window_s, self._summaries_due)
+
+    def _summarised(self, summaries: list[Summary]) -> None:
         for summary in summaries:
             log.warning("%s", summary)
+            if self._on_event is not None:
+                self._on_event(
+                    "connections-refused",
+                    {
+                        "host": summary.host,
+                        "count": summary.count,
+                        "seconds": round(summary.seconds, 3),
+                        "last_reason": summary.last_reason,
+                    },
+                )
 
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
@@ -317,14 +352,30 @@ class Listener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for summary in self.refusals.close(time.monotonic()):
-            log.warning("%s", summary)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+        self._summarised(self.refusals.close(time.monotonic()))
 
     async def __aenter__(self) -> Listener:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def check_tls_required(addr: Address, require_tls: bool, who: str) -> None:
+    """With `require_tls`, a tcp:// address is refused (inproc:// never leaves
+    the process).
+
+    Raises:
+        PermissionError: naming the address and `who` requires TLS.
+    """
+    if require_tls and addr.scheme == "tcp":
+        raise PermissionError(
+            f"{who} requires TLS (--require-tls) and refuses the plain address {addr}: "
+            "use tls:// with a certificate"
+        )
 
 
 def _peer_of(conn: socket.socket, scheme: str) -> str:
@@ -352,30 +403,44 @@ async def listen(
     role: str = "scheduler",
     name: str = "",
     token: str | bytes | None = None,
+    keyring: Keyring | None = None,
     tls: TLSConfig | None = None,
     limits: Limits = DEFAULT_LIMITS,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     allow_insecure: bool = False,
+    require_tls: bool = False,
     sock: socket.socket | None = None,
+    on_event: EventHook | None = None,
 ) -> Listener:
     """Listen at `address` (port 0 picks a free port: read `Listener.address`).
 
     Returns once the listener accepts connections. `sock`, a socket already
-    bound and listening at `address`, is used instead of binding one.
+    bound and listening at `address`, is used instead of binding one. A peer
+    must prove it holds `token` (which then has the admin role) or one of the
+    tokens of `keyring` (each with its role); `Comm.token` says which.
 
     Raises:
         PermissionError: a non-loopback address without a token, unless
-            `allow_insecure`: anyone who reaches the port could run code.
+            `allow_insecure`: anyone who reaches the port could run code; or a
+            tcp:// address with `require_tls`.
+        ValueError: both `token` and `keyring`.
         OSError: the address cannot be bound.
     """
     addr = parse_address(address)
     hs.check_role(role)
     secret = hs.token_bytes(token)
-    if secret is None and not addr.is_loopback and not allow_insecure:
+    if secret is not None:
+        if keyring is not None:
+            raise ValueError("give a token or a keyring, not both")
+        keyring = Keyring.single(secret)
+    check_tls_required(addr, require_tls, f"this {role}")
+    if keyring is None and not addr.is_loopback and not allow_insecure:
         raise PermissionError(
             f"refusing to listen on {addr} without a cluster token: anyone who can reach "
             "the port could run code here. Set a token, or allow insecure listening explicitly."
         )
-    listener = Listener(addr, handler, role, name, secret, tls, limits, handshake_timeout, sock)
+    listener = Listener(
+        addr, handler, role, name, keyring, tls, limits, handshake_timeout, sock, on_event
+    )
     await listener._start()
     return listener

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shoal.protocol.schema import Message
     from shoal.scheduler.ingest import Plan
     from shoal.scheduler.replicas import Replication
+    from shoal.scheduler.roles import Grant
     from shoal.scheduler.stalls import Stall
 
 
@@ -36,6 +37,9 @@ class CoreBase:
     """The attributes and methods of SchedulerState that its mixins rely on."""
 
     address: str
+    audit: bool
+    require_tls: bool
+    grants: dict[str, Grant]
     heartbeat_timeout: float
     allowed_failures: int
     death_report_wait: float
@@ -92,6 +96,10 @@ class CoreBase:
         # replicas.py
         def _copy_settled(self, key: object, ws: WorkerInfo) -> None: ...
         def _lost_for_good(self, ts: TaskState) -> None: ...
+
+        # roles.py
+        def _audit(self, event: str, **fields: object) -> None: ...
+        def _token_of(self, peer: str) -> str: ...
 
         # workers.py
         def _remove_worker(self, ws: WorkerInfo, cause: str | None = None) -> None: ...

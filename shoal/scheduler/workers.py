@@ -36,6 +36,7 @@ class WorkerEvents(CoreBase):
             # The connection stays open so that the refusal is delivered; an
             # unregistered peer can do nothing else on it.
             self._send(peer, m.RegistrationRefused(reason=reason))
+            self._audit("worker-refused", conn=peer, name=msg.name[:100], reason=reason)
             return
         ws = WorkerInfo(
             peer,
@@ -52,6 +53,16 @@ class WorkerEvents(CoreBase):
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
         self._send(peer, m.WorkerRegistered(name=ws.name))
+        self._audit(
+            "worker-joined",
+            conn=peer,
+            name=ws.name[:100],
+            address=ws.address[:200],
+            token=self._token_of(peer),
+            nthreads=ws.nthreads,
+            nanny=ws.nanny,
+            resources={name[:60]: amount for name, amount in list(ws.resources.items())[:20]},
+        )
         self._workers_changed()
         self._fill(ws)
 
@@ -61,6 +72,8 @@ class WorkerEvents(CoreBase):
             return f"a worker named {msg.name!r} is already registered"
         if msg.nthreads < 1:
             return f"nthreads must be at least 1, not {msg.nthreads}"
+        if self.require_tls and not msg.address.startswith(("tls://", "inproc://")):
+            return f"this cluster requires TLS, and the data address {msg.address[:200]!r} is plain"
         holder = self.by_address.get(msg.address)
         # A dying worker's successor may take its address: the dying one serves nothing.
         if holder is not None and holder not in self.dying:
@@ -155,6 +168,10 @@ class WorkerEvents(CoreBase):
         `allowed_failures` workers died under it (see _count_death; `reported`:
         the cause is its nanny's report).
         """
+        if cause is None:
+            self._audit("worker-left", conn=ws.peer, name=ws.name[:100])
+        else:
+            self._audit("worker-died", conn=ws.peer, name=ws.name[:100], cause=cause[:1000])
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
         if self.by_address.get(ws.address) is ws:

@@ -1,0 +1,117 @@
+"""Token roles and the permission table: which roles may send each message.
+
+Every message of the catalogue (shoal.protocol.messages) has a row, and a test
+fails when one has none. A row lists the roles whose connections a listener
+(the scheduler, or a worker's data port) accepts the message from; an empty
+row marks a message only listeners send (an answer, an order), which no
+listener accepts from anyone. Pure: the scheduler's core and the worker's
+data port consult it; neither decides permissions anywhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from shoal.protocol import messages as m
+from shoal.protocol.schema import Message
+
+
+class Role(enum.StrEnum):
+    """What a token lets its holder do (the role of a `role name secret` line)."""
+
+    ADMIN = "admin"  # everything, including retiring workers and changing the cluster
+    SUBMIT = "submit"  # a client: submit, gather, cancel its own work (runs code on workers)
+    WORKER = "worker"  # join as a worker or a nanny; fetch from other workers
+    READ = "read"  # status, metrics, dashboard: no code runs
+
+
+ADMIN, SUBMIT, WORKER, READ = Role.ADMIN, Role.SUBMIT, Role.WORKER, Role.READ
+
+Roles = frozenset[Role]
+EVERYONE: Roles = frozenset(Role)
+# Sent only by a listener (answers, orders, reports): no listener accepts it.
+NOBODY: Roles = frozenset()
+_WORKERS: Roles = frozenset({ADMIN, WORKER})
+_CLIENTS: Roles = frozenset({ADMIN, SUBMIT})
+_READERS: Roles = frozenset({ADMIN, SUBMIT, READ})
+# Values on a worker's data port: its peers fetch them, and so do clients (gather).
+_FETCHERS: Roles = frozenset({ADMIN, SUBMIT, WORKER})
+
+PERMISSIONS: dict[type[Message], Roles] = {
+    # The handshake and the connection itself: handled below any role.
+    m.Hello: EVERYONE,
+    m.Authenticate: EVERYONE,
+    m.Welcome: EVERYONE,
+    m.HandshakeFailed: EVERYONE,
+    m.Ping: EVERYONE,
+    m.Pong: EVERYONE,
+    m.Close: EVERYONE,
+    # A worker's data port.
+    m.GetData: _FETCHERS,
+    m.DataSent: NOBODY,
+    m.PutData: _CLIENTS,
+    m.DataStored: NOBODY,
+    # Workers and nannies to the scheduler.
+    m.RegisterWorker: _WORKERS,
+    m.WorkerRegistered: NOBODY,
+    m.RegistrationRefused: NOBODY,
+    m.ComputeTask: NOBODY,
+    m.TaskFinished: _WORKERS,
+    m.TaskErred: _WORKERS,
+    m.TasksStarted: _WORKERS,
+    m.FreeKeys: NOBODY,
+    m.AcquireKeys: NOBODY,
+    m.KeysAcquired: _WORKERS,
+    m.DataMissing: _WORKERS,
+    m.DataFetched: _WORKERS,
+    m.WorkerLeaving: _WORKERS,
+    m.Heartbeat: _WORKERS,
+    m.RegisterNanny: _WORKERS,
+    m.WorkerDied: _WORKERS,
+    # Clients to the scheduler.
+    m.RegisterClient: _READERS,
+    m.ClientRegistered: NOBODY,
+    m.SubmitGraph: _CLIENTS,
+    m.AddData: _CLIENTS,
+    m.Replicate: _CLIENTS,
+    m.Replicated: NOBODY,
+    m.GraphRejected: NOBODY,
+    m.KeyInMemory: NOBODY,
+    m.KeyErred: NOBODY,
+    m.KeysCancelled: NOBODY,
+    m.ReleaseFutures: _CLIENTS,
+    m.CancelKeys: _CLIENTS,
+    m.WhoHas: _CLIENTS,
+    m.WhoHasAnswer: NOBODY,
+    m.GetSchedulerInfo: _READERS,
+    m.SchedulerInfo: NOBODY,
+    m.TasksStalled: NOBODY,
+    m.WorkersChanged: NOBODY,
+    m.RequestRefused: NOBODY,
+}
+
+
+def allowed(role: Role, cls: type[Message]) -> bool:
+    """Whether a connection of `role` may send a message of type `cls`.
+
+    Raises:
+        KeyError: `cls` has no row (a test keeps every message in the table).
+    """
+    return role in PERMISSIONS[cls]
+
+
+def role_words(roles: Roles) -> str:
+    """'the submit or admin role' for the roles of a row, most specific first."""
+    names = [r.value for r in (SUBMIT, WORKER, READ, ADMIN) if r in roles]
+    if not names:
+        return "no role"
+    if len(names) == 1:
+        return f"the {names[0]} role"
+    return f"the {', '.join(names[:-1])} or {names[-1]} role"
+
+
+def refusal(what: str, needed: Roles, role: Role, token_name: str) -> str:
+    """The reason a request is refused: what was asked, the roles it needs, the
+    role and token name of the connection that asked."""
+    token = f"token {token_name!r}" if token_name else "its token"
+    return f"{what} needs {role_words(needed)}; this connection's {token} has the {role} role"
