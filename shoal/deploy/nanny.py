@@ -33,7 +33,7 @@ from typing import Any
 from shoal.deploy.lifeline import Lifeline
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
-from shoal.protocol.messages import Heartbeat, RegisterNanny, WorkerDied
+from shoal.protocol.messages import Heartbeat, RegisterNanny, RequestRefused, WorkerDied
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
 
@@ -124,6 +124,7 @@ class Nanny:
         self.nanny_id = secrets.token_hex(8)
         self._lifeline = Lifeline()
         self._comm: Comm | None = None  # the scheduler link, while connected
+        self._proc: asyncio.subprocess.Process | None = None  # the worker, once started
         self._linked = asyncio.Event()
         self._deaths: collections.deque[float] = collections.deque()
         self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
@@ -131,6 +132,11 @@ class Nanny:
     def stop(self) -> None:
         """Stop the worker (it leaves the scheduler cleanly) and then the nanny."""
         self._stop.set()
+
+    def hangup(self) -> None:
+        """SIGHUP: passed on to the worker process, which reads its token file again."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     async def run(self) -> int:
         """Run and restart the worker; the exit code for the nanny's own process."""
@@ -148,7 +154,7 @@ class Nanny:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
-            proc = await self._spawn()
+            proc = self._proc = await self._spawn()
             code, cause = await self._watch(proc)
             if self._stop.is_set():
                 return 0
@@ -361,7 +367,12 @@ class Nanny:
                         msgs = reader.result()
                     except CommClosedError as exc:
                         return str(exc) or "connection closed"
-                    for msg in msgs:  # the scheduler sends a nanny nothing
+                    for msg in msgs:  # the scheduler sends a nanny nothing, unless refused
+                        if isinstance(msg, RequestRefused):
+                            log.error(
+                                "the scheduler refused nanny of %s: %s", self.name, msg.reason
+                            )
+                            continue
                         log.warning("nanny of %s ignores %s from the scheduler", self.name, msg.op)
                     reader = asyncio.ensure_future(comm.read())
                     continue

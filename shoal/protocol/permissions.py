@@ -91,13 +91,21 @@ PERMISSIONS: dict[type[Message], Roles] = {
 }
 
 
-def allowed(role: Role, cls: type[Message]) -> bool:
-    """Whether a connection of `role` may send a message of type `cls`.
+# The messages a worker's data port takes; the scheduler takes none of them, and
+# the data port nothing else.
+DATA_PORT = frozenset({m.GetData, m.PutData})
+# A message without a row (a test fails on one) is the admin role's alone.
+UNLISTED: Roles = frozenset({ADMIN})
 
-    Raises:
-        KeyError: `cls` has no row (a test keeps every message in the table).
-    """
-    return role in PERMISSIONS[cls]
+
+def needed(cls: type[Message]) -> Roles:
+    """The roles that may send a message of type `cls`."""
+    return PERMISSIONS.get(cls, UNLISTED)
+
+
+def allowed(role: Role, cls: type[Message]) -> bool:
+    """Whether a connection of `role` may send a message of type `cls`."""
+    return role in PERMISSIONS.get(cls, UNLISTED)
 
 
 def role_words(roles: Roles) -> str:
@@ -115,3 +123,12 @@ def refusal(what: str, needed: Roles, role: Role, token_name: str) -> str:
     role and token name of the connection that asked."""
     token = f"token {token_name!r}" if token_name else "its token"
     return f"{what} needs {role_words(needed)}; this connection's {token} has the {role} role"
+
+
+def refused(role: Role, token_name: str, msg: Message) -> str | None:
+    """Why a worker's data port refuses `msg` from a connection of `role`, or None
+    when it takes it (or it is no data-port message: the port closes on those)."""
+    roles = needed(type(msg))
+    if type(msg) not in DATA_PORT or role in roles:
+        return None
+    return refusal(msg.op, roles, role, token_name)

@@ -108,6 +108,8 @@ def new_token_line(role: Role, name: str) -> str:
     Raises:
         TokenFileError: a name that a token file could not hold.
     """
+    if not name or any(c.isspace() for c in name):
+        raise TokenFileError(f"a token's name is one word, without spaces: {name!r}")
     line = f"{role.value} {name} {secrets.token_urlsafe(32)}"
     parse_tokens(line, "the new token")  # the same checks as reading it back
     return line

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from shoal.protocol import messages as m
 from shoal.protocol.escape import peer_text
-from shoal.protocol.permissions import ADMIN, PERMISSIONS, Role, Roles, refusal
+from shoal.protocol.permissions import ADMIN, DATA_PORT, PERMISSIONS, Role, Roles, needed, refusal
 from shoal.protocol.schema import Message
 from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import Audit
@@ -88,23 +88,24 @@ class RoleChecks(CoreBase):
     def _permitted(self, peer: str, msg: Message) -> bool:
         """Whether `peer` may send `msg`; if not, the refusal is queued and audited.
 
-        Messages that no listener accepts (an empty row) pass: the core's own
-        checks close the connection that sent one. So do the messages of a peer
-        that has not registered: it is refused its registration, or closed.
+        Messages that no listener accepts (an empty row) and those of a worker's
+        data port pass: the core's own checks close the connection that sent
+        one. So do the messages of a peer that has not registered: it is refused
+        its registration, or closed.
         """
         grant = self.grants.get(peer, ANYTHING)
         cls = type(msg)
-        needed = PERMISSIONS[cls]
+        roles = needed(cls)
         what = msg.op
-        if needed and grant.role not in needed:
+        if roles and grant.role not in roles and cls not in DATA_PORT:
             registered = peer in self.workers or peer in self.clients or peer in self.nannies
             if not registered and cls not in _REGISTRATIONS:
                 return True
         elif cls is m.CancelKeys and msg.force and grant.role is not ADMIN:  # type: ignore[attr-defined]
-            needed, what = _ADMIN_ONLY, "cancel-keys with force (other clients' keys)"
+            roles, what = _ADMIN_ONLY, "cancel-keys with force (other clients' keys)"
         else:
             return True
-        reason = refusal(what, needed, grant.role, grant.token)
+        reason = refusal(what, roles, grant.role, grant.token)
         if cls is m.RegisterWorker:
             self._send(peer, m.RegistrationRefused(reason=reason))
         else:

@@ -36,11 +36,13 @@ from shoal.protocol.messages import (
     WorkerLeaving,
     WorkerRegistered,
 )
+from shoal.protocol.permissions import refused as refused_for_role
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized, serialize
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.worker.events import (
     Command,
     DataPut,
@@ -200,6 +202,7 @@ class Worker:
         memory_limit: int = 0,
         resources: dict[str, float] | None = None,
         token: str | bytes | None = None,
+        keyring: Keyring | None = None,
         tls: TLSConfig | None = None,
         listen: str | None = None,
         connect_timeout: float = 10.0,
@@ -228,7 +231,9 @@ class Worker:
         # What this worker accepts in one batch on its data connections: from the
         # peers it fetches from, and from those that fetch from it or put data on it.
         self.data_limits = data_limits
-        self._token, self._tls, self._listen = token, tls, listen
+        # `token` is the one it connects with; its data port takes `keyring`'s tokens
+        # (each with its role: see shoal.protocol.permissions), or `token` as admin.
+        self._token, self._keyring, self._tls, self._listen = token, keyring, tls, listen
         self._connect_timeout, self._connect_retry = connect_timeout, connect_retry
         self._heartbeat_interval = heartbeat_interval
         self.restart_requested = False  # it stopped so that its nanny starts it afresh
@@ -270,7 +275,8 @@ class Worker:
                 self._serve_peer,
                 role="worker",
                 name=self.name,
-                token=self._token,
+                token=None if self._keyring else self._token,
+                keyring=self._keyring,
                 tls=self._tls,
                 limits=self.data_limits,
             )
@@ -557,6 +563,8 @@ class Worker:
         for msg in msgs:
             if self._failure is not None:
                 return f"worker {self.name!r} stopped on an internal error"
+            if (why := refused_for_role(comm.access, comm.token_name, msg)) is not None:
+                return f"worker {self.name!r} refuses it: {why}"
             if type(msg) is PutData:
                 self._handle(DataPut(msg.data), time.monotonic())
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
