@@ -392,6 +392,8 @@ class Scheduler:
             if self._listener is not None:
                 await self._listener.close()
                 self._listener = None
+            if self.audit is not None:
+                self.audit.close()
             self._stopped.set()
             return
         self._stop.set()
@@ -404,6 +406,8 @@ class Scheduler:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        if self.audit is not None:
+            self.audit.close()
         self._stopped.set()
 
     async def finished(self) -> None:
