@@ -106,7 +106,7 @@ def test_a_scheduler_with_tokens_tls_and_an_audit_log(tmp_path: Path, pki) -> No
         first = [json.loads(x) for x in (tmp_path / "audit.jsonl.1").read_text().splitlines()]
         accepted = [e for e in first if e["event"] == "connection-accepted"]
         assert accepted and accepted[0]["role"] == "read" and accepted[0]["token"] == "dash"
-        reloaded = [json.loads(x) for x in log.read_text().splitlines()][0]
+        reloaded = json.loads(log.read_text().splitlines()[0])
         assert reloaded["event"] == "tokens-reloaded" and reloaded["added"] == ["etl"]
         assert "XXXX" not in log.read_text()
     finally:
