@@ -226,8 +226,9 @@ def _two_clients(role: Role) -> tuple[SchedulerState, str, str]:
     return state, owner, other
 
 
-def test_a_submit_client_cancels_only_its_own_keys() -> None:
-    state, owner, other = _two_clients(SUBMIT)
+@pytest.mark.parametrize("role", [SUBMIT, READ])
+def test_a_client_cancels_only_its_own_keys(role: Role) -> None:
+    state, owner, other = _two_clients(role)
     out = state.handle(other, m.CancelKeys(keys=("x-1",)), 3.0)
     assert state.tasks["x-1"].wanted_by  # the owner still wants it
     assert not [c for c in out if type(c) is Send and c.peer == owner]
@@ -235,7 +236,7 @@ def test_a_submit_client_cancels_only_its_own_keys() -> None:
     assert state.tasks["x-1"].wanted_by
     out = state.handle(other, m.CancelKeys(keys=("x-1",), force=True), 4.0)
     [answer] = refusals(out)
-    assert "needs the admin role" in answer.reason and "has the submit role" in answer.reason
+    assert "needs the admin role" in answer.reason and f"has the {role} role" in answer.reason
     assert state.tasks["x-1"].wanted_by
 
 

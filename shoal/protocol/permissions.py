@@ -34,6 +34,9 @@ NOBODY: Roles = frozenset()
 _WORKERS: Roles = frozenset({ADMIN, WORKER})
 _CLIENTS: Roles = frozenset({ADMIN, SUBMIT})
 _READERS: Roles = frozenset({ADMIN, SUBMIT, READ})
+# A client letting go of its own futures: harmless for any client, and a read-only
+# client holds futures too (those of a refused graph), which it releases as it drops them.
+_OWN_FUTURES: Roles = _READERS
 # Values on a worker's data port: its peers fetch them, and so do clients (gather).
 _FETCHERS: Roles = frozenset({ADMIN, SUBMIT, WORKER})
 
@@ -79,8 +82,8 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.KeyInMemory: NOBODY,
     m.KeyErred: NOBODY,
     m.KeysCancelled: NOBODY,
-    m.ReleaseFutures: _CLIENTS,
-    m.CancelKeys: _CLIENTS,
+    m.ReleaseFutures: _OWN_FUTURES,
+    m.CancelKeys: _OWN_FUTURES,  # its own keys only; with `force`, admin only (roles.py)
     m.WhoHas: _CLIENTS,
     m.WhoHasAnswer: NOBODY,
     m.GetSchedulerInfo: _READERS,
