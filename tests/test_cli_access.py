@@ -117,3 +117,37 @@ def test_a_scheduler_with_tokens_tls_and_an_audit_log(tmp_path: Path, pki) -> No
         if proc.stderr:
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+async def test_a_worker_and_its_nanny_join_with_a_token_file(tmp_path: Path, no_leaks) -> None:
+    """`shoal worker --token-file`: the nanny and the worker connect with the file's
+    worker token, and the worker's data port takes the file's submit token."""
+    from shoal.client.client import Client
+    from shoal.protocol.tokens import Keyring
+    from shoal.scheduler.server import Scheduler
+
+    text = GOOD + "worker pool-a 0123456789abcdefWWWW\nsubmit etl 0123456789abcdefSSSS\n"
+    tokens = token_file(tmp_path, text)
+    async with Scheduler(keyring=Keyring.from_file(tokens)) as scheduler:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shoal", "worker", scheduler.address, "--nthreads", "1",
+            "--token-file", tokens, "--name", "filed", stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(40):
+                await scheduler.wait_for_workers(1)
+                while not scheduler.state.nannies:
+                    await asyncio.sleep(0.05)
+            grants = {p: g.token for p, g in scheduler.state.grants.items()}
+            assert sorted(grants.values()) == ["pool-a", "pool-a"]  # worker and nanny
+            async with Client(
+                scheduler.address, token="0123456789abcdefSSSS", asynchronous=True
+            ) as c:
+                big = c.submit(bytes, 4096)  # fetched from the worker's data port
+                assert len(await asyncio.wait_for(big.result(), 30)) == 4096
+        finally:
+            proc.terminate()
+            assert proc.stderr is not None
+            await asyncio.wait_for(proc.stderr.read(), 30)
+            await asyncio.wait_for(proc.wait(), 30)
