@@ -1,13 +1,15 @@
-"""`make bench`: every side-by-side workload, shoal and dask.distributed, in one table.
+"""`make bench`: shoal, dask.distributed (two shapes) and Ray, every workload, one table.
 
-Each repetition runs, with the systems' order alternating from one repetition
-to the next: the end-to-end workloads (benchmarks/e2e.py: first result,
-map+gather, latency, tree), the worker-to-worker move of a large array beside a
-raw socket (benchmarks/transfer.py) and the scheduler's memory per task
+Each repetition runs every round, with the systems' order flipping from one
+repetition to the next: the end-to-end rounds (benchmarks/e2e.py: latency
+with the first result, map+gather, tree), each on a fresh cluster; the
+worker-to-worker move of a large array beside a raw socket
+(benchmarks/transfer.py); and the scheduler's memory per task
 (benchmarks/memory.py). Every round is a child process with a time limit that
-is killed with its cluster's processes when the limit passes.
+is killed with its cluster's processes when the limit passes. The systems and
+their shapes are in benchmarks/systems.py.
 
-    python -m benchmarks.bench [--repeat 3] [--quick] [--out FILE.json]
+    python -m benchmarks.bench [--repeat 3] [--quick] [--systems ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import e2e, memory, transfer
+from benchmarks import e2e, memory, systems, transfer
 from benchmarks.table import Metric, format_table, summarize
 
 WORKLOADS = ("e2e", "transfer", "memory")
+# The transfer runs each project once, in its local shape (the move is the same
+# code in either), and Ray between two raylets; the memory workload needs the
+# scheduler in a process of its own.
+TRANSFER_SYSTEMS = ("shoal", "dask", "ray")
 
 
 def shapes(quick: bool) -> dict[str, Any]:
@@ -51,11 +57,21 @@ def metrics(shape: dict[str, Any], workloads: list[str]) -> list[Metric]:
     return [metric for workload in WORKLOADS if workload in workloads for metric in rows[workload]]
 
 
-def run_round(workload: str, system: str, shape: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """One system's round of one workload, in a child process; metric -> value."""
+def rounds_of(workload: str, names: list[str]) -> list[tuple[str, str]]:
+    """(round, system) pairs of one workload, in the order of `names`."""
     if workload == "e2e":
-        return e2e.spawn(system, "quick" if quick else "full")
+        return [(kind, s) for kind in e2e.ROUNDS for s in names]
     if workload == "transfer":
+        # The raw socket baseline takes its turn in the same repetitions.
+        return [("transfer", s) for s in ("raw", *names) if s == "raw" or s in TRANSFER_SYSTEMS]
+    return [("memory", s) for s in names if s in memory.SYSTEMS]
+
+
+def run_round(kind: str, system: str, shape: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """One system's round, in a child process; metric -> value."""
+    if kind in e2e.ROUNDS:
+        return e2e.spawn(system, kind, "quick" if quick else "full")
+    if kind == "transfer":
         moves = transfer.spawn(system, shape["transfer"]["bytes"], shape["transfer"]["moves"])
         return {"transfer_gb_s": statistics.median(moves["gb_s"]), "moves": moves}
     return memory.spawn(system, shape["memory"]["tasks"])
@@ -66,12 +82,11 @@ def machine() -> dict[str, Any]:
 
     found = protocol_machine()
     del found["load_average_at_start"]
-    try:
-        import distributed
-
-        found["distributed"] = distributed.__version__
-    except ImportError:
-        pass
+    for module in ("distributed", "ray"):
+        try:
+            found[module] = __import__(module).__version__
+        except ImportError:
+            pass
     try:
         commit = subprocess.run(
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
@@ -90,13 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--quick", action="store_true", help="small shapes, one repetition")
-    parser.add_argument("--systems", default="shoal,dask")
+    parser.add_argument("--systems", default=",".join(systems.SYSTEMS))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--out", help="also write the table and every round as JSON here")
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="S",
+        help="start no round after S seconds; the table shows the rounds done (noted under it)",
+    )
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     shape = shapes(args.quick)
-    systems = [s for s in args.systems.split(",") if s and e2e._available(s)]
+    names = [s for s in args.systems.split(",") if s and systems.available(s)]
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
@@ -104,23 +125,31 @@ def main(argv: list[str] | None = None) -> int:
     load_start, began = _load(), time.monotonic()
     print(f"load average at start: {' '.join(map(str, load_start))}", file=sys.stderr)
     values: dict[str, dict[str, list[float]]] = {}
+    loads: dict[str, list[float]] = {}
     rounds = []
+    skipped = 0
     for rep in range(repeat):
+        order = names if rep % 2 == 0 else names[::-1]
         for workload in workloads:
-            # The transfer's raw socket baseline takes its turn in the same rounds.
-            turn = ["raw", *systems] if workload == "transfer" else systems
-            for system in turn if rep % 2 == 0 else turn[::-1]:
+            for kind, system in rounds_of(workload, order):
+                if args.stop_after and time.monotonic() - began > args.stop_after:
+                    skipped += 1
+                    continue
                 load = _load()
-                result = run_round(workload, system, shape, args.quick)
-                entry = {"rep": rep + 1, "workload": workload, "system": system, "load": load}
+                result = run_round(kind, system, shape, args.quick)
+                entry = {"rep": rep + 1, "round": kind, "system": system, "load": load}
                 rounds.append({**entry, "result": result})
                 shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
-                where = f"rep {rep + 1}/{repeat} {workload} {system} (load {load[0]})"
-                print(f"  {where}: {shown}", file=sys.stderr)
+                where = f"rep {rep + 1}/{repeat} {kind} {system} (load {load[0]})"
+                print(f"  {where}: {shown}", file=sys.stderr, flush=True)
                 for key, value in result.items():
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         values.setdefault(key, {}).setdefault(system, []).append(value)
-    table = summarize(metrics(shape, workloads), values)
+                        loads.setdefault(key, []).append(load[0])
+                if args.out:  # what has run so far, should the run be stopped
+                    with open(args.out + ".partial", "w") as f:
+                        json.dump({"shape": shape, "rounds": rounds}, f)
+    table = summarize(metrics(shape, workloads), values, loads)
     load_end, took = _load(), time.monotonic() - began
     found = machine()
     print(format_table(table))
@@ -131,18 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{found['cpus']} CPUs ({found['cpu_model']}), {found['platform']}, "
         f"Python {found['python']}, distributed {found.get('distributed', '-')}, "
-        f"shoal at {found.get('commit', '?')}"
+        f"ray {found.get('ray', '-')}, shoal at {found.get('commit', '?')}"
     )
     unsettled = [
         f"{r['system']} rep {r['rep']}"
         for r in rounds
-        if r["workload"] == "memory"
+        if r["round"] == "memory"
         and not all(
             r["result"].get(f"settled_{when}", True) for when in ("base", "pending", "held")
         )
     ]
     if unsettled:
         print(f"note: the scheduler's memory had not settled in {', '.join(unsettled)}")
+    if skipped:
+        stop = f"{args.stop_after:.0f} s"
+        print(f"note: stopped after {stop}; {skipped} rounds of the {repeat} repetitions not run")
     if args.out:
         found = {
             "machine": found,

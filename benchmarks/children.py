@@ -12,8 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from subprocess import PIPE
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_child(module: str, args: list[str], timeout: float) -> Any:
@@ -24,7 +27,13 @@ def run_child(module: str, args: list[str], timeout: float) -> Any:
         subprocess.TimeoutExpired: it ran past `timeout` and was killed.
     """
     cmd = [sys.executable, "-m", module, *args]
-    with subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True) as proc:
+    # This checkout's shoal and benchmarks in the child and every process it starts
+    # (worker processes run with `python -P`, which leaves the working directory out).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    with subprocess.Popen(
+        cmd, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True, env=env
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except BaseException:

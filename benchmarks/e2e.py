@@ -1,11 +1,23 @@
-"""End-to-end benchmarks: shoal beside dask.distributed, same shape, same run.
+"""End-to-end workloads, each on a fresh cluster of one system in a child process.
 
-Each repetition starts a fresh process per system that builds a local cluster
-(scheduler in that process, two worker processes with one thread each, on
-127.0.0.1) and runs every workload in it. Systems alternate; the table shows
-medians with min..max and the shoal/dask ratio.
+Three kinds of round, each a fresh child process that starts its own cluster
+(benchmarks/systems.py), warms it with one task of each function the round
+uses, runs its workload once and stops the cluster; nothing one workload
+leaves behind reaches the next:
 
-    python -m benchmarks.e2e [--repeat 3] [--quick] [--out results.json]
+- `latency`: the time from starting the cluster to the first result, then
+  1,000 sequential `submit(inc, i).result()` round trips (median, p99).
+- `map`: 20,000 independent trivial tasks submitted with one map and gathered
+  with one gather; tasks per second.
+- `tree`: 8,192 leaves summed pairwise, 16,383 tasks with string keys, run
+  with `client.get(graph, top)` (shoal, dask) or built from object references
+  (Ray, the way its users compose tasks); tasks per second.
+
+Each round also charges the CPU every process used during its workload to
+the client, the scheduler or the workers (`systems.CpuMeter`) and reports
+microseconds per task for each.
+
+    python -m benchmarks.e2e [--repeat 3] [--quick] [--systems shoal,dask,...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
 
+from benchmarks import systems as sysmod
 from benchmarks.children import run_child
 from benchmarks.table import Metric, format_table, summarize
 
@@ -24,18 +38,30 @@ SHAPES = {
     "full": {"tasks": 20_000, "round_trips": 1_000, "leaves": 8_192},
     "quick": {"tasks": 1_000, "round_trips": 100, "leaves": 256},
 }
-CHILD_TIMEOUT_S = 600.0  # one system's whole round; dask's full round takes 2 to 4 minutes
+ROUNDS = ("latency", "map", "tree")
+# One system's round; dask's map or tree round on a busy 2-core machine takes up to 2 minutes.
+CHILD_TIMEOUT_S = 600.0
+
+
+def cpu_metrics(prefix: str, what: str) -> list[Metric]:
+    return [
+        Metric(f"{prefix}_cpu_{role}_us", f"  CPU per task, {what}: {role}", "us", lower=True)
+        for role in sysmod.ROLES
+    ]
 
 
 def metrics(shape: dict[str, int]) -> list[Metric]:
     """The table's rows for this shape."""
     return [
-        Metric("first_result_s", "Client() to first result", "s"),
+        Metric("first_result_s", "start scheduler + 2 workers to first result", "s", lower=True),
         Metric("throughput_tasks_s", f"map+gather of {shape['tasks']:,} trivial tasks", "tasks/s"),
-        Metric("latency_median_ms", "submit->result latency, median", "ms"),
-        Metric("latency_p99_ms", "submit->result latency, p99", "ms"),
-        Metric("tree_s", f"tree reduction, {shape['leaves']:,} leaves", "s"),
-        Metric("tree_tasks_s", "tree reduction rate", "tasks/s"),
+        *cpu_metrics("map", "map+gather"),
+        Metric("latency_median_ms", "submit->result latency, median", "ms", lower=True),
+        Metric("latency_p99_ms", "submit->result latency, p99", "ms", lower=True),
+        *cpu_metrics("latency", "submit->result"),
+        Metric("tree_tasks_s", f"tree reduction, {2 * shape['leaves'] - 1:,} tasks", "tasks/s"),
+        Metric("tree_s", f"tree reduction, {shape['leaves']:,} leaves", "s", lower=True),
+        *cpu_metrics("tree", "tree"),
     ]
 
 
@@ -47,126 +73,158 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-def tree_graph(leaves: int) -> tuple[dict[Any, tuple], Any]:
-    graph: dict[Any, tuple] = {("leaf", i): (inc, i) for i in range(leaves)}
-    names: list[Any] = [("leaf", i) for i in range(leaves)]
+def tree_graph(leaves: int) -> tuple[dict[str, tuple], str]:
+    """Leaves `leaf-i` = inc(i), summed pairwise in levels `sum-L-j`; the graph and its top."""
+    graph: dict[str, tuple] = {f"leaf-{i}": (inc, i) for i in range(leaves)}
+    names = [f"leaf-{i}" for i in range(leaves)]
     level = 0
     while len(names) > 1:
         level += 1
-        nxt = []
+        above = []
         for j in range(0, len(names) - 1, 2):
-            key = (f"sum-{level}", j // 2)
+            key = f"sum-{level}-{j // 2}"
             graph[key] = (add, names[j], names[j + 1])
-            nxt.append(key)
+            above.append(key)
         if len(names) % 2:
-            nxt.append(names[-1])
-        names = nxt
+            above.append(names[-1])
+        names = above
     return graph, names[0]
 
 
-def make_client(system: str) -> Any:
-    if system == "shoal":
-        from shoal.client.client import Client
+class Calls:
+    """The three calls every workload needs, in each system's own idiom."""
 
-        return Client(n_workers=2, threads_per_worker=1)
-    from dask.distributed import Client as DaskClient
+    def __init__(self, cluster: sysmod.Cluster) -> None:
+        self.ray = cluster.system == "ray"
+        self.client = cluster.client
+        if self.ray:
+            import ray
 
-    return DaskClient(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            self.inc, self.add = ray.remote(inc), ray.remote(add)
+
+    def one(self, i: int) -> int:
+        if self.ray:
+            return self.client.get(self.inc.remote(i))
+        return self.client.submit(inc, i, pure=False).result()
+
+    def map(self, n: int) -> list[int]:
+        if self.ray:
+            return self.client.get([self.inc.remote(i) for i in range(n)])
+        return self.client.gather(self.client.map(inc, range(n), pure=False))
+
+    def tree(self, leaves: int) -> int:
+        if not self.ray:
+            graph, top = tree_graph(leaves)
+            return self.client.get(graph, top)
+        refs = [self.inc.remote(i) for i in range(leaves)]
+        while len(refs) > 1:
+            above = [self.add.remote(refs[j], refs[j + 1]) for j in range(0, len(refs) - 1, 2)]
+            if len(refs) % 2:
+                above.append(refs[-1])
+            refs = above
+        return self.client.get(refs[0])
+
+    def warm(self) -> None:
+        """One task of each function, so that workers have imported and connected."""
+        assert self.one(1) == 2
+        if self.ray:
+            assert self.client.get(self.add.remote(1, 2)) == 3
+        else:
+            assert self.client.submit(add, 1, 2, pure=False).result() == 3
 
 
-def run_workloads(system: str, shape: dict[str, int]) -> dict[str, float]:
-    """Every workload on one fresh cluster of `system`; returns metric -> value."""
+def _charge(out: dict[str, float], prefix: str, cpu: dict[str, float], tasks: int) -> None:
+    for role, seconds in cpu.items():
+        out[f"{prefix}_cpu_{role}_us"] = seconds / tasks * 1e6  # "other": in the JSON only
+
+
+def run_round(system: str, kind: str, shape: dict[str, int], workdir: Path) -> dict[str, float]:
+    """One round of `kind` on a fresh cluster of `system`; metric -> value."""
     out: dict[str, float] = {}
     start = time.perf_counter()
-    client = make_client(system)
-    try:
-        client.submit(inc, 1, pure=False).result()
-        out["first_result_s"] = time.perf_counter() - start
-
-        n = shape["tasks"]
-        begin = time.perf_counter()
-        results = client.gather(client.map(inc, range(n), pure=False))
-        took = time.perf_counter() - begin
-        assert results == list(range(1, n + 1))
-        out["throughput_tasks_s"] = n / took
-
-        samples = []
-        for i in range(shape["round_trips"]):
+    with sysmod.Cluster(system, workdir) as cluster:
+        calls = Calls(cluster)
+        if kind == "latency":
+            assert calls.one(1) == 2
+            out["first_result_s"] = time.perf_counter() - start
+        calls.warm()
+        meter = sysmod.CpuMeter(cluster)
+        meter.start()
+        if kind == "latency":
+            samples = []
+            for i in range(shape["round_trips"]):
+                begin = time.perf_counter()
+                assert calls.one(i) == i + 1
+                samples.append(time.perf_counter() - begin)
+            _charge(out, "latency", meter.stop(), len(samples))
+            samples.sort()
+            out["latency_median_ms"] = statistics.median(samples) * 1e3
+            out["latency_p99_ms"] = samples[int(len(samples) * 0.99) - 1] * 1e3
+        elif kind == "map":
+            n = shape["tasks"]
             begin = time.perf_counter()
-            assert client.submit(inc, i, pure=False).result() == i + 1
-            samples.append(time.perf_counter() - begin)
-        samples.sort()
-        out["latency_median_ms"] = statistics.median(samples) * 1e3
-        out["latency_p99_ms"] = samples[int(len(samples) * 0.99) - 1] * 1e3
-
-        graph, top = tree_graph(shape["leaves"])
-        begin = time.perf_counter()
-        total = client.get(graph, top)
-        out["tree_s"] = time.perf_counter() - begin
-        out["tree_tasks_s"] = len(graph) / out["tree_s"]
-        leaves = shape["leaves"]
-        assert total == leaves * (leaves + 1) // 2, total
-    finally:
-        client.close()
+            results = calls.map(n)
+            took = time.perf_counter() - begin
+            _charge(out, "map", meter.stop(), n)
+            assert results == list(range(1, n + 1))
+            out["throughput_tasks_s"] = n / took
+        elif kind == "tree":
+            leaves = shape["leaves"]
+            begin = time.perf_counter()
+            total = calls.tree(leaves)
+            out["tree_s"] = time.perf_counter() - begin
+            _charge(out, "tree", meter.stop(), 2 * leaves - 1)
+            out["tree_tasks_s"] = (2 * leaves - 1) / out["tree_s"]
+            assert total == leaves * (leaves + 1) // 2, total
+        else:
+            raise ValueError(f"unknown round {kind!r}; choose from {ROUNDS}")
     return out
 
 
-def child(system: str, shape_name: str) -> None:
-    print(json.dumps(run_workloads(system, SHAPES[shape_name])), flush=True)
+def child(system: str, kind: str, shape_name: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-e2e-") as tmp:
+        print(json.dumps(run_round(system, kind, SHAPES[shape_name], Path(tmp))), flush=True)
 
 
-def spawn(system: str, shape_name: str, timeout: float = CHILD_TIMEOUT_S) -> dict[str, float]:
-    """One round of `system` in a child process (killed with its cluster on timeout)."""
-    args = ["--child", system, "--shape", shape_name]
+def spawn(
+    system: str, kind: str, shape_name: str, timeout: float = CHILD_TIMEOUT_S
+) -> dict[str, float]:
+    """One round in a child process (killed with its cluster on timeout)."""
+    args = ["--child", system, "--round", kind, "--shape", shape_name]
     return run_child("benchmarks.e2e", args, timeout)
-
-
-def collect(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
-    """Rounds per system -> values per metric and system, for benchmarks.table."""
-    values: dict[str, dict[str, list[float]]] = {}
-    for system, results in runs.items():
-        for result in results:
-            for key, value in result.items():
-                values.setdefault(key, {}).setdefault(system, []).append(value)
-    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small shapes, one repetition")
-    parser.add_argument("--systems", default="shoal,dask")
+    parser.add_argument("--systems", default=",".join(sysmod.SYSTEMS))
+    parser.add_argument("--rounds", default=",".join(ROUNDS))
     parser.add_argument("--out", help="also write the table as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--round", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.shape)
+        child(args.child, args.round, args.shape)
         return 0
     shape = "quick" if args.quick else "full"
     repeat = 1 if args.quick else args.repeat
-    systems = [s for s in args.systems.split(",") if s and _available(s)]
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+    names = [s for s in args.systems.split(",") if s and sysmod.available(s)]
+    values: dict[str, dict[str, list[float]]] = {}
     for rep in range(repeat):
-        for system in systems if rep % 2 == 0 else systems[::-1]:
-            runs[system].append(spawn(system, shape))
-            print(f"  rep {rep + 1}/{repeat} {system}: {runs[system][-1]}", file=sys.stderr)
-    table = summarize(metrics(SHAPES[shape]), collect(runs))
+        for kind in args.rounds.split(","):
+            for system in names if rep % 2 == 0 else names[::-1]:
+                result = spawn(system, kind, shape)
+                print(f"  rep {rep + 1}/{repeat} {kind} {system}: {result}", file=sys.stderr)
+                for key, value in result.items():
+                    values.setdefault(key, {}).setdefault(system, []).append(value)
+    table = summarize(metrics(SHAPES[shape]), values)
     print(format_table(table))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"shape": SHAPES[shape], "repeat": repeat, "table": table}, f, indent=2)
     return 0
-
-
-def _available(system: str) -> bool:
-    module = {"shoal": "shoal", "dask": "distributed"}[system]
-    try:
-        __import__(module)
-    except ImportError:
-        print(f"{system} is not installed; skipping it", file=sys.stderr)
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
 """Scheduler memory per task: 100,000 tasks pending, then finished and held.
 
-The cluster starts from the command line, so the scheduler is a process of its
-own whose figures can be read: `shoal scheduler` and two `shoal worker
---nthreads 1`, or `dask scheduler` and two `dask worker --nthreads 1
---nworkers 1`, all on 127.0.0.1. A client in this process submits one gate
-task, which holds a worker thread until a file appears, then N trivial tasks
-that each take the gate's result as an argument, so every one of them waits
-on the scheduler. The scheduler's resident set (psutil, its pid) is read once
-it has settled: at baseline, with the N tasks waiting, and after the gate is
-released and all N finished with their futures still held. Figures are RSS
-growth over the baseline divided by N, and the scheduler's CPU seconds.
+The scheduler must be a process of its own whose figures can be read, so the
+systems are `shoal-cli` and `dask-cli` (scheduler and two one-thread workers
+started as commands) and Ray (`ray.init`, whose scheduler is its GCS and
+raylet processes, read together); see benchmarks/systems.py. A client in this
+process submits one gate task, which holds a worker thread until a file
+appears, then N trivial tasks that each take the gate's result as an
+argument, so every one of them waits. The scheduler's resident set (psutil,
+by pid) is read once it has settled: at baseline, with the N tasks waiting,
+and after the gate is released and all N finished with their futures still
+held. Figures are RSS growth over the baseline divided by N, the client's own
+RSS growth per task held, and the scheduler's CPU seconds.
 
-    python -m benchmarks.memory [--systems shoal,dask] [--tasks N] [--quick] [--out FILE.json]
+    python -m benchmarks.memory [--systems shoal-cli,dask-cli,ray] [--tasks N] [--quick]
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.children import run_child
+from benchmarks.systems import Cluster, _wait_for, available
 from benchmarks.table import Metric, format_table, summarize
 
 N_TASKS = 100_000
@@ -36,10 +35,8 @@ N_TASKS_QUICK = 1_000
 # The whole round, results gathered and processes stopped: dask took 8 minutes to run
 # 100,000 of these tasks on a busy 2-core machine.
 CHILD_TIMEOUT_S = 1200.0
-START_TIMEOUT_S = 60.0  # scheduler listening, workers joined, each answer from the scheduler
 STEP_TIMEOUT_S = 900.0  # all tasks registered; all tasks finished
 GATE_TIMEOUT_S = STEP_TIMEOUT_S  # the gate task gives up after this
-STOP_GRACE_S = 10.0
 # The scheduler has settled when, over SETTLE_WINDOW_S, its RSS moved by less
 # than SETTLE_RSS_FRACTION and it used less than SETTLE_CPU_FRACTION of a core.
 SETTLE_WINDOW_S = 1.0
@@ -49,7 +46,7 @@ SETTLE_TIMEOUT_S = 60.0
 POLL_S = 0.1
 # Counting the scheduler's tasks walks all of them, so it is asked less often.
 COUNT_POLL_S = 0.5
-REPO = Path(__file__).resolve().parent.parent
+SYSTEMS = ("shoal-cli", "dask-cli", "ray")  # the scheduler must be a process of its own
 
 
 def gate(path: str, timeout_s: float) -> int:
@@ -74,152 +71,35 @@ def _dask_task_states(dask_scheduler: Any) -> dict[str, int]:
     return counts
 
 
-# -- the cluster: command-line processes ----------------------------------------------
-
-
-def _wait_for(
-    what: str, ready: Any, procs: list[subprocess.Popen], timeout: float, poll_s: float = POLL_S
-) -> Any:
-    """Poll `ready()` until it returns something truthy; fail early if a process died.
-
-    Raises:
-        RuntimeError: one of `procs` exited first.
-        TimeoutError: not ready within `timeout` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = ready()
-        if value:
-            return value
-        for proc in procs:
-            if proc.poll() is not None:
-                command = " ".join(proc.args[2:5])
-                raise RuntimeError(f"{command} exited with {proc.returncode} ({what})")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(poll_s)
-
-
-class CliCluster:
-    """A scheduler and two one-thread workers started as commands; stopped on exit.
-
-    The processes stay in this process's group, so a benchmark round killed on
-    timeout (benchmarks/children.py) takes them with it.
-    """
-
-    def __init__(self, system: str, workdir: Path) -> None:
-        self.system = system
-        self.workdir = workdir
-        self.token = secrets.token_urlsafe(32)
-        self.env = {**os.environ, "SHOAL_TOKEN": self.token, "PYTHONPATH": str(REPO)}
-        self.procs: list[subprocess.Popen] = []  # the scheduler first
-        self.address = ""
-
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        with open(self.workdir / f"{name}.out", "wb") as out:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.workdir,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def __enter__(self) -> CliCluster:
-        try:
-            self._start_all()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _start_all(self) -> None:
-        if self.system == "shoal":
-            sched = ["shoal", "--log-level", "warning", "scheduler", "--port", "0"]
-            self._start("scheduler", sched)
-            self.address = _wait_for(
-                "shoal scheduler listening", self._shoal_address, self.procs, START_TIMEOUT_S
-            )
-            for i in range(2):
-                args = ["shoal", "--log-level", "warning", "worker", self.address]
-                self._start(f"worker-{i}", [*args, "--nthreads", "1", "--name", f"w{i}"])
-        else:
-            info = self.workdir / "scheduler.json"
-            sched = ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-            self._start("scheduler", [*sched, "--scheduler-file", str(info)])
-            address = lambda: _json_field(info, "address")  # noqa: E731
-            self.address = _wait_for("dask scheduler file", address, self.procs, START_TIMEOUT_S)
-            for i in range(2):
-                args = ["dask", "worker", self.address, "--nthreads", "1", "--nworkers", "1"]
-                self._start(f"worker-{i}", [*args, "--no-dashboard", "--name", f"w{i}"])
-
-    def _shoal_address(self) -> str:
-        text = (self.workdir / "scheduler.out").read_text(errors="replace")
-        for line in text.splitlines():
-            if "listening at " in line:
-                return line.rsplit("listening at ", 1)[1].strip()
-        return ""
-
-    def connect(self) -> Any:
-        if self.system == "shoal":
-            from shoal import Client
-
-            client = Client(self.address, token=self.token, timeout=START_TIMEOUT_S)
-        else:
-            from distributed import Client as DaskClient
-
-            client = DaskClient(self.address, timeout=START_TIMEOUT_S)
-        client.wait_for_workers(2, timeout=START_TIMEOUT_S)
-        return client
-
-    def logs(self) -> str:
-        parts = []
-        for path in sorted(self.workdir.glob("*.out")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}")
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        """SIGTERM the workers, then the scheduler; SIGKILL what outlives the grace."""
-        for group in (self.procs[1:], self.procs[:1]):
-            for proc in group:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
-            for proc in group:
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _json_field(path: Path, field: str) -> Any:
-    try:
-        return json.loads(path.read_text()).get(field)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 # -- measuring -----------------------------------------------------------------------------
 
 
+class Processes:
+    """The scheduler's processes (one, or Ray's GCS and raylet), read as one."""
+
+    def __init__(self, pids: list[int]) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.procs)
+
+    def cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.procs)
+
+
 def settled_rss(proc: Any) -> tuple[int, bool]:
-    """The process's RSS once it has stopped growing and working, and whether it did.
+    """The processes' RSS once it has stopped growing and working, and whether it did.
 
     Polls every POLL_S; gives the last reading (and False) after SETTLE_TIMEOUT_S.
     """
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     samples: list[tuple[float, int, float]] = []  # (time, rss, cpu seconds)
     while True:
-        cpu = proc.cpu_times()
+        cpu = proc.cpu()
         now = time.monotonic()
-        samples.append((now, proc.memory_info().rss, cpu.user + cpu.system))
+        samples.append((now, proc.rss(), cpu))
         window = [s for s in samples if s[0] >= now - SETTLE_WINDOW_S]
         span = window[-1][0] - window[0][0]
         if span >= SETTLE_WINDOW_S * 0.9:
@@ -234,67 +114,113 @@ def settled_rss(proc: Any) -> tuple[int, bool]:
 
 
 def task_states(system: str, client: Any) -> dict[str, int]:
-    if system == "shoal":
+    if system == "shoal-cli":
         return dict(client.scheduler_info()["tasks"])
     return client.run_on_scheduler(_dask_task_states)
 
 
+class Calls:
+    """Submit, wait and gather in each system's idiom."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.system = cluster.system
+        self.client = cluster.client
+        self.procs = cluster.cli.procs if cluster.cli is not None else []
+        if self.system == "ray":
+            import ray
+
+            self.gate, self.plus = ray.remote(gate), ray.remote(plus)
+
+    def warm(self) -> None:
+        if self.system == "ray":
+            assert self.client.get(self.plus.remote(1, 1), timeout=STEP_TIMEOUT_S) == 2
+            return
+        assert self.client.submit(plus, 1, 1, pure=False).result(timeout=STEP_TIMEOUT_S) == 2
+        task_states(self.system, self.client)  # so that what counting loads is in the baseline
+
+    def submit(self, release: Path, n: int) -> list[Any]:
+        """The gate, then n tasks waiting on it, held until the scheduler has them all."""
+        if self.system == "ray":
+            # Ray's owner (this driver) keeps a task until its arguments are ready;
+            # the settled reading that follows is taken once the submissions are done.
+            held = self.gate.remote(str(release), GATE_TIMEOUT_S)
+            return [self.plus.remote(i, gate=held) for i in range(n)]
+        held = self.client.submit(gate, str(release), GATE_TIMEOUT_S, pure=False)
+        futures = self.client.map(plus, range(n), gate=held, pure=False)
+
+        def all_waiting() -> bool:
+            return task_states(self.system, self.client).get("waiting", 0) >= n
+
+        _wait_for("tasks waiting", all_waiting, self.procs, STEP_TIMEOUT_S, COUNT_POLL_S)
+        return futures
+
+    def wait(self, futures: list[Any]) -> None:
+        if self.system == "ray":
+            done, _ = self.client.wait(
+                futures, num_returns=len(futures), timeout=STEP_TIMEOUT_S, fetch_local=False
+            )
+            if len(done) != len(futures):
+                raise TimeoutError(f"ray: {len(done)} of {len(futures)} tasks done")
+            return
+        if self.system == "shoal-cli":
+            from shoal import wait
+        else:
+            from distributed import wait
+        wait(futures, timeout=STEP_TIMEOUT_S)
+
+    def gather(self, futures: list[Any]) -> list[int]:
+        if self.system == "ray":
+            return self.client.get(futures, timeout=STEP_TIMEOUT_S)
+        return self.client.gather(futures)
+
+
 def run_memory(system: str, n: int) -> dict[str, Any]:
-    """One round on a fresh command-line cluster of `system`; returns its figures."""
-    import psutil
-
-    if system == "shoal":
-        from shoal import wait
-    else:
-        from distributed import wait
-
+    """One round on a fresh cluster of `system`; returns its figures."""
     with tempfile.TemporaryDirectory(prefix="shoal-bench-memory-") as tmp:
         workdir = Path(tmp)
-        with CliCluster(system, workdir) as cluster:
+        with Cluster(system, workdir) as cluster:
             try:
-                return _measure(system, n, cluster, psutil.Process(cluster.procs[0].pid), wait)
+                return _measure(system, n, cluster, Processes(cluster.scheduler_pids()))
             except BaseException:
                 print(cluster.logs(), file=sys.stderr)
                 raise
 
 
-def _measure(system: str, n: int, cluster: CliCluster, sched: Any, wait: Any) -> dict[str, Any]:
+def _measure(system: str, n: int, cluster: Cluster, sched: Processes) -> dict[str, Any]:
+    import psutil
+
     out: dict[str, Any] = {"tasks": n}
-    client = cluster.connect()
-    try:
-        # One task and one count first, so that the code they load (in dask's scheduler,
-        # this module too) is in the baseline.
-        assert client.submit(plus, 1, 1, pure=False).result(timeout=STEP_TIMEOUT_S) == 2
-        task_states(system, client)
-        base, out["settled_base"] = settled_rss(sched)
-        cpu0 = sum(sched.cpu_times()[:2])
-        release = cluster.workdir / "release-gate"
-        begin = time.perf_counter()
-        held = client.submit(gate, str(release), GATE_TIMEOUT_S, pure=False)
-        futures = client.map(plus, range(n), gate=held, pure=False)
+    me = psutil.Process()
+    calls = Calls(cluster)
+    # One task and one count first, so that the code they load (in dask's scheduler,
+    # this module too) is in the baseline.
+    calls.warm()
+    base, out["settled_base"] = settled_rss(sched)
+    client_base = me.memory_info().rss
+    cpu0 = sched.cpu()
+    release = cluster.workdir / "release-gate"
+    begin = time.perf_counter()
+    futures = calls.submit(release, n)
+    out["submit_s"] = time.perf_counter() - begin
+    pending, out["settled_pending"] = settled_rss(sched)
+    client_pending = me.memory_info().rss
+    cpu1 = sched.cpu()
 
-        def all_waiting() -> bool:
-            return task_states(system, client).get("waiting", 0) >= n
-
-        _wait_for("tasks waiting", all_waiting, cluster.procs, STEP_TIMEOUT_S, COUNT_POLL_S)
-        out["submit_s"] = time.perf_counter() - begin
-        pending, out["settled_pending"] = settled_rss(sched)
-        cpu1 = sum(sched.cpu_times()[:2])
-
-        release.touch()
-        begin = time.perf_counter()
-        wait(futures, timeout=STEP_TIMEOUT_S)
-        out["run_s"] = time.perf_counter() - begin
-        finished, out["settled_held"] = settled_rss(sched)
-        cpu2 = sum(sched.cpu_times()[:2])
-        results = client.gather(futures)
-        if results != list(range(n)):
-            raise RuntimeError(f"{system}: wrong results, e.g. {results[:5]}")
-    finally:
-        client.close()
+    release.touch()
+    begin = time.perf_counter()
+    calls.wait(futures)
+    out["run_s"] = time.perf_counter() - begin
+    finished, out["settled_held"] = settled_rss(sched)
+    client_held = me.memory_info().rss
+    cpu2 = sched.cpu()
+    results = calls.gather(futures)
+    if results != list(range(n)):
+        raise RuntimeError(f"{system}: wrong results, e.g. {results[:5]}")
     out["rss_base_mb"] = base / 2**20
     out["bytes_per_task_pending"] = (pending - base) / n
     out["bytes_per_task_held"] = (finished - base) / n
+    out["client_bytes_per_task_pending"] = (client_pending - client_base) / n
+    out["client_bytes_per_task_held"] = (client_held - client_base) / n
     out["cpu_submit_s"] = cpu1 - cpu0
     out["cpu_run_s"] = cpu2 - cpu1
     out["cpu_us_per_task"] = (cpu2 - cpu0) / n * 1e6
@@ -307,10 +233,12 @@ def _measure(system: str, n: int, cluster: CliCluster, sched: Any, wait: Any) ->
 def metrics(n: int) -> list[Metric]:
     """The table's rows for `n` tasks."""
     return [
-        Metric("bytes_per_task_pending", f"scheduler memory, {n:,} tasks pending", "B/task"),
-        Metric("bytes_per_task_held", f"scheduler memory, {n:,} finished, held", "B/task"),
-        Metric("cpu_us_per_task", "scheduler CPU, submit + run", "us/task"),
-        Metric("rss_base_mb", "scheduler RSS at baseline", "MiB"),
+        Metric("bytes_per_task_pending", f"scheduler memory, {n:,} tasks pending", "B/task", True),
+        Metric("client_bytes_per_task_pending", "  client memory, pending", "B/task", True),
+        Metric("bytes_per_task_held", f"scheduler memory, {n:,} finished, held", "B/task", True),
+        Metric("client_bytes_per_task_held", "  client memory, finished, held", "B/task", True),
+        Metric("cpu_us_per_task", "scheduler CPU, submit + run", "us/task", True),
+        Metric("rss_base_mb", "scheduler RSS at baseline", "MiB", True),
     ]
 
 
@@ -322,7 +250,7 @@ def spawn(system: str, n: int, timeout: float = CHILD_TIMEOUT_S) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--systems", default="shoal,dask")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--tasks", type=int, help=f"tasks held (default {N_TASKS:,})")
     parser.add_argument("--quick", action="store_true", help=f"{N_TASKS_QUICK:,} tasks, one round")
     parser.add_argument("--out", help="also write the figures as JSON here")
@@ -332,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_memory(args.child, n)), flush=True)
         return 0
-    systems = [s for s in args.systems.split(",") if s]
+    systems = [s for s in args.systems.split(",") if s and available(s)]
     repeat = 1 if args.quick else args.repeat
     values: dict[str, dict[str, list[float]]] = {}
     rounds = []

@@ -1,8 +1,9 @@
 """Worker-to-worker transfer: one numpy array moved between two worker processes.
 
-Three figures in GB/s (1e9 bytes/s): a raw blocking socket between two
-processes (the floor this machine allows), shoal, and dask.distributed. Each
-round starts one fresh child process per system; systems alternate.
+Figures in GB/s (1e9 bytes/s): a raw blocking socket between two processes
+(the floor this machine allows), shoal, dask.distributed, and Ray between
+two raylets (two nodes on this machine). Each round starts one fresh child
+process per system; systems alternate.
 
     python -m benchmarks.transfer [--repeat 3] [--quick] [--size MIB] [--out FILE.json]
 """
@@ -27,7 +28,7 @@ MOVES = 5  # timed moves per round, after one untimed warm-up move
 MOVES_QUICK = 3
 CHILD_TIMEOUT_S = 300.0
 WAIT_TIMEOUT_S = 120.0
-SYSTEMS = ("raw", "shoal", "dask")
+SYSTEMS = ("raw", "shoal", "dask", "ray")
 
 
 def make_array(nbytes: int) -> np.ndarray:
@@ -96,8 +97,50 @@ def move_cluster(system: str, nbytes: int, moves: int) -> list[float]:
     return times
 
 
+def move_ray(nbytes: int, moves: int) -> list[float]:
+    """Seconds per move between two raylets (two Ray nodes on this machine, one CPU each).
+
+    On one raylet both workers would share its object store and nothing would
+    move; two nodes make Ray send the array from one store to the other, as
+    between machines. Time runs from submitting `consume` to its start.
+    """
+    import ray
+    from ray.cluster_utils import Cluster as RayCluster
+
+    store = max(2 * nbytes, 2**30)
+    nodes = RayCluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"a": 1}, "object_store_memory": store},
+    )
+    try:
+        nodes.add_node(num_cpus=1, resources={"b": 1}, object_store_memory=store)
+        ray.init(address=nodes.address, log_to_driver=False, logging_level="ERROR")
+        make = ray.remote(make_array).options(resources={"a": 1})
+        use = ray.remote(consume).options(resources={"b": 1})
+        times = []
+        for i in range(moves + 1):  # the first move is a warm-up
+            a = make.remote(nbytes)
+            ray.wait([a], timeout=WAIT_TIMEOUT_S, fetch_local=False)
+            start = time.time()
+            started, total, size = ray.get(use.remote(a), timeout=WAIT_TIMEOUT_S)
+            if (total, size) != (_strided_ones(nbytes), nbytes):
+                raise RuntimeError(f"ray: array arrived wrong: sum {total}, size {size}")
+            if i:
+                times.append(started - start)
+            del a
+        return times
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
 def child(system: str, nbytes: int, moves: int) -> None:
-    seconds = move_raw(nbytes, moves) if system == "raw" else move_cluster(system, nbytes, moves)
+    if system == "raw":
+        seconds = move_raw(nbytes, moves)
+    elif system == "ray":
+        seconds = move_ray(nbytes, moves)
+    else:
+        seconds = move_cluster(system, nbytes, moves)
     print(json.dumps({"seconds": seconds, "gb_s": [nbytes / s / 1e9 for s in seconds]}))
 
 
@@ -121,7 +164,8 @@ def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "max": max(per_round),
             "rounds": per_round,
         }
-    for a, b in (("shoal", "dask"), ("shoal", "raw"), ("dask", "raw")):
+    pairs = (("shoal", "dask"), ("shoal", "ray"), ("shoal", "raw"), ("dask", "raw"), ("ray", "raw"))
+    for a, b in pairs:
         if a in table and b in table:
             table[f"{a}/{b}"] = table[a]["median"] / table[b]["median"]
     return table
@@ -137,19 +181,16 @@ def _ratio(table: dict[str, Any], name: str) -> str:
 
 
 def print_table(table: dict[str, Any], mib: float) -> None:
-    head = f"{'metric':34} {'shoal median (min..max)':>24} {'dask median (min..max)':>24}"
-    head += f" {'shoal/dask':>10}"
-    label = f"worker->worker {mib:g} MiB [GB/s]"
-    print(head)
-    print("-" * len(head))
-    row = f"{label:34} {_cell(table, 'shoal'):>24} {_cell(table, 'dask'):>24}"
-    print(f"{row} {_ratio(table, 'shoal/dask'):>10}")
-    print(f"{f'raw socket {mib:g} MiB [GB/s]':34} {_cell(table, 'raw'):>24}")
-    print(f"shoal/raw {_ratio(table, 'shoal/raw')}   dask/raw {_ratio(table, 'dask/raw')}")
+    names = [s for s in SYSTEMS if s in table]
+    head = f"{'worker->worker ' + format(mib, 'g') + ' MiB [GB/s]':34}"
+    print(head + "".join(f" {s:>18}" for s in names))
+    print(f"{'median (min..max)':34}" + "".join(f" {_cell(table, s):>18}" for s in names))
+    ratios = ("shoal/dask", "shoal/ray", "shoal/raw", "dask/raw", "ray/raw")
+    print("   ".join(f"{r} {_ratio(table, r)}" for r in ratios if r in table))
 
 
 def _available(system: str) -> bool:
-    module = {"raw": "numpy", "shoal": "shoal", "dask": "distributed"}[system]
+    module = {"raw": "numpy", "shoal": "shoal", "dask": "distributed", "ray": "ray"}[system]
     try:
         __import__(module)
     except ImportError:

@@ -6,11 +6,12 @@ Timings are never asserted; the machine running the tests may be busy.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import psutil
 import pytest
 
-from benchmarks import memory
+from benchmarks import e2e, memory
 from benchmarks.table import Metric, format_table, summarize
 
 
@@ -19,9 +20,10 @@ from benchmarks.table import Metric, format_table, summarize
 def test_memory_workload_runs_on_shoal_and_stops_its_processes() -> None:
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    figures = memory.run_memory("shoal", 200)
+    figures = memory.run_memory("shoal-cli", 200)
     assert figures["tasks"] == 200
-    for key in ("bytes_per_task_pending", "bytes_per_task_held", "cpu_us_per_task"):
+    keys = ("bytes_per_task_pending", "bytes_per_task_held", "client_bytes_per_task_held")
+    for key in (*keys, "cpu_us_per_task"):
         assert math.isfinite(figures[key]), key
     assert figures["rss_base_mb"] > 0
     left = {p.pid for p in me.children(recursive=True)} - before
@@ -39,3 +41,45 @@ def test_table_gives_medians_ranges_and_ratios() -> None:
     text = format_table(table)
     assert "2.00 (1.00..3.00)" in text
     assert "shoal/raw 0.25, dask/raw 0.50" in text
+
+
+def test_ratios_take_each_project_at_its_best_shape_and_the_load_is_shown() -> None:
+    metrics = [Metric("rate", "map", "tasks/s"), Metric("mem", "bytes", "B", lower=True)]
+    values = {
+        "rate": {"shoal": [10.0], "shoal-cli": [8.0], "dask": [1.0], "dask-cli": [2.0]},
+        "mem": {"shoal-cli": [100.0], "dask-cli": [400.0], "ray": [50.0]},
+    }
+    values["rate"]["ray"] = [4.0]
+    loads = {"rate": [1.5, 2.5, 2.0], "mem": [3.0]}
+    table = summarize(metrics, values, loads)
+    # Higher is better for a rate: shoal's 10 over dask's better shape, 2.
+    assert (table["rate"]["shoal/dask"], table["rate"]["shoal/ray"]) == (5.0, 2.5)
+    # Lower is better for bytes: the ratio is shoal's over the peer's, lowest of each.
+    assert (table["mem"]["shoal/dask"], table["mem"]["shoal/ray"]) == (0.25, 2.0)
+    assert table["rate"]["load"]["min"] == 1.5 and table["rate"]["load"]["max"] == 2.5
+    text = format_table(table)
+    assert "1.5..2.5" in text
+    assert all(name in text for name in ("shoal-cli", "dask-cli", "ray"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_e2e_round_charges_cpu_to_each_process_kind(tmp_path: Path) -> None:
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    shape = {"tasks": 200, "round_trips": 20, "leaves": 16}
+    out = e2e.run_round("shoal-cli", "map", shape, tmp_path)
+    assert out["throughput_tasks_s"] > 0
+    # The workers ran 200 tasks and the scheduler placed them: both used CPU.
+    assert out["map_cpu_workers_us"] > 0
+    assert out["map_cpu_scheduler_us"] > 0
+    tree = e2e.run_round("shoal", "tree", shape, tmp_path)
+    assert tree["tree_tasks_s"] > 0 and tree["tree_cpu_client_us"] > 0
+    left = {p.pid for p in me.children(recursive=True)} - before
+    assert not left, f"processes left running: {left}"
+
+
+def test_tree_graph_has_string_keys_and_sums_right() -> None:
+    graph, top = e2e.tree_graph(5)
+    assert all(type(key) is str for key in graph)
+    assert len(graph) == 9 and top in graph

@@ -49,6 +49,7 @@ def test_token_new_prints_a_line_for_a_token_file() -> None:
         (["scheduler", "--require-tls"], "--require-tls needs --tls-ca"),
         (["scheduler", "--audit-log", "/no/such/dir/audit"], "cannot write an audit log"),
         (["worker", "127.0.0.1:1", "--token-file", "READONLY"], "no worker or admin token"),
+        (["retire", "127.0.0.1:1", "--worker", "w", "--token-file", "READONLY"], "no admin token"),
     ],
 )
 def test_bad_access_flags_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

@@ -448,3 +448,19 @@ def test_refusal_answers_keep_the_connection() -> None:
     out = state.handle(peer, m.CancelKeys(keys=("a",)), 2.0)
     assert not [c for c in out if type(c) is Disconnect]
     assert peer in state.clients
+
+
+def test_only_admin_retires_workers_and_it_is_audited() -> None:
+    state = SchedulerState(audit=True)
+    state.connected("w", "worker", Grant(WORKER, "pool"))
+    state.handle("w", m.RegisterWorker(name="w1", address="tcp://127.0.0.1:1", nthreads=1), 1.0)
+    submit = registered_peer(state, "client", SUBMIT)
+    out = state.handle(submit, m.RetireWorkers(workers=("w1",), request_id=4), 2.0)
+    [answer] = refusals(out)
+    assert answer.request_id == 4 and "retire-workers needs the admin role" in answer.reason
+    assert not state.retiring
+    state.grants[submit] = Grant(ADMIN, "ops")
+    out = state.handle(submit, m.RetireWorkers(workers=("w1",), request_id=5), 3.0)
+    [event] = [c for c in out if type(c) is Audit and c.event == "retire"]
+    assert event.fields["workers"] == ["w1"] and event.fields["token"] == "ops"
+    assert state.retiring

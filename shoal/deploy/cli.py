@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import __version__
-from shoal.deploy import options
+from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.nanny import (
     FATAL_EXIT,
@@ -33,6 +33,9 @@ from shoal.protocol.tokens import Keyring, TokenFileError, new_token_line
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 
 DEFAULT_PORT = 7786
+# The part of a container's memory limit a worker takes by default: the rest is
+# for its nanny, so that the nanny restarts it before the kernel kills the pod.
+CONTAINER_SHARE = 0.95
 log = logging.getLogger("shoal.cli")
 
 
@@ -216,17 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--nthreads",
         type=_at_least_one,
-        default=os.cpu_count() or 1,
-        help="threads running tasks (default: one per core)",
+        default=None,
+        help="threads running tasks (default: one per core it may use; in a container, "
+        "its CPU limit rounded up)",
     )
     worker.add_argument(
         "--name", type=_checked(_text("the name")), default=None, help="unique worker name"
     )
     worker.add_argument(
         "--memory-limit",
-        default="0",
+        default=None,
         help="e.g. 8GB or 512MiB; 0.5: half this machine's memory; auto: its share of "
-        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} MiB)",
+        f"the machine by threads; 0: no limit (at least {options.MIN_MEMORY_LIMIT // 2**20} "
+        "MiB; default: in a container with a memory limit, 95%% of it, else none)",
     )
     worker.add_argument(
         "--resources",
@@ -275,7 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"see --max-restarts (default {RESTART_WINDOW_S:g})",
     )
+    worker.add_argument(
+        "--retire-timeout",
+        type=_positive,
+        default=retire.RETIRE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM the worker retires: its tasks finish or move and its values move "
+        f"to other workers; it leaves after this long regardless (default "
+        f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
+    )
     _add_security(worker)
+
+    retiring = retire.add_parser(
+        commands, _checked(_connect_address), _checked(_text("the worker")), _positive
+    )
+    _add_security(retiring)
 
     token = commands.add_parser("token", help="make tokens for a token file")
     token.set_defaults(parser=token)
@@ -310,6 +329,11 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error(f"--require-tls: the scheduler's address {args.address} is not tls://")
     _check_tokens(args, parser)
     if args.command == "worker":
+        limits = cgroup.read_limits()
+        if args.nthreads is None:
+            args.nthreads = limits.threads(cgroup.usable_cores())
+        if args.memory_limit is None:
+            args.memory_limit = str(int(limits.memory * CONTAINER_SHARE)) if limits.memory else "0"
         try:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
@@ -329,13 +353,19 @@ def _check_tokens(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"argument --token-file: {exc}")
     if args.token is None and args.keyring is None:
         args.token = os.environ.get("SHOAL_TOKEN") or None
-    if args.command == "worker" and args.keyring is not None and args.token is None:
+    if args.command != "scheduler" and args.keyring is not None and args.token is None:
         args.token = os.environ.get("SHOAL_TOKEN") or None
-        own = args.keyring.first(Role.WORKER, Role.ADMIN)
+        roles = _CONNECTS_AS.get(args.command, (Role.ADMIN,))
+        own = args.keyring.first(*roles)
         if args.token is None and own is None:
-            parser.error("argument --token-file: no worker or admin token to connect with")
+            words = " or ".join(r.value for r in roles)
+            parser.error(f"argument --token-file: no {words} token to connect with")
         if args.token is None:
             args.token = own.secret.decode()
+
+
+# The roles of the token file's token a command connects with, first found first.
+_CONNECTS_AS = {"worker": (Role.WORKER, Role.ADMIN), "retire": (Role.ADMIN,)}
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -352,12 +382,21 @@ class _Signals:
     def __init__(self) -> None:
         self.name = ""  # what stopped it: "SIGTERM", or "its parent's end"
         self._event = asyncio.Event()
+        self._ignoring = ""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._caught, sig.name)
         watch_parent(lambda: self._caught("its parent's end"))
 
+    def rearm(self, ignoring: str) -> None:
+        """Wait for a further signal from now on, passing over `ignoring` ones."""
+        self._ignoring = ignoring
+        self._event = asyncio.Event()
+
     def _caught(self, name: str) -> None:
+        if name == self._ignoring:
+            return
+        self.name = "" if self._ignoring else self.name
         if not self.name and not name.startswith("SIG"):
             log.warning("the process that started this one is gone; stopping")
         self.name = self.name or name
@@ -457,8 +496,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
         )
         finished = asyncio.ensure_future(worker.finished())
         signalled = await signals.race(finished)
+        if signalled and signals.name == "SIGTERM":
+            await retire.retire_on_signal(worker, signals, args.retire_timeout)
         await worker.close(f"stopped by {signals.name}" if signalled else "scheduler gone")
-        if signalled:
+        if signalled or worker.retired:  # retired at `shoal retire`'s request: done
             return 0
         if finished.exception() is not None:
             return INTERNAL_ERROR_EXIT  # logged already; its nanny restarts it
@@ -498,12 +539,13 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         log_level=args.log_level,
         max_restarts=args.max_restarts,
         restart_window=args.restart_window,
+        stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, nanny.stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its worker retires
+        loop.add_signal_handler(sig, nanny.stop, sig)
     loop.add_signal_handler(signal.SIGHUP, nanny.hangup)
-    if watch_parent(nanny.stop):  # started by LocalCluster: end with it
+    if watch_parent(lambda: nanny.stop(signal.SIGINT)):  # started by LocalCluster: end with it
         log.debug("nanny of %s ends with the process that started it", nanny.name)
     return await nanny.run()
 
@@ -559,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
         from shoal.deploy.demo import main as demo_main
 
         return demo_main(args.workers, args.leaves)
+    if args.command == "retire":
+        try:
+            return retire.run(args, _tls(args))
+        except (OSError, TimeoutError, ShoalError) as exc:
+            print(f"shoal retire: {exc}", file=sys.stderr)
+            return 1
     try:
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))

@@ -109,6 +109,7 @@ class Nanny:
         log_level: str = "info",
         max_restarts: int = MAX_RESTARTS,
         restart_window: float = RESTART_WINDOW_S,
+        stop_timeout: float = STOP_TIMEOUT_S,
     ) -> None:
         self.scheduler = scheduler
         self.worker_args = list(worker_args)
@@ -116,6 +117,8 @@ class Nanny:
         self.memory_limit = memory_limit
         self._token, self._tls, self._log_level = token, tls, log_level
         self._stop = asyncio.Event()
+        self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
+        self.stop_timeout = stop_timeout
         self.restarts = 0
         self.causes: list[str] = []  # every cause of death reported, in order
         self.address = ""  # the worker's data address, as it announced it
@@ -123,14 +126,20 @@ class Nanny:
         # Ties the worker to this nanny at the scheduler: only this nanny may report it.
         self.nanny_id = secrets.token_hex(8)
         self._lifeline = Lifeline()
+        self._proc: asyncio.subprocess.Process | None = None  # the worker process
         self._comm: Comm | None = None  # the scheduler link, while connected
-        self._proc: asyncio.subprocess.Process | None = None  # the worker, once started
         self._linked = asyncio.Event()
         self._deaths: collections.deque[float] = collections.deque()
         self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
 
-    def stop(self) -> None:
-        """Stop the worker (it leaves the scheduler cleanly) and then the nanny."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the worker and then the nanny. The worker gets `sig`: on SIGTERM it
+        retires gracefully (its values move to other workers), on SIGINT it leaves
+        at once. A later SIGINT cuts a retirement short."""
+        if not self._stop.is_set() or sig == signal.SIGINT:
+            self._stop_signal = sig
+        if self._stop.is_set() and self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(sig)  # it is being stopped already: pass this one on
         self._stop.set()
 
     def hangup(self) -> None:
@@ -306,12 +315,12 @@ class Nanny:
             return await never
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(self._stop_signal)
         try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
+            async with asyncio.timeout(self.stop_timeout):
                 await proc.wait()
         except TimeoutError:
-            log.warning("worker %s did not stop in %g s; killing it", self.name, STOP_TIMEOUT_S)
+            log.warning("worker %s did not stop in %g s; killing it", self.name, self.stop_timeout)
             proc.kill()
             await proc.wait()
 

@@ -8,7 +8,6 @@ ValueError with a message fit for `argparse` to print on one line.
 from __future__ import annotations
 
 import math
-import os
 import re
 
 _UNITS = {
@@ -47,10 +46,15 @@ def parse_bytes(text: str) -> int:
 
 
 def machine_memory() -> int:
-    """This machine's total physical memory in bytes."""
+    """This machine's total physical memory in bytes, or its container's memory
+    limit when that is lower (see shoal.deploy.cgroup)."""
     import psutil
 
-    return int(psutil.virtual_memory().total)
+    from shoal.deploy.cgroup import read_limits
+
+    total = int(psutil.virtual_memory().total)
+    limit = read_limits().memory
+    return min(total, limit) if limit else total
 
 
 def memory_limit(value: str | float, nthreads: int, total: int | None = None) -> int:
@@ -70,7 +74,9 @@ def memory_limit(value: str | float, nthreads: int, total: int | None = None) ->
     if text in NO_LIMIT:
         return 0
     if text == "auto":
-        share = min(1.0, nthreads / (os.cpu_count() or 1))
+        from shoal.deploy.cgroup import read_limits, usable_cores
+
+        share = min(1.0, nthreads / read_limits().threads(usable_cores()))
         limit = int((machine_memory() if total is None else total) * share)
     else:
         try:

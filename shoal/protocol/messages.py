@@ -276,6 +276,25 @@ class WorkerLeaving(Message):
     reason: str = ""
 
 
+@message("retire-worker")
+class RetireWorker(Message):
+    """The sending worker asks to retire (it got SIGTERM, say): it takes no more
+    tasks, finishes or hands back those it has, and its values that no other
+    worker holds are copied elsewhere; then the scheduler sends WorkerRetired.
+    `timeout`: seconds after which the scheduler lets it go regardless (0: none)."""
+
+    reason: str = ""
+    timeout: float = 0.0
+
+
+@message("worker-retired")
+class WorkerRetired(Message):
+    """To a retiring worker: its tasks are done or handed back and its values are
+    safe elsewhere (or have no other place); it leaves now with WorkerLeaving."""
+
+    reason: str = ""
+
+
 @message("heartbeat")
 class Heartbeat(Message):
     """Sent by a worker every heartbeat interval: it is alive, and how loaded.
@@ -494,6 +513,27 @@ class TasksStalled(Message):
     workers: int
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     restrict: tuple[str, ...] = ()
+
+
+@message("retire-workers")
+class RetireWorkers(Message):
+    """Retire these workers (names or data addresses) gracefully, as RetireWorker
+    does for one; answered by WorkersRetired once each has left. `timeout`:
+    seconds after which a worker is let go regardless (0: none)."""
+
+    workers: tuple[str, ...]
+    timeout: float = 0.0
+    request_id: int = 0
+
+
+@message("workers-retired")
+class WorkersRetired(Message):
+    """The answer to RetireWorkers: the names of the workers that left, and the
+    names or addresses asked for that matched no worker."""
+
+    retired: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
+    request_id: int = 0
 
 
 @message("workers-changed")

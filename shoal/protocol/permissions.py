@@ -31,6 +31,7 @@ Roles = frozenset[Role]
 EVERYONE: Roles = frozenset(Role)
 # Sent only by a listener (answers, orders, reports): no listener accepts it.
 NOBODY: Roles = frozenset()
+_ADMINS: Roles = frozenset({ADMIN})
 _WORKERS: Roles = frozenset({ADMIN, WORKER})
 _CLIENTS: Roles = frozenset({ADMIN, SUBMIT})
 _READERS: Roles = frozenset({ADMIN, SUBMIT, READ})
@@ -68,6 +69,8 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.DataMissing: _WORKERS,
     m.DataFetched: _WORKERS,
     m.WorkerLeaving: _WORKERS,
+    m.RetireWorker: _WORKERS,  # a worker asks to retire itself (SIGTERM)
+    m.WorkerRetired: NOBODY,
     m.Heartbeat: _WORKERS,
     m.RegisterNanny: _WORKERS,
     m.WorkerDied: _WORKERS,
@@ -89,6 +92,8 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.GetSchedulerInfo: _READERS,
     m.SchedulerInfo: NOBODY,
     m.TasksStalled: NOBODY,
+    m.RetireWorkers: _ADMINS,  # retiring others changes the cluster
+    m.WorkersRetired: NOBODY,
     m.WorkersChanged: NOBODY,
     m.RequestRefused: NOBODY,
 }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shoal.protocol.schema import Message
     from shoal.scheduler.ingest import Plan
     from shoal.scheduler.replicas import Replication
+    from shoal.scheduler.retirement import Retirement, RetireRequest
     from shoal.scheduler.roles import Grant
     from shoal.scheduler.stalls import Stall
 
@@ -56,6 +57,9 @@ class CoreBase:
     dying: dict[WorkerInfo, float]
     nannies: dict[str, NannyInfo]  # by peer
     nanny_ids: dict[str, NannyInfo]  # by the id each registered under
+    retiring: dict[WorkerInfo, Retirement]
+    retire_requests: list[RetireRequest]
+    retire_events: int  # copies settled and workers come or gone, for retirement.py
     _order: itertools.count[int]
     _client_ids: itertools.count[int]
     _worker_index: itertools.count[int]
@@ -103,3 +107,9 @@ class CoreBase:
 
         # workers.py
         def _remove_worker(self, ws: WorkerInfo, cause: str | None = None) -> None: ...
+
+        # retirement.py
+        def _advance_retirements(self) -> None: ...
+        def _retirement_over(self, ws: WorkerInfo) -> None: ...
+        def _expire_retirements(self, now: float) -> None: ...
+        def _retirement_deadlines(self) -> list[float]: ...

@@ -180,6 +180,7 @@ class WorkerInfo:
         "pid",
         "processing",
         "resources",
+        "retiring",
         "started",
         "version",
     )
@@ -209,7 +210,8 @@ class WorkerInfo:
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.version = 0  # bumped whenever its load changes (see placement)
-        self.gone = False
+        self.gone = False  # out of placement: dying, or retiring (then still connected)
+        self.retiring = False  # on its way out gracefully (see scheduler/retirement.py)
         self.pid = 0
         self.host = ""
         self.nanny = False  # a nanny supervises it and reports how it died

@@ -187,7 +187,7 @@ class Placement:
         depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
         for ws, nbytes in held.items():  # _cost(), inline
             queued = len(ws.processing)
-            if queued < ws.nthreads * depth:
+            if queued < ws.nthreads * depth and not ws.gone:  # not dying or retiring
                 rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
                 if best is None or rank < best_rank:
                     best, best_rank = ws, rank

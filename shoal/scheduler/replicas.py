@@ -41,6 +41,7 @@ class DataRequests(CoreBase):
     def _data_missing(self, peer: str, msg: m.DataMissing) -> None:
         """A worker could not get `msg.key` from any worker in `msg.tried`."""
         ws = self.workers[peer]
+        self.retire_events += 1  # a retiring worker's copy may have failed
         ts = self.tasks.get(msg.key)
         if ts is not None and ts.status is M:
             # The sender lacks it too, whatever we thought: no compute-task leaves
@@ -58,6 +59,7 @@ class DataRequests(CoreBase):
 
     def _keys_acquired(self, peer: str, msg: m.KeysAcquired) -> None:
         ws = self.workers[peer]
+        self.retire_events += 1  # a retiring worker's copy may be made
         for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.status is M:
@@ -76,7 +78,7 @@ class DataRequests(CoreBase):
         if not ws.has_what:  # a dict keeps its largest size until replaced
             ws.has_what = {}
         ws.nbytes -= ts.nbytes
-        if not ws.gone:
+        if not ws.gone or ws.retiring:
             self._free.setdefault(ws, []).append(ts.key)
 
     # -- from clients -----------------------------------------------------------

@@ -150,6 +150,7 @@ class SchedulerState(
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
             ("worker", m.TasksStarted): self._tasks_started,
+            ("worker", m.RetireWorker): self._retire_worker,
             ("nanny", m.WorkerDied): self._worker_died,
             ("nanny", m.Heartbeat): self._nanny_heartbeat,
             ("client", m.AddData): self._add_data,
@@ -159,7 +160,9 @@ class SchedulerState(
             ("client", m.CancelKeys): self._cancel_keys,
             ("client", m.WhoHas): self._who_has,
             ("client", m.GetSchedulerInfo): self._scheduler_info,
+            ("client", m.RetireWorkers): self._retire_workers,
         }
+        self.retiring, self.retire_requests, self.retire_events = {}, [], 0  # retirement.py
 
     # -- entry points ------------------------------------------------------------
 
@@ -225,13 +228,15 @@ class SchedulerState(
         self._out = []
 
     def _end(self) -> list[Command]:
+        if self.retiring:  # see retirement.py
+            self._advance_retirements()
         while self._refill:  # slots freed by taking tasks back go to queued tasks
             ws = next(iter(self._refill))
             del self._refill[ws]
             self._fill(ws)
         if self._free:
             for ws, keys in self._free.items():
-                if not ws.gone:
+                if not ws.gone or ws.retiring:
                     self._out.append(Send(ws.peer, m.FreeKeys(keys=tuple(keys))))
             self._free = {}
         return self._out
@@ -479,7 +484,7 @@ class SchedulerState(
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount
-        if not ws.gone:
+        if not ws.gone or ws.retiring:  # a retiring worker still hears of what it lost
             self.placement.touch(ws)
             if free:
                 self._free.setdefault(ws, []).append(ts.key)
@@ -570,7 +575,7 @@ class SchedulerState(
                 if not ws.has_what:  # a dict keeps its largest size until replaced
                     ws.has_what = {}
                 ws.nbytes -= ts.nbytes
-                if not ws.gone:
+                if not ws.gone or ws.retiring:
                     self._free.setdefault(ws, []).append(ts.key)
             ts.who_has = ()
             ts.value = None

@@ -21,7 +21,8 @@ def validate_state(state: SchedulerState) -> None:
         _validate_task(state, ts)
     for ws in state.workers.values():
         if ws.gone:
-            assert ws in state.dying, f"{ws} is gone but registered"
+            assert (ws in state.dying) != ws.retiring, f"{ws} is gone but registered"
+            assert ws.retiring == (ws in state.retiring), f"{ws} retiring misfiled"
         else:
             assert state.placement.workers.get(ws.name) is ws, f"{ws} missing from placement"
         used: dict[str, float] = {}
@@ -37,7 +38,16 @@ def validate_state(state: SchedulerState) -> None:
         for ts in ws.has_what:
             assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
         assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"
-    assert len(state.placement.workers) == len(state.workers) - len(state.dying)
+    out = len(state.dying) + len(state.retiring)
+    assert len(state.placement.workers) == len(state.workers) - out, "placement misfiled"
+    for ws, ret in state.retiring.items():
+        assert ret.ws is ws and ws.retiring and ws.gone, f"retirement of {ws} misfiled"
+        assert state.workers.get(ws.peer) is ws, f"departed {ws} still retiring"
+        for ts in ret.copies:
+            assert ts in ws.has_what, f"{ws} copies {ts} it does not hold"
+    for retire in state.retire_requests:
+        for ws in retire.pending:
+            assert ws in state.retiring, f"a retire request waits for {ws}, not retiring"
     for ws in state.dying:
         assert state.workers.get(ws.peer) is ws and ws.gone, f"dying {ws} misfiled"
     assert {n.nanny_id: n for n in state.nannies.values()} == state.nanny_ids, "nannies misfiled"

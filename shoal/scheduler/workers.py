@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
-from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -23,12 +22,14 @@ from shoal.scheduler.model import (
     WorkerInfo,
     without_member,
 )
+from shoal.scheduler.retirement import Retirements
 
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents(CoreBase):
-    """Handlers of worker membership and liveness (see SchedulerState)."""
+class WorkerEvents(Retirements):
+    """Handlers of worker membership and liveness (see SchedulerState); leaving
+    gracefully is retirement.py's."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
         reason = self._registration_problem(msg)
@@ -52,6 +53,7 @@ class WorkerEvents(CoreBase):
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
+        self.retire_events += 1  # somewhere for a retiring worker's values
         self._send(peer, m.WorkerRegistered(name=ws.name))
         self._audit(
             "worker-joined",
@@ -98,11 +100,18 @@ class WorkerEvents(CoreBase):
                 ws.started[ts] = None
 
     def _worker_lost(self, ws: WorkerInfo) -> None:
-        """A worker's connection ended without `worker-leaving`: it died."""
+        """A worker's connection ended without `worker-leaving`: it died (unless it
+        was told to leave at the end of its retirement)."""
+        retirement = self.retiring.get(ws)
+        if retirement is not None and retirement.done:
+            self._remove_worker(ws)
+            return
+        self._retirement_over(ws)
         if ws.nanny_id and ws.nanny_id in self.nanny_ids:
             # Its nanny is about to say why; its work waits for that.
             self.dying[ws] = self._now + self.death_report_wait
-            self.placement.remove_worker(ws)
+            if not ws.gone:  # a retiring worker is out of placement already
+                self.placement.remove_worker(ws)
             self._workers_changed()
         elif ws.nanny_id:  # the whole node went, or at least its nanny did: no report comes
             self._remove_worker(ws, NODE_LOST)
@@ -174,6 +183,8 @@ class WorkerEvents(CoreBase):
             self._audit("worker-died", conn=ws.peer, name=ws.name[:100], cause=cause[:1000])
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
+        self._retirement_over(ws)
+        self.retire_events += 1  # it may have been fetching a retiring worker's values
         if self.by_address.get(ws.address) is ws:
             del self.by_address[ws.address]
             # Rare: a dying worker's successor took its address and left first.
@@ -226,7 +237,9 @@ class WorkerEvents(CoreBase):
         return killed
 
     def _expire(self, now: float) -> None:
-        """Remove dying workers whose report is overdue, and silent workers and nannies."""
+        """Remove dying workers whose report is overdue, and silent workers and nannies;
+        end retirements past their deadline."""
+        self._expire_retirements(now)
         for ws, deadline in list(self.dying.items()):
             if now >= deadline:
                 self._remove_worker(ws, "its connection was lost and its nanny sent no report")
@@ -237,15 +250,16 @@ class WorkerEvents(CoreBase):
             )
             self._out.append(Disconnect(nanny.peer, reason))
             self._nanny_lost(nanny)
-        for ws in [ws for ws in self.workers.values() if not ws.gone and ws.last_seen < silent]:
+        alive = [ws for ws in self.workers.values() if not ws.gone or ws.retiring]
+        for ws in [ws for ws in alive if ws.last_seen < silent]:
             cause = f"it sent no heartbeat for {now - ws.last_seen:.1f} s"
             self._out.append(Disconnect(ws.peer, f"worker {ws.name}: {cause}"))
             self._remove_worker(ws, cause)
 
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do; None: nothing until a message comes."""
-        deadlines = list(self.dying.values())
-        seen = [ws.last_seen for ws in self.workers.values() if not ws.gone]
+        deadlines = [*self.dying.values(), *self._retirement_deadlines()]
+        seen = [ws.last_seen for ws in self.workers.values() if not ws.gone or ws.retiring]
         seen.extend(nanny.last_seen for nanny in self.nannies.values())
         if seen:
             deadlines.append(min(seen) + self.heartbeat_timeout)

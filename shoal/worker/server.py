@@ -35,6 +35,7 @@ from shoal.protocol.messages import (
     RegistrationRefused,
     WorkerLeaving,
     WorkerRegistered,
+    WorkerRetired,
 )
 from shoal.protocol.permissions import refused as refused_for_role
 from shoal.protocol.retry import connect_retrying
@@ -59,6 +60,7 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.execute import ThreadPool
+from shoal.worker.retiring import Retiring
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,7 @@ class PeerFetcher:
         return ""
 
 
-class Worker:
+class Worker(Retiring):
     """A worker: registers with the scheduler, runs the tasks it is sent on `nthreads`
     threads, and serves the values it holds to peers at `address`.
 
@@ -489,6 +491,8 @@ class Worker:
             kind = type(msg)
             if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
                 self._handle(msg, now)
+            elif kind is WorkerRetired:
+                self._on_retired(msg)  # type: ignore[arg-type]
             else:
                 log.warning("ignoring unexpected %s from the scheduler", msg.op)
 
