@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-protocol bench-e2e bench-transfer bench-memory lint clean
+.PHONY: test demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Debian's Chromium for tests/test_dashboard_browser.py (.ci/run calls it too).
+chromium:
+	bash .ci/chromium.sh
+
+# The README's picture of the dashboard: the browser test saves it while a graph runs.
+dashboard-screenshot: $(VENV)/.installed-test chromium
+	SHOAL_DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q tests/test_dashboard_browser.py
 
 demo: $(VENV)/.installed-test
 	$(BIN)/shoal demo

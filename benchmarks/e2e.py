@@ -12,6 +12,11 @@ leaves behind reaches the next:
 - `tree`: 8,192 leaves summed pairwise, 16,383 tasks with string keys, run
   with `client.get(graph, top)` (shoal, dask) or built from object references
   (Ray, the way its users compose tasks); tasks per second.
+- `observed` (shoal only): the `map` workload three times on one cluster, the
+  second time with a separate process scraping /metrics and polling the
+  dashboard's /api/v1/dashboard every second (benchmarks/observe.py), as
+  Prometheus and an open dashboard page do; its throughput beside the mean of
+  the runs just before and after, with nothing polling.
 
 Each round also charges the CPU every process used during its workload to
 the client, the scheduler or the workers (`systems.CpuMeter`) and reports
@@ -23,11 +28,14 @@ microseconds per task for each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import systems as sysmod
@@ -38,7 +46,7 @@ SHAPES = {
     "full": {"tasks": 20_000, "round_trips": 1_000, "leaves": 8_192},
     "quick": {"tasks": 1_000, "round_trips": 100, "leaves": 256},
 }
-ROUNDS = ("latency", "map", "tree")
+ROUNDS = ("latency", "map", "tree", "observed")
 # One system's round; dask's map or tree round on a busy 2-core machine takes up to 2 minutes.
 CHILD_TIMEOUT_S = 600.0
 
@@ -62,7 +70,39 @@ def metrics(shape: dict[str, int]) -> list[Metric]:
         Metric("tree_tasks_s", f"tree reduction, {2 * shape['leaves'] - 1:,} tasks", "tasks/s"),
         Metric("tree_s", f"tree reduction, {shape['leaves']:,} leaves", "s", lower=True),
         *cpu_metrics("tree", "tree"),
+        Metric("closed_tasks_s", f"map+gather of {shape['tasks']:,}, HTTP not polled", "tasks/s"),
+        Metric("observed_tasks_s", "  the same, /metrics + dashboard polled 1/s", "tasks/s"),
+        Metric("observed_cost_pct", "  throughput lost to that polling", "%", lower=True),
     ]
+
+
+def runs_on(kind: str, system: str) -> bool:
+    """Whether round `kind` is run for `system` (the HTTP endpoints are shoal's)."""
+    return kind != "observed" or sysmod.family(system) == "shoal"
+
+
+class Observer:
+    """benchmarks/observe.py polling `http` from a process of its own, as a scraper
+    and a browser would; `requests` counts what it sent, once it stopped."""
+
+    def __init__(self, http: str) -> None:
+        self.http = http
+        self.requests = 0
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Observer:
+        args = [sys.executable, "-m", "benchmarks.observe", self.http, "1"]
+        pipe = subprocess.PIPE
+        root = Path(__file__).resolve().parent.parent
+        self._proc = subprocess.Popen(args, stdin=pipe, stdout=pipe, text=True, cwd=root)
+        assert self._proc.stdout is not None
+        self._proc.stdout.readline()  # "started": its first poll is done
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate("", timeout=30)  # the end of stdin stops it
+        self.requests = int(out.split()[-1]) if out.split() else 0
 
 
 def inc(x: int) -> int:
@@ -176,9 +216,26 @@ def run_round(system: str, kind: str, shape: dict[str, int], workdir: Path) -> d
             _charge(out, "tree", meter.stop(), 2 * leaves - 1)
             out["tree_tasks_s"] = (2 * leaves - 1) / out["tree_s"]
             assert total == leaves * (leaves + 1) // 2, total
+        elif kind == "observed":
+            meter.stop()
+            n = shape["tasks"]
+            rates = []
+            for polled in (False, True, False):
+                with Observer(cluster.client.dashboard_link.rstrip("/")) if polled else _nothing():
+                    begin = time.perf_counter()
+                    assert calls.map(n) == list(range(1, n + 1))
+                    rates.append(n / (time.perf_counter() - begin))
+            closed = (rates[0] + rates[2]) / 2
+            out["closed_tasks_s"], out["observed_tasks_s"] = closed, rates[1]
+            out["observed_cost_pct"] = 100.0 * (1.0 - rates[1] / closed)
         else:
             raise ValueError(f"unknown round {kind!r}; choose from {ROUNDS}")
     return out
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def child(system: str, kind: str, shape_name: str) -> None:
@@ -215,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(repeat):
         for kind in args.rounds.split(","):
             for system in names if rep % 2 == 0 else names[::-1]:
+                if not runs_on(kind, system):
+                    continue
                 result = spawn(system, kind, shape)
                 print(f"  rep {rep + 1}/{repeat} {kind} {system}: {result}", file=sys.stderr)
                 for key, value in result.items():

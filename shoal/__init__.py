@@ -9,11 +9,12 @@ from shoal.client import cluster as _cluster
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "Future", "as_completed", "wait"]
+__all__ = ["Client", "Future", "as_completed", "progress", "wait"]
 
 if TYPE_CHECKING:
     from shoal.client.client import Client
     from shoal.client.futures import Future, as_completed, wait
+    from shoal.client.progress import progress
 
 # Loaded on first use, so `import shoal` (the CLI, workers) stays cheap.
 _LAZY = {
@@ -21,6 +22,7 @@ _LAZY = {
     "Future": "shoal.client.futures",
     "as_completed": "shoal.client.futures",
     "wait": "shoal.client.futures",
+    "progress": "shoal.client.progress",
 }
 
 

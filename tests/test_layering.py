@@ -40,6 +40,8 @@ PURE_CORES = [
     "scheduler/validate.py",
     "scheduler/stalls.py",
     "scheduler/roles.py",
+    "scheduler/tally.py",
+    "scheduler/views.py",
     "worker/state.py",
     "worker/events.py",
     "worker/validate.py",

@@ -762,6 +762,8 @@ def test_scheduler_info_is_plain_data() -> None:
     info = out.msg.info
     assert info == {
         "address": "tcp://sched:8786",
+        "http_address": "",
+        "dashboard": "",
         "workers": {
             "a": {
                 "address": "tcp://a:1",
@@ -773,6 +775,7 @@ def test_scheduler_info_is_plain_data() -> None:
                 "nbytes": 40,
                 "pid": 0,
                 "host": "",
+                "http_address": "",
                 "nanny": False,
                 "cpu": 0.0,
                 "memory": 0,

@@ -27,6 +27,7 @@ from shoal.client.keywords import (
 from shoal.client.link import SchedulerLink
 from shoal.client.loop import LoopThread
 from shoal.client.pool import DataPool
+from shoal.client.progress import Observing
 from shoal.client.state import Key, KeyState, KeyTable, Status
 from shoal.errors import (
     CommClosedError,
@@ -50,7 +51,7 @@ RECONNECT_TIMEOUT_S = 600.0
 REGISTER_RETRY_S = 1.0
 
 
-class Client:
+class Client(Observing):
     """Connect to a scheduler (or start a LocalCluster) and compute on it.
 
     With `asynchronous=False` (the default) the connection runs on an event

@@ -78,6 +78,7 @@ class SchedulerLink:
         self.on_lost = on_lost
         self.client_id = ""
         self.workers = 0
+        self.http_address = ""  # the scheduler's HTTP endpoints, as its welcome said
         self.lost: str | None = None
         self.closing = False
         self._comm: Comm | None = None
@@ -123,6 +124,7 @@ class SchedulerLink:
             comm.abort("registration did not complete")
             raise
         self.client_id, self.workers = first[0].client_id, first[0].workers
+        self.http_address = first[0].http_address
         self._comm = comm
         with self.keys.batch():
             for msg in first[1:]:

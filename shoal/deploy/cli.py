@@ -11,11 +11,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal import __version__
 from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
+from shoal.deploy.logs import configure_logging
 from shoal.deploy.nanny import (
     FATAL_EXIT,
     INTERNAL_ERROR_EXIT,
@@ -32,7 +33,11 @@ from shoal.protocol.tls import TLSConfig
 from shoal.protocol.tokens import Keyring, TokenFileError, new_token_line
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 
+if TYPE_CHECKING:
+    from shoal.worker.http import WorkerWeb
+
 DEFAULT_PORT = 7786
+DEFAULT_HTTP_PORT = 8787  # the scheduler's HTTP endpoints and dashboard
 # The part of a container's memory limit a worker takes by default: the rest is
 # for its nanny, so that the nanny restarts it before the kernel kills the pod.
 CONTAINER_SHARE = 0.95
@@ -65,6 +70,22 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", type=pem, metavar="PEM", help="CA bundle peers must chain to")
     group.add_argument("--tls-cert", type=pem, metavar="PEM", help="this side's certificate")
     group.add_argument("--tls-key", type=pem, metavar="PEM", help="this side's private key")
+
+
+def _add_http(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    group = parser.add_argument_group("HTTP")
+    more = (
+        f"; default {default}, or any free port when {default} is taken or --port is 0"
+        if default
+        else "; default 0"
+    )
+    group.add_argument(
+        "--http-port",
+        type=_checked(options.port),
+        default=None,
+        help=f"port of {what} on the same interface (0: any free port{more})",
+    )
+    group.add_argument("--no-http", action="store_true", help="serve no HTTP endpoints")
 
 
 def _pem_file(text: str) -> str:
@@ -154,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object a line, for log collectors (default text)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sched = commands.add_parser("scheduler", help="run a scheduler")
@@ -207,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append who did what, as JSON lines (reopened on SIGHUP)",
     )
+    _add_http(sched, DEFAULT_HTTP_PORT, "the dashboard, /metrics, /health, /ready, /api/v1")
     _add_security(sched)
 
     worker = commands.add_parser("worker", help="run a worker that joins a scheduler")
@@ -289,12 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
         f"to other workers; it leaves after this long regardless (default "
         f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
     )
+    _add_http(worker, 0, "/metrics, /health, /ready")
     _add_security(worker)
 
     retiring = retire.add_parser(
         commands, _checked(_connect_address), _checked(_text("the worker")), _positive
     )
     _add_security(retiring)
+
+    stat = commands.add_parser("status", help="print a scheduler's workers and task counts")
+    stat.set_defaults(parser=stat)
+    stat.add_argument(
+        "address",
+        type=_checked(_connect_address),
+        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
+    )
+    stat.add_argument("--json", action="store_true", help="the scheduler's info as JSON")
+    stat.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when the scheduler does not answer within this (default 10)",
+    )
+    _add_security(stat)
 
     token = commands.add_parser("token", help="make tokens for a token file")
     token.set_defaults(parser=token)
@@ -435,6 +481,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         no_worker_warning=args.no_worker_warning,
         no_workers_timeout=args.no_workers_timeout,
         freeze_gc=True,  # this process is the scheduler's alone
+        http_port=None if args.no_http else _scheduler_http_port(args),
+        http_fallback=args.http_port is None,  # the default port gives way when taken
     )
     try:
         await scheduler.start()
@@ -443,6 +491,8 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
         return 1
     gc.freeze()  # import-time objects never die: keep them out of collections
     print(f"shoal scheduler listening at {scheduler.address}", flush=True)
+    if scheduler.http_address:
+        print(f"shoal scheduler dashboard and metrics at {scheduler.http_address}", flush=True)
     signals = _Signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, scheduler.reload)
     await signals.race(scheduler.finished())
@@ -454,14 +504,54 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_http_port(args: argparse.Namespace) -> int:
+    if args.http_port is not None:
+        return int(args.http_port)
+    return 0 if args.port == 0 else DEFAULT_HTTP_PORT
+
+
 async def _run_worker(args: argparse.Namespace) -> int:
     """A worker in this process; it joins its scheduler again whenever it loses it."""
-    from shoal.worker.server import Worker
+    from shoal.worker.http import WorkerWeb
 
     nanny_id = os.environ.pop(NANNY_ENV, "")
     signals = _Signals()
     if args.keyring is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, args.keyring)
+    web = None
+    if not args.no_http:
+        web = WorkerWeb(
+            host=_worker_http_host(args),
+            port=args.http_port or 0,
+            token=args.token,
+            tls=_tls(args),
+        )
+        try:
+            await web.start()
+        except PermissionError as exc:
+            print(f"shoal worker: {exc}", file=sys.stderr)
+            return FATAL_EXIT
+    try:
+        return await _serve_worker(args, nanny_id, signals, web)
+    finally:
+        if web is not None:
+            await web.close()
+
+
+def _worker_http_host(args: argparse.Namespace) -> str:
+    """The worker's HTTP interface: its data address's, or loopback for a
+    scheduler on loopback, else every interface."""
+    if args.listen is not None:
+        host = parse_address(args.listen).host
+        return host if host else "0.0.0.0"
+    return "127.0.0.1" if args.address.is_loopback else "0.0.0.0"
+
+
+async def _serve_worker(
+    args: argparse.Namespace, nanny_id: str, signals: _Signals, web: WorkerWeb | None
+) -> int:
+    from shoal.worker.server import Worker
+
     first = True
     while True:
         worker = Worker(
@@ -478,7 +568,10 @@ async def _run_worker(args: argparse.Namespace) -> int:
             nanny=bool(nanny_id),
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
+            http_address=web.address if web is not None else "",
         )
+        if web is not None:
+            web.worker = worker
         starting = asyncio.ensure_future(worker.start())
         if await signals.race(starting):
             return 0  # stopped while still trying to reach the scheduler
@@ -487,6 +580,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             # Refused at first: a setting is wrong. Refused when joining again: the
             # scheduler may still hold the old registration; the nanny retries.
             return FATAL_EXIT if first else 1
+        first_join = first
         if first:
             gc.freeze()
             first = False
@@ -494,6 +588,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             f"shoal worker {worker.name} joined {args.address}, serving data at {worker.address}",
             flush=True,
         )
+        if first_join and web is not None:
+            print(f"shoal worker {worker.name} metrics at {web.address}", flush=True)
+        first_join = False
         finished = asyncio.ensure_future(worker.finished())
         signalled = await signals.race(finished)
         if signalled and signals.name == "SIGTERM":
@@ -537,6 +634,7 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         token=args.token,
         tls=_tls(args),
         log_level=args.log_level,
+        log_format=args.log_format,
         max_restarts=args.max_restarts,
         restart_window=args.restart_window,
         stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
@@ -575,7 +673,7 @@ def _worker_options(argv: list[str]) -> list[str]:
 
 
 # `shoal worker` options that take no value.
-_WORKER_FLAGS = ("--no-nanny", "--require-tls", "-h", "--help")
+_WORKER_FLAGS = ("--no-nanny", "--no-http", "--require-tls", "-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,10 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     check_args(args)
-    level = "warning" if args.command == "demo" else args.log_level
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = "warning" if args.command in ("demo", "status") else args.log_level
+    configure_logging(level, args.log_format)
     if args.command == "token":
         try:
             print(new_token_line(Role(args.role), args.name))
@@ -608,6 +704,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shoal retire: {exc}", file=sys.stderr)
             return 1
     try:
+        if args.command == "status":
+            from shoal.deploy.status import status
+
+            text = status(
+                str(args.address),
+                token=args.token,
+                tls=_tls(args),
+                timeout=args.timeout,
+                as_json=args.json,
+            )
+            print(text, flush=True)
+            return 0
         if args.command == "scheduler":
             return asyncio.run(_run_scheduler(args))
         if args.no_nanny:

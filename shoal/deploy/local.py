@@ -82,6 +82,10 @@ def check_scheduler_options(owner: str, given: dict[str, Any]) -> None:
                 options.seconds(value)
             elif name == "allowed_failures":
                 _count(name, value, 1)
+            elif name == "http_port" and value is not None:
+                if type(value) is not int:
+                    raise TypeError(f"http_port must be an int or None, not {value!r}")
+                options.port(str(value))
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
 
@@ -192,6 +196,7 @@ class LocalCluster:
         **scheduler_options: Any,
     ) -> None:
         check_scheduler_options("LocalCluster", scheduler_options)
+        scheduler_options.setdefault("http_port", 0)  # the dashboard, on any free port
         shape = WorkerShape.checked(n_workers, threads_per_worker, memory_limit, resources)
         self.n_workers, self.threads_per_worker = shape.n_workers, shape.threads_per_worker
         self.processes = processes
@@ -290,6 +295,7 @@ class LocalCluster:
             "--memory-limit",
             str(self.memory_limit),
         ]
+        args.append("--no-http")  # the scheduler's endpoints show the local workers
         if not self.nanny:
             args.append("--no-nanny")
         if self.resources:

@@ -107,6 +107,7 @@ class Nanny:
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         log_level: str = "info",
+        log_format: str = "text",
         max_restarts: int = MAX_RESTARTS,
         restart_window: float = RESTART_WINDOW_S,
         stop_timeout: float = STOP_TIMEOUT_S,
@@ -116,6 +117,7 @@ class Nanny:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.memory_limit = memory_limit
         self._token, self._tls, self._log_level = token, tls, log_level
+        self._log_format = log_format
         self._stop = asyncio.Event()
         self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
         self.stop_timeout = stop_timeout
@@ -221,6 +223,8 @@ class Nanny:
             "shoal",
             "--log-level",
             self._log_level,
+            "--log-format",
+            self._log_format,
             "worker",
             self.scheduler,
             *self.worker_args,

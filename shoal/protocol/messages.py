@@ -152,6 +152,8 @@ class RegisterWorker(Message):
     # The id its nanny registered under (RegisterNanny), tying the two together;
     # empty without a nanny.
     nanny_id: str = ""
+    # Where it serves /health, /ready and /metrics (http(s)://host:port); empty: it does not.
+    http_address: str = ""
 
 
 @message("worker-registered")
@@ -351,6 +353,8 @@ class ClientRegistered(Message):
 
     client_id: str
     workers: int
+    # Where the scheduler serves HTTP and its dashboard (http(s)://host:port); empty: nowhere.
+    http_address: str = ""
 
 
 @message("submit-graph")

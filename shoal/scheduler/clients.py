@@ -36,9 +36,15 @@ class ClientRequests(CoreBase):
     def _register_client(self, peer: str, msg: m.RegisterClient) -> None:
         client = ClientInfo(peer, f"client-{next(self._client_ids)}", msg.name)
         self.clients[peer] = client
+        self.tally.clients_connected += 1
+        self.tally.event(self._now, "client-connected", client=client.client_id, name=msg.name)
         self._send(
             peer,
-            m.ClientRegistered(client_id=client.client_id, workers=len(self.placement.workers)),
+            m.ClientRegistered(
+                client_id=client.client_id,
+                workers=len(self.placement.workers),
+                http_address=self.http_address,
+            ),
         )
         self._audit(
             "client-registered",
@@ -50,6 +56,7 @@ class ClientRequests(CoreBase):
 
     def _remove_client(self, client: ClientInfo) -> None:
         self._audit("client-left", conn=client.peer, client=client.client_id)
+        self.tally.event(self._now, "client-gone", client=client.client_id, name=client.name)
         for ts in list(client.wants):
             self._unwant(client, ts)
 
@@ -61,6 +68,10 @@ class ClientRequests(CoreBase):
         self._check_release(ts)
 
     def _submit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        self.tally.graphs += 1
+        self.tally.graph_tasks += len(msg.keys)
+        client = self.clients[peer].client_id
+        self.tally.event(self._now, "graph-received", client=client, tasks=len(msg.keys))
         if self.audit:
             self._audit_graph(peer, msg)
         if len(msg.keys) <= SLICE_TASKS:
@@ -126,13 +137,14 @@ class ClientRequests(CoreBase):
         added here): a small dict of recent entries, where self.tasks may be huge and
         cold. Known dependencies list them as dependents; self.tasks is left alone."""
         keys, funcs, func, args, deps = msg.keys, msg.funcs, msg.func, msg.args, msg.deps
-        prio, order = msg.priority, self._order
+        prio, order, group_of = msg.priority, self._order, self.tally.group_of
         options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
         for i in positions:
             key = keys[i]
             priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
             ts = TaskState(key, funcs[func[i]], args[i], priority)
+            ts.group = group_of(key)
             if options:
                 ts.resources = msg.resources.get(i)
                 ts.restrict = msg.restrict.get(i)
@@ -252,9 +264,7 @@ class ClientRequests(CoreBase):
 
     def info(self) -> dict[str, Any]:
         """The cluster as plain data."""
-        counts: dict[str, int] = {}
-        for ts in self.tasks.values():
-            counts[ts.status] = counts.get(ts.status, 0) + 1
+        counts = {s: n for s, n in self.tally.counts().items() if n and s != "forgotten"}
         workers = {
             ws.name: {
                 "address": ws.address,
@@ -266,6 +276,7 @@ class ClientRequests(CoreBase):
                 "nbytes": ws.nbytes,
                 "pid": ws.pid,
                 "host": ws.host,
+                "http_address": ws.http_address,
                 "nanny": ws.nanny,
                 "cpu": ws.cpu,
                 "memory": ws.memory,
@@ -275,6 +286,8 @@ class ClientRequests(CoreBase):
         }
         return {
             "address": self.address,
+            "http_address": self.http_address,
+            "dashboard": f"{self.http_address}/" if self.http_address else "",
             "workers": workers,
             "clients": len(self.clients),
             "tasks": counts,

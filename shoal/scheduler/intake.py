@@ -176,8 +176,10 @@ class LargeSubmissions(CoreBase):
         return all(map(operator.is_, map(tasks.get, plan.outside), plan.outside.values()))
 
     def _unlink(self, new: list[TaskState], plan: Plan) -> None:
-        """Drop tasks never published: known tasks forget them as dependents."""
+        """Drop tasks never published: known tasks forget them as dependents, and
+        their groups stop counting them."""
         for ts in new:
+            ts.group.counts[R] -= 1
             for dep in ts.deps:
                 if dep.key not in plan.index:
                     dep.dependents = without_member(dep.dependents, ts)

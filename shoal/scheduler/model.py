@@ -88,6 +88,29 @@ class TaskError:
         return dataclasses.replace(self, blame=key)
 
 
+class TaskGroup:
+    """The tasks sharing a key prefix ("inc" for "inc-3f2a..."): how many are in
+    each status now, kept as they move (see shoal.scheduler.tally). FORGOTTEN
+    counts every task of the group forgotten so far."""
+
+    __slots__ = ("compute_s", "counts", "erred", "finished", "name", "nbytes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts: dict[Status, int] = dict.fromkeys(Status, 0)
+        self.finished = 0  # runs that ended in memory, ever
+        self.erred = 0  # runs that raised, ever
+        self.compute_s = 0.0  # seconds its runs took, finished or erred
+        self.nbytes = 0  # bytes its finished runs produced, ever
+
+    def __repr__(self) -> str:
+        return f"<TaskGroup {self.name}>"
+
+
+# The group of a task made outside the core (by a test): counted nowhere it matters.
+LOOSE = TaskGroup("")
+
+
 class TaskState:
     """One task: its payloads, its edges, where it runs or is held."""
 
@@ -98,6 +121,7 @@ class TaskState:
         "deps",
         "error",
         "func",
+        "group",
         "key",
         "nbytes",
         "pending",
@@ -124,6 +148,7 @@ class TaskState:
     ) -> None:
         self.key = key
         self.status = Status.RELEASED
+        self.group = LOOSE  # its key prefix's counts; the core sets it when it files it
         # None for a scattered value: it has no lineage to recompute it from.
         self.func = func
         self.args = args
@@ -167,6 +192,7 @@ class WorkerInfo:
         "gone",
         "has_what",
         "host",
+        "http_address",
         "index",
         "last_seen",
         "memory",
@@ -214,6 +240,7 @@ class WorkerInfo:
         self.retiring = False  # on its way out gracefully (see scheduler/retirement.py)
         self.pid = 0
         self.host = ""
+        self.http_address = ""  # its HTTP endpoints (/metrics), if it serves them
         self.nanny = False  # a nanny supervises it and reports how it died
         self.nanny_id = ""  # the id its nanny registered under (see NannyInfo)
         self.last_seen = 0.0  # when it last sent anything (see heartbeat_timeout)

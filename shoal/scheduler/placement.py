@@ -136,6 +136,11 @@ class Placement:
         queue = self._constrained.get(sig)
         return queue.queued() if queue is not None else []
 
+    def count_queued_with(self, sig: Signature) -> int:
+        """How many tasks of a signature are queued (O(1))."""
+        queue = self._constrained.get(sig)
+        return len(queue) if queue is not None else 0
+
     def has_queued_with(self, sig: Signature) -> bool:
         queue = self._constrained.get(sig)
         return queue is not None and queue.first() is not None

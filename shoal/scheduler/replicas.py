@@ -69,8 +69,22 @@ class DataRequests(CoreBase):
                 self._free.setdefault(ws, []).append(key)  # released meanwhile
             self._copy_settled(key, ws)
 
+    def _data_lost(self, ts: TaskState) -> None:
+        """The only copy of a value is gone: send back whoever needed it."""
+        self._move(ts, R)
+        for dependent in ts.dependents:
+            if dependent.status is W:
+                dependent.waiting_on += 1
+            elif dependent.status in (Status.QUEUED, Status.PROCESSING):
+                self._move(dependent, W)
+        if ts.needed:
+            self._recompute([ts])
+        else:
+            self._maybe_forget(ts)
+
     def _data_fetched(self, peer: str, msg: m.DataFetched) -> None:
         self.placement.observe_transfer(msg.nbytes, msg.duration)
+        self.tally.fetched(msg.nbytes, msg.duration)
 
     def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         ts.who_has = without_member(ts.who_has, ws)
@@ -140,6 +154,7 @@ class DataRequests(CoreBase):
             ts = self.tasks.get(key)
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, None, next(self._order))
+                ts.group = self.tally.group_of(key)
             if client not in ts.wanted_by:
                 ts.wanted_by = with_member(ts.wanted_by, client)
                 client.wants[ts] = None

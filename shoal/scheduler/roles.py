@@ -18,6 +18,7 @@ from shoal.protocol.permissions import ADMIN, DATA_PORT, PERMISSIONS, Role, Role
 from shoal.protocol.schema import Message
 from shoal.scheduler.core import CoreBase
 from shoal.scheduler.model import Audit
+from shoal.scheduler.tally import key_prefix
 
 # The keys of one message looked at for their prefixes in the audit log: a graph
 # of a million tasks is not walked for it (the count is exact, the prefixes of
@@ -57,28 +58,13 @@ class Grant:
 ANYTHING = Grant(ADMIN, "")  # a connection to a scheduler that uses no token
 
 
-def key_prefix(key: object) -> str:
-    """The name part of a key, as the audit log shows it: 'inc' for 'inc-3f2a9c1e'
-    or ('inc-3f2a9c1e', 4), 'load_csv' for 'load_csv-12'."""
-    if isinstance(key, tuple):
-        key = key[0] if key else ""
-    text = key if isinstance(key, str) else str(key)
-    words = text.split("-")
-    kept = [words[0]]
-    for word in words[1:]:
-        if word.isdigit() or (len(word) >= 8 and all(c in "0123456789abcdef" for c in word)):
-            break
-        kept.append(word)
-    return peer_text("-".join(kept), 60)
-
-
 def key_summary(keys: Iterable[object], count: int) -> dict[str, object]:
     """The audit fields that describe `count` keys: how many, and their prefixes."""
     prefixes: dict[str, None] = {}
     for i, key in enumerate(keys):
         if i >= AUDIT_KEYS_SCANNED or len(prefixes) >= MAX_PREFIXES:
             break
-        prefixes[key_prefix(key)] = None
+        prefixes[peer_text(key_prefix(key), 60)] = None
     return {"keys": count, "prefixes": list(prefixes)}
 
 

@@ -25,7 +25,9 @@ from shoal.protocol.schema import Message
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
 from shoal.protocol.tokens import Keyring, TokenFileError
+from shoal.protocol.web import WebServer, http_host
 from shoal.scheduler.audit import AuditLog
+from shoal.scheduler.http import scheduler_web
 from shoal.scheduler.model import Audit, Command, Disconnect, Send
 from shoal.scheduler.roles import Grant
 from shoal.scheduler.state import SchedulerState
@@ -42,6 +44,17 @@ FREEZE_AT_TASKS = 10_000
 FREEZE_EVERY = 1_000
 # The reason sent to peers on an internal error stays short: it crosses the wire.
 REASON_CHARS = 1000
+
+
+# The log line of each cluster event the core notes (see scheduler/tally.py).
+EVENT_TEXT = {
+    "worker-joined": "worker {worker} joined, serving data at {address}",
+    "worker-left": "worker {worker} left",
+    "worker-died": "worker {worker} died: {cause}",
+    "client-connected": "client {client} connected, named {name!r}",
+    "client-gone": "client {client} gone",
+    "graph-received": "graph of {tasks} tasks received from {client}",
+}
 
 
 class _Stop(Exception):
@@ -105,7 +118,12 @@ class Scheduler:
     `await start()` returns once it accepts connections; `address` is then
     the address to give workers and clients. `close()` stops it and closes
     every connection. `freeze_gc` sets the process's garbage collection
-    policy (see Collector). Extra keyword arguments configure SchedulerState.
+    policy (see Collector). `http_port` serves the HTTP endpoints and the
+    dashboard (shoal.scheduler.http) on the same host (0: any free port;
+    None: no HTTP); `http_address` is then their address. With
+    `http_fallback`, a taken `http_port` gives way to any free port (for a
+    default port, as the `shoal scheduler` command's). Extra keyword
+    arguments configure SchedulerState.
 
     Peers prove they hold `token` (the admin role) or one of `keyring`'s
     tokens (a token file: each with its role, checked on every message; see
@@ -134,9 +152,14 @@ class Scheduler:
         audit_log: str | None = None,
         sock: socket.socket | None = None,
         freeze_gc: bool = False,
+        http_port: int | None = None,
+        http_fallback: bool = False,
         **state_options: Any,
     ) -> None:
         self.address = address
+        self.http_port, self._http_fallback = http_port, http_fallback
+        self.http_address = ""
+        self._web: WebServer | None = None
         self._sock = sock  # bound and listening at `address` already, if given
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
         self.keyring, self.require_tls = keyring, require_tls
@@ -156,6 +179,7 @@ class Scheduler:
         self._main: asyncio.Task[None] | None = None  # owns the TaskGroup, awaited by close()
         self.failure: BaseException | None = None  # the internal error that stopped it
         self._failure_reason = ""  # what peers are told of it
+        self._logged = 0  # the number of the last cluster event logged (see _log_events)
 
     async def start(self) -> Scheduler:
         """Listen; return once connections are accepted.
@@ -183,9 +207,34 @@ class Scheduler:
         self.keyring = self._listener.keyring
         self.address = self._listener.address
         self.state.address = self.address
+        if self.http_port is not None:
+            try:
+                await self._start_web(self.http_port)
+            except BaseException:
+                await self._listener.close()
+                self._listener = None
+                raise
         self._main = asyncio.create_task(self._run(), name=f"scheduler {self.address}")
         log.info("scheduler listening at %s", self.address)
         return self
+
+    async def _start_web(self, port: int) -> None:
+        self._web = scheduler_web(
+            self,
+            host=http_host(self.address),
+            port=port,
+            token=self._token,
+            tls=self._tls,
+            allow_insecure=self._allow_insecure,
+            fallback=self._http_fallback,
+        )
+        await self._web.start()
+        self.http_address = self.state.http_address = self._web.address
+
+    @property
+    def accepting(self) -> bool:
+        """Whether it accepts connections now (for /ready)."""
+        return self._listener is not None and self.failure is None and not self._stop.is_set()
 
     async def _run(self) -> None:
         """Own every background task; stop them all on close() or a failure."""
@@ -272,7 +321,6 @@ class Scheduler:
                     if type(msg) is m.SubmitGraph:
                         await asyncio.sleep(0)  # let other connections in between chunks
                     elif type(msg) is m.RegisterWorker and peer in state.workers:
-                        log.info("worker %s joined from %s", peer_text(msg.name), comm.peer_address)
                         self._workers_changed.set()
         except Exception as exc:  # shell boundary: an internal error, never the peer's fault
             doing = f"handling {msg.op} from {peer}" if msg is not None else f"connecting {peer}"
@@ -286,9 +334,6 @@ class Scheduler:
                 self._lost(peer)
 
     def _lost(self, peer: str) -> None:
-        worker = self.state.workers.get(peer)
-        if worker is not None:
-            log.info("worker %s left", peer_text(worker.name))
         try:
             self._run_commands(self.state.lost(peer, time.monotonic()))
             self.collector.after(None, self.state)
@@ -361,7 +406,17 @@ class Scheduler:
                 self._record("connection-revoked", {"conn": peer, "token": comm.token.name})
                 comm.abort(reason)
 
+    def _log_events(self) -> None:
+        """One line per cluster event the core noted since the last call."""
+        for n, _, kind, fields in self.state.tally.events:
+            if n > self._logged:
+                text = peer_text(EVENT_TEXT[kind].format(**fields), 1000)
+                log.info("%s", text, extra={"event": kind, "fields": fields})
+        self._logged = self.state.tally.event_number
+
     def _run_commands(self, commands: list[Command]) -> None:
+        if self.state.tally.event_number != self._logged:
+            self._log_events()
         comms = self.comms
         for command in commands:
             if isinstance(command, Audit):
@@ -389,6 +444,9 @@ class Scheduler:
         """Stop listening and close every connection. Returns once done; does not
         raise the internal error that may have stopped the scheduler (see `failure`)."""
         if self._main is None:  # never started, or start() failed
+            if self._web is not None:
+                await self._web.close()
+                self._web = None
             if self._listener is not None:
                 await self._listener.close()
                 self._listener = None
@@ -400,6 +458,9 @@ class Scheduler:
         await asyncio.wait({self._main})
 
     async def _shutdown(self) -> None:
+        if self._web is not None:
+            await self._web.close()
+            self._web = None
         if self.failure is not None:  # tell every peer why, in the one message it reads last
             comms = list(self.comms.values())
             await asyncio.gather(*(comm.close(self._failure_reason) for comm in comms))

@@ -40,6 +40,7 @@ from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
 from shoal.scheduler.roles import ANYTHING, Grant, RoleChecks
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
+from shoal.scheduler.tally import Tally
 from shoal.scheduler.workers import WorkerEvents
 
 # The maps of a compute-task message for a task without dependencies: shared,
@@ -97,8 +98,9 @@ class SchedulerState(
     ) -> None:
         if allowed_failures < 1:
             raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
-        self.address = address
+        self.address, self.http_address = address, ""  # the shell sets http_address
         self.audit, self.require_tls = audit, require_tls
+        self.tally = Tally()  # counters for metrics, the dashboard and logs
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
         self.death_report_wait = death_report_wait
@@ -246,24 +248,6 @@ class SchedulerState(
 
     # -- workers -----------------------------------------------------------------
 
-    def _data_lost(self, ts: TaskState) -> None:
-        """The only copy of a value is gone: send back whoever needed it."""
-        self._move(ts, R)
-        for dependent in ts.dependents:
-            if dependent.status is W:
-                dependent.waiting_on += 1
-            elif dependent.status is Q or dependent.status is P:
-                self._move(dependent, W)
-        if ts.needed:
-            self._recompute([ts])
-        else:
-            self._maybe_forget(ts)
-
-    def _workers_changed(self) -> None:
-        msg = m.WorkersChanged(workers=len(self.placement.workers))
-        for client in self.clients.values():
-            self._send(client.peer, msg)
-
     def _task_finished(self, peer: str, msg: m.TaskFinished) -> None:
         ws = self.workers[peer]
         ts = self.tasks.get(msg.key)
@@ -284,6 +268,7 @@ class SchedulerState(
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
             return
+        self.tally.ran(ts, ws, msg.duration, self._now, False)
         if ts.retries > 0 and msg.typename != TIMEOUT_TYPENAME:  # a hang is not retried
             ts.retries -= 1
             self._move(ts, W)
@@ -404,6 +389,9 @@ class SchedulerState(
             raise InvalidTransition(ts.key, ts.status, to, stimulus, self.history.tail(10))
         self.history.record((ts.key, ts.status, to, self._stimulus, self._now))
         self.transitions_done += 1
+        counts = ts.group.counts  # the tally's counts by status (see tally.py)
+        counts[ts.status] -= 1
+        counts[to] += 1
         if args:
             step(self, ts, *args)
         else:  # a plain call: no argument tuple to build
@@ -494,6 +482,7 @@ class SchedulerState(
         self._unassign(ts, False)
         ts.status = M
         ts.nbytes, ts.typename = msg.nbytes, msg.typename
+        self.tally.ran(ts, ws, msg.duration, self._now, True)
         value = msg.value
         # Only small values are kept here; a worker sending more is not trusted with it.
         ts.value = value if value is None or value.nbytes <= m.INLINE_VALUE_BYTES else None

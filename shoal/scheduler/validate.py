@@ -63,6 +63,20 @@ def validate_state(state: SchedulerState) -> None:
         for ts in client.wants:
             assert client in ts.wanted_by, f"{client} wants {ts} but is not in wanted_by"
             assert state.tasks.get(ts.key) is ts, f"{client} wants forgotten {ts}"
+    _validate_tally(state)
+
+
+def _validate_tally(state: SchedulerState) -> None:
+    """The counts by status each task group keeps match the tasks filed."""
+    found: dict[tuple[str, Status], int] = {}
+    for ts in state.tasks.values():
+        assert state.tally.groups.get(ts.group.name) is ts.group, f"{ts}: group not filed"
+        found[ts.group.name, ts.status] = found.get((ts.group.name, ts.status), 0) + 1
+    for name, group in state.tally.groups.items():
+        for status, n in group.counts.items():
+            if status is not Status.FORGOTTEN:
+                held = found.get((name, status), 0)
+                assert n == held, f"group {name}: {n} {status} counted, {held} filed"
 
 
 def _validate_task(state: SchedulerState, ts: TaskState) -> None:

@@ -49,7 +49,7 @@ class WorkerEvents(Retirements):
             next(self._worker_index),
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
-        ws.nanny_id = msg.nanny_id
+        ws.nanny_id, ws.http_address = msg.nanny_id, msg.http_address
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
@@ -65,6 +65,8 @@ class WorkerEvents(Retirements):
             nanny=ws.nanny,
             resources={name[:60]: amount for name, amount in list(ws.resources.items())[:20]},
         )
+        self.tally.workers_joined += 1
+        self.tally.event(self._now, "worker-joined", worker=ws.name, address=ws.address)
         self._workers_changed()
         self._fill(ws)
 
@@ -81,6 +83,11 @@ class WorkerEvents(Retirements):
         if holder is not None and holder not in self.dying:
             return f"worker {holder.name!r} already serves data at {msg.address!r}"
         return None
+
+    def _workers_changed(self) -> None:
+        msg = m.WorkersChanged(workers=len(self.placement.workers))
+        for client in self.clients.values():
+            self._send(client.peer, msg)
 
     def _worker_leaving(self, peer: str, msg: m.WorkerLeaving) -> None:
         self._remove_worker(self.workers[peer])
@@ -183,6 +190,14 @@ class WorkerEvents(Retirements):
             self._audit("worker-died", conn=ws.peer, name=ws.name[:100], cause=cause[:1000])
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
+        if cause is None:
+            self.tally.workers_left += 1
+            self.tally.event(self._now, "worker-left", worker=ws.name, address=ws.address)
+        else:
+            self.tally.workers_died += 1
+            self.tally.event(
+                self._now, "worker-died", worker=ws.name, address=ws.address, cause=cause
+            )
         self._retirement_over(ws)
         self.retire_events += 1  # it may have been fetching a retiring worker's values
         if self.by_address.get(ws.address) is ws:

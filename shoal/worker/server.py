@@ -14,18 +14,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from shoal.errors import CommClosedError, RegistrationError, ShoalError
 from shoal.protocol.address import Address, parse_address
-from shoal.protocol.answers import Parts, send_data
-from shoal.protocol.comm import Comm, Listener, connect, listen
+from shoal.protocol.answers import send_data
+from shoal.protocol.comm import Comm, Listener, listen
 from shoal.protocol.limits import DEFAULT_LIMITS, Limits
 from shoal.protocol.messages import (
     AcquireKeys,
     ComputeTask,
-    DataSent,
     DataStored,
     FreeKeys,
     GetData,
@@ -60,6 +58,8 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.execute import ThreadPool
+from shoal.worker.fetcher import PeerFetcher
+from shoal.worker.http import advertised_http
 from shoal.worker.retiring import Retiring
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
@@ -80,117 +80,14 @@ class _Stop(Exception):
     """Raised in the TaskGroup's body to cancel every background task on purpose."""
 
 
-class _Link:
-    """One connection to a peer worker and the GetData requests it has not answered,
-    with the parts of their answers received so far."""
-
-    __slots__ = ("comm", "parts", "pending")
-
-    def __init__(self) -> None:
-        self.comm: Comm | None = None
-        self.pending: dict[int, tuple[Key, ...]] = {}
-        self.parts: dict[int, Parts] = {}
-
-
-class PeerFetcher:
-    """Fetches values from peer workers: one connection per address, requests matched to
-    answers by request_id. Outcomes go to `on_event` as FetchDone or FetchFailed."""
-
-    def __init__(
-        self,
-        group: asyncio.TaskGroup,
-        on_event: Callable[[FetchDone | FetchFailed], None],
-        connect_options: dict[str, Any],
-    ) -> None:
-        self._group = group
-        self._on_event = on_event
-        self._connect_options = connect_options
-        self._links: dict[str, _Link] = {}
-        self._request_ids = itertools.count(1)
-        self.closing = False
-
-    def fetch(self, address: str, keys: tuple[Key, ...]) -> None:
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = _Link()
-            self._group.create_task(self._serve_link(address, link), name=f"fetch {address}")
-        request_id = next(self._request_ids)
-        link.pending[request_id] = keys
-        if link.comm is not None:
-            self._request(link.comm, request_id, keys)
-
-    @staticmethod
-    def _request(comm: Comm, request_id: int, keys: tuple[Key, ...]) -> None:
-        try:
-            comm.send(GetData(keys=keys, request_id=request_id))
-        except CommClosedError:
-            log.debug("request %d not sent: the reader reports the closed connection", request_id)
-
-    async def _serve_link(self, address: str, link: _Link) -> None:
-        try:
-            reason = await self._connect_and_read(address, link)
-        finally:
-            if self._links.get(address) is link:
-                del self._links[address]
-            if link.comm is not None:
-                link.comm.abort("fetcher done with it")
-        # Not reached when cancelled: a worker shutting down reports nothing.
-        if link.pending and not self.closing:
-            log.warning("fetching from %s failed: %s", address, reason)
-            for keys in link.pending.values():
-                self._on_event(FetchFailed(address, keys, reason))
-
-    async def _connect_and_read(self, address: str, link: _Link) -> str:
-        """Connect, send what is pending, deliver answers; return why the link ended."""
-        try:
-            link.comm = await connect(address, role="worker", **self._connect_options)
-        except (OSError, TimeoutError, ValueError, ShoalError) as exc:
-            return f"cannot connect: {exc}"
-        for request_id, keys in list(link.pending.items()):
-            self._request(link.comm, request_id, keys)
-        return await self._read_answers(address, link, link.comm)
-
-    async def _read_answers(self, address: str, link: _Link, comm: Comm) -> str:
-        """Deliver answers until the connection ends; return why it ended."""
-        while True:
-            try:
-                msgs = await comm.read()
-            except CommClosedError as exc:
-                return str(exc)
-            reason = self._deliver(address, link, msgs)
-            # Not kept in this frame while it waits: the values' memory is the core's
-            # to free.
-            del msgs
-            if reason:
-                return reason
-
-    def _deliver(self, address: str, link: _Link, msgs: list[Message]) -> str:
-        """Hand answers to the core; why the connection must end, if it must."""
-        for msg in msgs:
-            if type(msg) is not DataSent:
-                return f"unexpected {msg.op} from a peer worker"
-            keys = link.pending.get(msg.request_id)
-            if keys is None:
-                log.warning("%s answered unknown request %d", address, msg.request_id)
-                continue
-            parts = link.parts.get(msg.request_id)
-            if parts is None:
-                parts = link.parts[msg.request_id] = Parts(keys)
-            answer = parts.add(msg)
-            if answer is None:
-                continue  # more parts follow
-            del link.pending[msg.request_id], link.parts[msg.request_id]
-            self._on_event(FetchDone(address, keys, answer.data, answer.too_large))
-        return ""
-
-
 class Worker(Retiring):
     """A worker: registers with the scheduler, runs the tasks it is sent on `nthreads`
     threads, and serves the values it holds to peers at `address`.
 
     `data_limits` bounds what it accepts in one batch on its data connections; a
     peer's value over them is answered as too large, never as missing, and the
-    tasks here that need it err with ValueTooLarge.
+    tasks here that need it err with ValueTooLarge. `http_address` is where its
+    HTTP endpoints listen (shoal.worker.http), told to the scheduler.
 
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
@@ -214,12 +111,16 @@ class Worker(Retiring):
         nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
+        http_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
         self.address = ""
+        # Where its HTTP endpoints listen (worker/http.py), told to the scheduler with
+        # an unspecified host replaced by the data address's; empty: none.
+        self.http_address = http_address
         # With a nanny, a worker whose thread is stuck past a timeout restarts.
         self.nanny = nanny
         self.nanny_id = nanny_id  # the id its nanny registered under at the scheduler
@@ -300,6 +201,16 @@ class Worker(Retiring):
         log.info("worker %s serves data at %s", self.name, self.address)
         return self
 
+    @property
+    def fetcher(self) -> PeerFetcher | None:
+        """Its fetches from peers, with their counts (None until started)."""
+        return self._fetcher
+
+    @property
+    def registered(self) -> bool:
+        """Joined its scheduler and not stopped (for /ready)."""
+        return self._main is not None and not self._main.done() and not self._stop.is_set()
+
     async def finished(self) -> None:
         """Return once the worker has stopped (close(), or the scheduler was lost).
 
@@ -360,6 +271,7 @@ class Worker(Retiring):
                 host=socket.gethostname(),
                 nanny=self.nanny,
                 nanny_id=self.nanny_id,
+                http_address=advertised_http(self.http_address, self.address),
             )
         )
         async with asyncio.timeout(self._connect_timeout):
