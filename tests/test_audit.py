@@ -139,7 +139,7 @@ async def test_failed_authentications_are_rate_limited(tmp_path: Path, no_leaks)
     log = tmp_path / "audit.jsonl"
     async with Scheduler(token="the-real-token", audit_log=str(log)) as scheduler:
         assert scheduler._listener is not None
-        scheduler._listener.refusals = RefusalLog(burst=5, window_s=0.5)
+        scheduler._listener.refusals.log = RefusalLog(burst=5, window_s=0.5)
         for _ in range(30):
             with pytest.raises(HandshakeError):
                 await connect(scheduler.address, token="a-guess-of-the-token")

@@ -411,7 +411,11 @@ def _check_tokens(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 # The roles of the token file's token a command connects with, first found first.
-_CONNECTS_AS = {"worker": (Role.WORKER, Role.ADMIN), "retire": (Role.ADMIN,)}
+_CONNECTS_AS = {
+    "worker": (Role.WORKER, Role.ADMIN),
+    "retire": (Role.ADMIN,),
+    "status": (Role.READ, Role.SUBMIT, Role.ADMIN),
+}
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -524,7 +528,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             host=_worker_http_host(args),
             port=args.http_port or 0,
             token=args.token,
+            keyring=args.keyring,
             tls=_tls(args),
+            require_tls=args.require_tls,
         )
         try:
             await web.start()

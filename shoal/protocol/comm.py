@@ -46,6 +46,73 @@ Handler = Callable[[Comm], Awaitable[None]]
 # audit log): an event name and its fields, plain data with no secret in it.
 EventHook = Callable[[str, dict[str, object]], None]
 
+# -- refusals ----------------------------------------------------------------------
+
+
+class RefusalReporter:
+    """Logs refusals (of connections, of HTTP requests) as `log` (a RefusalLog)
+    decides: a few per host and window in full, then one count when the window
+    ends (a timer: even if nobody is refused then). `on_event`, if given, hears
+    of each line: `full_event` with the caller's fields and the reason,
+    `count_event` with the host, count, seconds and last reason."""
+
+    def __init__(
+        self, on_event: EventHook | None, full_event: str, count_event: str, log: RefusalLog
+    ) -> None:
+        self.on_event, self.full_event, self.count_event = on_event, full_event, count_event
+        self.log = log
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, peer: str, line: str, fields: dict[str, object]) -> None:
+        """A refusal of `peer` (scheme://host:port or host) for `line`."""
+        line = peer_text(line, 1000)  # reasons quote what the peer sent
+        host = _host_of(peer)
+        full, summaries = self.log.refused(host, line, time.monotonic())
+        if full:
+            log.warning("%s", line)
+            if self.on_event is not None:
+                self.on_event(self.full_event, {**fields, "reason": line})
+        self._summarised(summaries)
+        if self.log.pending and self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.log.window_s, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._summarised(self.log.expire(time.monotonic()))
+        if self.log.pending:
+            self._arm()
+
+    def _summarised(self, summaries: list[Summary]) -> None:
+        for summary in summaries:
+            log.warning("%s", summary)
+            if self.on_event is not None:
+                self.on_event(
+                    self.count_event,
+                    {
+                        "host": summary.host,
+                        "count": summary.count,
+                        "seconds": round(summary.seconds, 3),
+                        "last_reason": summary.last_reason,
+                    },
+                )
+
+    def close(self) -> None:
+        """Summarise every open window (the listener stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._summarised(self.log.close(time.monotonic()))
+
+
+def _host_of(peer: str) -> str:
+    """The host part of scheme://host:port (an IPv6 host keeps its colons)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+
+
 # -- connect ----------------------------------------------------------------------
 
 
@@ -178,15 +245,15 @@ class Listener:
         self.address = str(address)
         self._handler = handler
         self._role, self._name, self.keyring = role, name, keyring
-        self._on_event = on_event
-        self._summary_timer: asyncio.TimerHandle | None = None
         self._tls, self._limits = tls, limits
         self._handshake_timeout = handshake_timeout
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
         self.comms: set[Comm] = set()
-        self.refusals = RefusalLog()
+        self.refusals = RefusalReporter(
+            on_event, "connection-refused", "connections-refused", RefusalLog()
+        )
 
     async def _start(self) -> None:
         bind = self._bind
@@ -299,39 +366,7 @@ class Listener:
 
     def _log_refusal(self, peer: str, line: str) -> None:
         """One WARNING per refusal, up to a few per host and window; then a count."""
-        line = peer_text(line, 1000)  # reasons quote what the peer sent
-        host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
-        full, summaries = self.refusals.refused(host, line, time.monotonic())
-        if full:
-            log.warning("%s", line)
-            if self._on_event is not None:
-                self._on_event("connection-refused", {"peer": peer, "reason": line})
-        self._summarised(summaries)
-        if self.refusals.pending and self._summary_timer is None:
-            # A window's count is due when it ends, even if nobody is refused then.
-            loop = asyncio.get_running_loop()
-            self._summary_timer = loop.call_later(self.refusals.window_s, self._summaries_due)
-
-    def _summaries_due(self) -> None:
-        self._summary_timer = None
-        self._summarised(self.refusals.expire(time.monotonic()))
-        if self.refusals.pending:
-            loop = asyncio.get_running_loop()
-            self._summary_timer = loop.call_later(self.refusals.window_s, self._summaries_due)
-
-    def _summarised(self, summaries: list[Summary]) -> None:
-        for summary in summaries:
-            log.warning("%s", summary)
-            if self._on_event is not None:
-                self._on_event(
-                    "connections-refused",
-                    {
-                        "host": summary.host,
-                        "count": summary.count,
-                        "seconds": round(summary.seconds, 3),
-                        "last_reason": summary.last_reason,
-                    },
-                )
+        self.refusals.refused(peer, line, {"peer": peer})
 
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
@@ -352,10 +387,7 @@ class Listener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._summary_timer is not None:
-            self._summary_timer.cancel()
-            self._summary_timer = None
-        self._summarised(self.refusals.close(time.monotonic()))
+        self.refusals.close()
 
     async def __aenter__(self) -> Listener:
         return self

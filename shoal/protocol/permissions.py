@@ -126,11 +126,13 @@ def role_words(roles: Roles) -> str:
     return f"the {', '.join(names[:-1])} or {names[-1]} role"
 
 
-def refusal(what: str, needed: Roles, role: Role, token_name: str) -> str:
+def refusal(
+    what: str, needed: Roles, role: Role, token_name: str, asker: str = "connection"
+) -> str:
     """The reason a request is refused: what was asked, the roles it needs, the
-    role and token name of the connection that asked."""
+    role and token name of the connection (or HTTP request) that asked."""
     token = f"token {token_name!r}" if token_name else "its token"
-    return f"{what} needs {role_words(needed)}; this connection's {token} has the {role} role"
+    return f"{what} needs {role_words(needed)}; this {asker}'s {token} has the {role} role"
 
 
 def refused(role: Role, token_name: str, msg: Message) -> str | None:
@@ -140,3 +142,34 @@ def refused(role: Role, token_name: str, msg: Message) -> str | None:
     if type(msg) not in DATA_PORT or role in roles:
         return None
     return refusal(msg.op, roles, role, token_name)
+
+
+# -- HTTP ----------------------------------------------------------------------------
+#
+# The routes of the scheduler's and the workers' HTTP servers, by their pattern: the
+# roles whose token may read each; OPEN: anyone who reaches the port (the route tells
+# only whether the process is up). Every route a server serves has a row (a test
+# checks); a route without one is the admin role's alone. A request without a token
+# from loopback has the read role (shoal.protocol.web).
+OPEN: Roles = EVERYONE
+HTTP_ROUTES: dict[str, Roles] = {
+    "/health": OPEN,
+    "/ready": OPEN,
+    "/metrics": _READERS,
+    "/api/v1/info": _READERS,
+    "/api/v1/workers": _READERS,
+    "/api/v1/tasks": _READERS,
+    "/api/v1/stream": _READERS,
+    "/api/v1/story": _READERS,
+    "/api/v1/events": _READERS,
+    "/api/v1/desired-workers": _READERS,
+    "/api/v1/dashboard": _READERS,
+    "/": _READERS,
+    "/dashboard/([a-z.]+)": _READERS,
+}
+OPEN_ROUTES = frozenset(route for route, roles in HTTP_ROUTES.items() if roles is OPEN)
+
+
+def route_roles(route: str) -> Roles:
+    """The roles that may read the HTTP route of pattern `route`."""
+    return HTTP_ROUTES.get(route, UNLISTED)

@@ -223,10 +223,12 @@ class Scheduler:
             self,
             host=http_host(self.address),
             port=port,
-            token=self._token,
+            keyring=self.keyring,
             tls=self._tls,
             allow_insecure=self._allow_insecure,
             fallback=self._http_fallback,
+            require_tls=self.require_tls,
+            on_event=self._record if self.audit is not None else None,
         )
         await self._web.start()
         self.http_address = self.state.http_address = self._web.address
