@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shoal.protocol.schema import Key, Message, Signed, message
+from shoal.protocol.schema import Key, Message, Signed, TypeName, message
 from shoal.protocol.serialize import Serialized
 
 ROLES = ("scheduler", "worker", "client", "nanny")
@@ -202,7 +202,7 @@ class TaskFinished(Message):
 
     key: Key
     nbytes: int
-    typename: str
+    typename: TypeName
     duration: float
     value: Serialized | None = None
 

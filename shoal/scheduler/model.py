@@ -186,6 +186,7 @@ class WorkerInfo:
 
     __slots__ = (
         "address",
+        "alone",
         "cpu",
         "executing",
         "free",
@@ -229,6 +230,8 @@ class WorkerInfo:
         self.resources = dict(resources)
         self.free = dict(resources)  # resources not used by processing tasks
         self.index = index  # registration order: breaks ties deterministically
+        # Its tasks' holders while it is their only one: one tuple shared by them all.
+        self.alone: tuple[WorkerInfo, ...] = (self,)
         self.processing: dict[TaskState, None] = {}
         # Those of them a thread had started, as its tasks-started notes said: a
         # death counts only against these.

@@ -279,7 +279,7 @@ class SchedulerState(
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         holders = ts.who_has  # with_member(), inline: once per task
         if type(holders) is tuple and len(holders) < SMALL:
-            ts.who_has = holders + (ws,)  # noqa: RUF005 (faster than unpacking)
+            ts.who_has = holders + (ws,) if holders else ws.alone  # noqa: RUF005
         else:
             ts.who_has = with_member(holders, ws)
         ws.has_what[ts] = None
