@@ -161,26 +161,6 @@ def test_annotations_become_the_columns_of_the_submission() -> None:
     assert set(msg.restrict) == annotated and msg.restrict[min(annotated)] == ("w1",)
 
 
-def test_translation_is_linear_in_the_graph() -> None:
-    """Twice the tasks take about twice the time, never four times (a bound
-    wide enough for a loaded machine; a quadratic step fails it)."""
-    import time
-
-    def seconds(n: int) -> float:
-        x = da.ones((n, 1), chunks=(1, 1)) + 1
-        keys = list(dask.core.flatten(x.__dask_keys__()))
-        graph = dict(x.__dask_graph__())
-        best = float("inf")
-        for _ in range(3):
-            begin = time.perf_counter()
-            translate(graph, keys, graphs.FunctionCache(), bool)
-            best = min(best, time.perf_counter() - begin)
-        return best
-
-    small, large = seconds(2_000), seconds(8_000)
-    assert large < small * 4 * 2.5, (small, large)
-
-
 def test_refs_and_calls_are_shoal_s_own() -> None:
     done = translate(
         {"a": DataNode("a", 1), "b": Task("b", operator.add, TaskRef("a"), Task(None, abs, -1))},

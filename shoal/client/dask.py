@@ -219,6 +219,8 @@ class Converter:
         if depth >= MAX_NESTING:
             raise NestingTooDeep(f"dask tasks nested more than {MAX_NESTING} deep")
         kind = type(arg)
+        if kind is DataNode:  # a literal, unless it holds a Future
+            return self._arg(arg.value, depth + 1)  # type: ignore[attr-defined]
         self.walk = True
         if kind is List:
             return list(self._args(arg.args, depth + 1))  # type: ignore[attr-defined]
@@ -227,8 +229,6 @@ class Converter:
             return Call(arg.func, args, self._kwargs(arg.kwargs, depth + 1))
         if kind is Alias:
             return self._ref(arg.target)  # type: ignore[attr-defined]
-        if kind is DataNode:
-            return self._arg(arg.value, depth + 1)  # type: ignore[attr-defined]
         func, args, kwargs = self._opaque(arg)
         return Call(func, args, kwargs)
 

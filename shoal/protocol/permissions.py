@@ -70,6 +70,8 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.DataFetched: _WORKERS,
     m.WorkerLeaving: _WORKERS,
     m.RetireWorker: _WORKERS,  # a worker asks to retire itself (SIGTERM)
+    m.WorkerPaused: _WORKERS,  # memory pressure: it takes no new task
+    m.WorkerResumed: _WORKERS,
     m.WorkerRetired: NOBODY,
     m.Heartbeat: _WORKERS,
     m.RegisterNanny: _WORKERS,
@@ -95,6 +97,7 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.RetireWorkers: _ADMINS,  # retiring others changes the cluster
     m.WorkersRetired: NOBODY,
     m.WorkersChanged: NOBODY,
+    m.WorkersPaused: NOBODY,
     m.RequestRefused: NOBODY,
 }
 

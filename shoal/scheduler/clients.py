@@ -286,6 +286,14 @@ class ClientRequests(CoreBase):
                 "cpu": ws.cpu,
                 "memory": ws.memory,
                 "executing": ws.executing,
+                # Of `memory`: the values held (managed); the rest is the process's.
+                # Values on disk (spilled) are not in `memory`; values that could
+                # not be written to disk (unspillable) are in managed.
+                "managed": ws.managed,
+                "unmanaged": max(0, ws.memory - ws.managed),
+                "spilled": ws.spilled,
+                "unspillable": ws.unspillable,
+                "paused": ws.paused,
             }
             for ws in self.placement.workers.values()
         }

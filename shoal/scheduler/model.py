@@ -196,6 +196,7 @@ class WorkerInfo:
         "http_address",
         "index",
         "last_seen",
+        "managed",
         "memory",
         "memory_limit",
         "name",
@@ -203,12 +204,15 @@ class WorkerInfo:
         "nanny_id",
         "nbytes",
         "nthreads",
+        "paused",
         "peer",
         "pid",
         "processing",
         "resources",
         "retiring",
+        "spilled",
         "started",
+        "unspillable",
         "version",
     )
 
@@ -251,6 +255,10 @@ class WorkerInfo:
         self.cpu = 0.0
         self.memory = 0
         self.executing = 0
+        # Bytes of its values in memory, on disk, and kept in memory for want of
+        # disk; and whether it is paused for memory (see scheduler/memory.py).
+        self.managed = self.spilled = self.unspillable = 0
+        self.paused = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

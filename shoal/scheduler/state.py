@@ -152,6 +152,8 @@ class SchedulerState(
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
             ("worker", m.TasksStarted): self._tasks_started,
+            ("worker", m.WorkerPaused): self._worker_paused,
+            ("worker", m.WorkerResumed): self._worker_resumed,
             ("worker", m.RetireWorker): self._retire_worker,
             ("nanny", m.WorkerDied): self._worker_died,
             ("nanny", m.Heartbeat): self._nanny_heartbeat,
@@ -288,7 +290,7 @@ class SchedulerState(
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while len(ws.processing) < ws.nthreads * placement.depth and not ws.gone:
+        while len(ws.processing) < ws.nthreads * placement.depth and not (ws.gone or ws.paused):
             ts = placement.next_for(ws)
             if ts is None:
                 return

@@ -5,7 +5,9 @@ starts one LocalCluster and a Client for the session, makes the client dask's
 default scheduler (the configured one and every collection's own), and routes
 the named local schedulers dask's tests ask for ("sync", "threads", ...) to it;
 `--dask-on=local` leaves dask as it is, for the comparison. `--dask-results`
-writes each test's outcome as JSON.
+writes each test's outcome as JSON at the end, and `--dask-journal` appends
+one line per test as it starts and ends, so that a run that dies (a crash in
+the test process) still tells what ran and which test it died in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ THREADS_PER_WORKER = 2
 
 class _Session:
     client: Any = None
+    journal: Any = None
     calls = 0
     outcomes: dict[str, str] = {}  # noqa: RUF012
     restore: list[Any] = []  # noqa: RUF012
@@ -32,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("shoal-dask")
     group.addoption("--dask-on", choices=["shoal", "local"], default="shoal")
     group.addoption("--dask-results", default=None, help="write outcomes as JSON here")
+    group.addoption("--dask-journal", default=None, help="append starts and outcomes here")
 
 
 def _counted(get: Any) -> Any:
@@ -53,6 +57,9 @@ def _collection_classes() -> list[type]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("--dask-journal")
+    if path:
+        _Session.journal = open(path, "a", buffering=1)  # closed at unconfigure
     if config.getoption("--dask-on") != "shoal":
         return
     import dask
@@ -71,6 +78,20 @@ def pytest_configure(config: pytest.Config) -> None:
         _Session.restore.append((cls, "__dask_scheduler__", cls.__dict__.get("__dask_scheduler__")))
         cls.__dask_scheduler__ = staticmethod(get)  # type: ignore[attr-defined]
     dask.config.set(scheduler=get)
+
+
+def _journal(event: str, nodeid: str) -> None:
+    if _Session.journal is not None:
+        _Session.journal.write(json.dumps([event, nodeid]) + "\n")
+        _Session.journal.flush()
+
+
+def pytest_runtest_logstart(nodeid: str, location: object) -> None:
+    _journal("start", nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
+    _journal(_Session.outcomes.get(nodeid, "passed"), nodeid)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -95,6 +116,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if path:
         with open(path, "w") as f:
             json.dump({"outcomes": _Session.outcomes, "shoal_calls": _Session.calls}, f)
+    if _Session.journal is not None:
+        _Session.journal.close()
+        _Session.journal = None
+    for owner, name, old in reversed(_Session.restore):
+        if isinstance(owner, dict):
+            owner[name] = old
+        elif old is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
+    _Session.restore.clear()
     if _Session.client is not None:
         _Session.client.close()
         _Session.client = None
