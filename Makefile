@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory lint clean
+.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,25 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A selection of dask's own test suite, on a shoal LocalCluster and on dask's local
+# scheduler, with pass/fail counts side by side (tests/dask_suite/run.py). Long:
+# most of an hour on 2 cores.
+test-dask: $(VENV)/.installed-test
+	$(BIN)/python -m tests.dask_suite.run $(DASK_SUITE_ARGS)
+
+# The oldest dask shoal supports, in a venv of its own: shoal's dask tests, then
+# the dask suite's fast subset (as in `make test`).
+DASK_OLDEST := 2025.1.0
+OLDEST := .venv-dask-oldest
+$(OLDEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet -e '.[test]' 'dask[array,bag,dataframe,delayed]==$(DASK_OLDEST)' 'pandas==2.2.3'
+	touch $@
+
+test-dask-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest -q tests/test_dask_translate.py tests/test_dask_collections.py tests/test_dask_suite.py $(PYTEST_ARGS)
 
 # Debian's Chromium for tests/test_dashboard_browser.py (.ci/run calls it too).
 chromium:
@@ -48,7 +67,11 @@ bench-transfer: $(VENV)/.installed-bench
 bench-memory: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.memory $(BENCH_ARGS)
 
-# Every side-by-side workload (e2e, transfer, memory) in one table; --out FILE writes JSON.
+bench-collections: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.collections_bench $(BENCH_ARGS)
+
+# Every side-by-side workload (e2e, transfer, memory, collections) in one table;
+# --out FILE writes JSON.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
@@ -59,4 +82,4 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST) build *.egg-info .pytest_cache .hypothesis

@@ -4,10 +4,12 @@ Each repetition runs every round, with the systems' order flipping from one
 repetition to the next: the end-to-end rounds (benchmarks/e2e.py: latency
 with the first result, map+gather, tree), each on a fresh cluster; the
 worker-to-worker move of a large array beside a raw socket
-(benchmarks/transfer.py); and the scheduler's memory per task
-(benchmarks/memory.py). Every round is a child process with a time limit that
-is killed with its cluster's processes when the limit passes. The systems and
-their shapes are in benchmarks/systems.py.
+(benchmarks/transfer.py); the scheduler's memory per task
+(benchmarks/memory.py); and the dask collections (array, dataframe, bag) with
+shoal's translation of a large dask graph (benchmarks/collections_bench.py).
+Every round is a child process with a time limit that is killed with its
+cluster's processes when the limit passes. The systems and their shapes are in
+benchmarks/systems.py.
 
     python -m benchmarks.bench [--repeat 3] [--quick] [--systems ...] [--out FILE.json]
 """
@@ -23,10 +25,10 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import e2e, memory, systems, transfer
+from benchmarks import collections_bench, e2e, memory, systems, transfer
 from benchmarks.table import Metric, format_table, summarize
 
-WORKLOADS = ("e2e", "transfer", "memory")
+WORKLOADS = ("e2e", "transfer", "memory", *collections_bench.WORKLOADS)
 # The transfer runs each project once, in its local shape (the move is the same
 # code in either), and Ray between two raylets; the memory workload needs the
 # scheduler in a process of its own.
@@ -43,6 +45,7 @@ def shapes(quick: bool) -> dict[str, Any]:
             "moves": transfer.MOVES_QUICK if quick else transfer.MOVES,
         },
         "memory": {"tasks": memory.N_TASKS_QUICK if quick else memory.N_TASKS},
+        "collections": dict(collections_bench.SHAPES["quick" if quick else "full"]),
     }
 
 
@@ -54,6 +57,8 @@ def metrics(shape: dict[str, Any], workloads: list[str]) -> list[Metric]:
         "transfer": [Metric("transfer_gb_s", f"worker->worker move of {mib:g} MiB", "GB/s")],
         "memory": memory.metrics(shape["memory"]["tasks"]),
     }
+    for workload in collections_bench.WORKLOADS:
+        rows[workload] = collections_bench.metrics(shape["collections"], [workload])
     return [metric for workload in WORKLOADS if workload in workloads for metric in rows[workload]]
 
 
@@ -61,6 +66,8 @@ def rounds_of(workload: str, names: list[str]) -> list[tuple[str, str]]:
     """(round, system) pairs of one workload, in the order of `names`."""
     if workload == "e2e":
         return [(kind, s) for kind in e2e.ROUNDS for s in names if e2e.runs_on(kind, s)]
+    if workload in collections_bench.WORKLOADS:
+        return [(workload, s) for s in collections_bench.systems_for(workload, names)]
     if workload == "transfer":
         # The raw socket baseline takes its turn in the same repetitions.
         return [("transfer", s) for s in ("raw", *names) if s == "raw" or s in TRANSFER_SYSTEMS]
@@ -71,6 +78,9 @@ def run_round(kind: str, system: str, shape: dict[str, Any], quick: bool) -> dic
     """One system's round, in a child process; metric -> value."""
     if kind in e2e.ROUNDS:
         return e2e.spawn(system, kind, "quick" if quick else "full")
+    if kind in collections_bench.WORKLOADS:
+        name = "quick" if quick else "full"
+        return collections_bench.spawn(system, kind, name, shape["collections"]["folder"])
     if kind == "transfer":
         moves = transfer.spawn(system, shape["transfer"]["bytes"], shape["transfer"]["moves"])
         return {"transfer_gb_s": statistics.median(moves["gb_s"]), "moves": moves}
@@ -127,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     values: dict[str, dict[str, list[float]]] = {}
     loads: dict[str, list[float]] = {}
     rounds = []
+    # The CSV and text files of the collection workloads, written once for all rounds.
+    inputs = collections_bench.prepare("quick" if args.quick else "full")
+    shape["collections"]["folder"] = inputs.name
     skipped = 0
     for rep in range(repeat):
         order = names if rep % 2 == 0 else names[::-1]
@@ -149,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.out:  # what has run so far, should the run be stopped
                     with open(args.out + ".partial", "w") as f:
                         json.dump({"shape": shape, "rounds": rounds}, f)
+    inputs.cleanup()
     table = summarize(metrics(shape, workloads), values, loads)
     load_end, took = _load(), time.monotonic() - began
     found = machine()

@@ -1,4 +1,7 @@
-"""Scheduler memory per task: 100,000 tasks pending, then finished and held.
+"""Memory: the scheduler's per task, and workloads larger than the workers' memory.
+
+The second is benchmarks/spill.py (`--workloads spill`); what follows is the first.
+Scheduler memory per task: 100,000 tasks pending, then finished and held.
 
 The scheduler must be a process of its own whose figures can be read, so the
 systems are `shoal-cli` and `dask-cli` (scheduler and two one-thread workers
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.children import run_child
-from benchmarks.systems import Cluster, _wait_for, available
+from benchmarks.systems import Cluster, _wait_for, available, family
 from benchmarks.table import Metric, format_table, summarize
 
 N_TASKS = 100_000
@@ -248,6 +251,8 @@ def spawn(system: str, n: int, timeout: float = CHILD_TIMEOUT_S) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import spill
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -255,12 +260,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{N_TASKS_QUICK:,} tasks, one round")
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workloads",
+        default="scheduler,spill",
+        help="scheduler: memory per task; spill: data larger than memory (default both)",
+    )
+    spill.add_arguments(parser)
     args = parser.parse_args(argv)
     n = args.tasks or (N_TASKS_QUICK if args.quick else N_TASKS)
     if args.child:
         print(json.dumps(run_memory(args.child, n)), flush=True)
         return 0
     systems = [s for s in args.systems.split(",") if s and available(s)]
+    workloads = [w for w in args.workloads.split(",") if w]
+    out: dict[str, Any] = {}
+    if "scheduler" in workloads:
+        out["scheduler"] = _scheduler_rounds(systems, n, args)
+    # The spill workload starts shoal and dask from the command line, as their users do.
+    spilling = list(dict.fromkeys(family(s) for s in systems if family(s) in ("shoal", "dask")))
+    if "spill" in workloads and spilling:
+        out["spill"] = spill.run_rounds(spilling, spill.shape_of(args), 1)
+        print(format_table(out["spill"]["table"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def _scheduler_rounds(systems: list[str], n: int, args: argparse.Namespace) -> dict[str, Any]:
     repeat = 1 if args.quick else args.repeat
     values: dict[str, dict[str, list[float]]] = {}
     rounds = []
@@ -273,10 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 values.setdefault(metric.key, {}).setdefault(system, []).append(figures[metric.key])
     table = summarize(metrics(n), values)
     print(format_table(table))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"tasks": n, "table": table, "rounds": rounds}, f, indent=2)
-    return 0
+    return {"tasks": n, "table": table, "rounds": rounds}
 
 
 if __name__ == "__main__":

@@ -212,17 +212,25 @@ class Cluster:
             profiler.enable()
         self.collector.before(msg)
         self.pauses.inside = True
+        # The CPU clock is a system call here: read it outside the wall-clock span,
+        # and only while the graph comes in.
+        timed = phase == "ingest"
+        cpu = time.thread_time() if timed else 0.0
         start = time.perf_counter()
         out = self.state.handle(peer, msg, self.now)
         took = time.perf_counter() - start
+        cpu = time.thread_time() - cpu if timed else 0.0
         self.pauses.inside = False
         self.collector.after(msg, self.state)
         if profiler is not None:
             profiler.disable()
-        spent = self.spent.setdefault(phase, [0.0, 0.0, 0])
+        # [seconds, longest call, calls, longest call in this thread's CPU time]: on a
+        # busy machine a call's wall time also counts the time other processes ran.
+        spent = self.spent.setdefault(phase, [0.0, 0.0, 0, 0.0])
         spent[0] += took
         spent[1] = max(spent[1], took)
         spent[2] += 1
+        spent[3] = max(spent[3], cpu)
         for cmd in out:
             if type(cmd) is Disconnect:
                 raise AssertionError(f"the scheduler dropped {cmd.peer}: {cmd.reason}")
@@ -361,7 +369,7 @@ def simulate(
 
 
 def timings(cluster: Cluster, transitions: int, pauses: GcPauses) -> dict[str, Any]:
-    ingest, run = cluster.spent["ingest"], cluster.spent.get("run", [0.0, 0.0, 0])
+    ingest, run = cluster.spent["ingest"], cluster.spent.get("run", [0.0, 0.0, 0, 0.0])
     core_s = ingest[0] + run[0]
     return {
         "threads": sum(len(t) for t in cluster.threads.values()),
@@ -374,6 +382,7 @@ def timings(cluster: Cluster, transitions: int, pauses: GcPauses) -> dict[str, A
         "ingest_s": ingest[0],
         "ingest_calls": ingest[2],
         "ingest_max_ms": ingest[1] * 1e3,
+        "ingest_max_cpu_ms": ingest[3] * 1e3,
         "run_s": run[0],
         "run_max_ms": run[1] * 1e3,
         "release_s": cluster.spent["release"][0],
@@ -418,6 +427,7 @@ COLUMNS = (  # (heading, field, format)
     ("core s", "core_s", "{:.2f}"),
     ("ingest s", "ingest_s", "{:.2f}"),
     ("max ingest ms", "ingest_max_ms", "{:.1f}"),
+    ("max ingest CPU ms", "ingest_max_cpu_ms", "{:.1f}"),
     ("max run ms", "run_max_ms", "{:.1f}"),
     ("gc s", "gc_s", "{:.2f}"),
     ("max gc ms", "gc_max_ms", "{:.1f}"),
@@ -442,6 +452,7 @@ def pivots(points: list[dict]) -> str:
         ("to_memory_per_s", "to-memory transitions per second in handle", "{:,.0f}"),
         ("peak_B_per_task", "peak scheduler bytes per task", "{:,.0f}"),
         ("ingest_max_ms", "longest handle call while ingesting, ms", "{:.1f}"),
+        ("ingest_max_cpu_ms", "longest handle call while ingesting, CPU ms", "{:.1f}"),
     ):
         for workload in dict.fromkeys(p["workload"] for p in points):
             cells = {
@@ -472,6 +483,7 @@ def aims(points: list[dict]) -> list[str]:
     at_1000 = [p["to_memory_per_s"] for p in points if p["workers"] >= 1000]
     memory = [p["peak_B_per_task"] for p in points if "peak_B_per_task" in p]
     ingest = [p["ingest_max_ms"] for p in points if p["tasks"] >= 1_000_000]
+    ingest_cpu = [p["ingest_max_cpu_ms"] for p in points if p["tasks"] >= 1_000_000]
     checks = (
         (
             ">= 50,000 to-memory/s at 1,000 workers",
@@ -488,6 +500,12 @@ def aims(points: list[dict]) -> list[str]:
         (
             "1M-task ingest with no handle call > 100 ms",
             ingest and max(ingest),
+            lambda v: v <= 100,
+            "longest {:.1f} ms",
+        ),
+        (
+            "1M-task ingest with no handle call > 100 ms of CPU",
+            ingest_cpu and max(ingest_cpu),
             lambda v: v <= 100,
             "longest {:.1f} ms",
         ),

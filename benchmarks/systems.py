@@ -82,9 +82,10 @@ class CliCluster:
     timeout (benchmarks/children.py) takes them with it.
     """
 
-    def __init__(self, system: str, workdir: Path) -> None:
+    def __init__(self, system: str, workdir: Path, worker_args: tuple[str, ...] = ()) -> None:
         self.system = system
         self.workdir = workdir
+        self.worker_args = list(worker_args)  # for both systems' workers alike
         self.token = secrets.token_urlsafe(32)
         self.env = {**os.environ, "SHOAL_TOKEN": self.token, "PYTHONPATH": str(REPO)}
         self.procs: list[subprocess.Popen] = []  # the scheduler first
@@ -121,7 +122,8 @@ class CliCluster:
             )
             for i in range(2):
                 args = ["shoal", "--log-level", "warning", "worker", self.address]
-                self._start(f"worker-{i}", [*args, "--nthreads", "1", "--name", f"w{i}"])
+                args += ["--nthreads", "1", "--name", f"w{i}", *self.worker_args]
+                self._start(f"worker-{i}", args)
         else:
             info = self.workdir / "scheduler.json"
             sched = ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
@@ -132,7 +134,8 @@ class CliCluster:
             )
             for i in range(2):
                 args = ["dask", "worker", self.address, "--nthreads", "1", "--nworkers", "1"]
-                self._start(f"worker-{i}", [*args, "--no-dashboard", "--name", f"w{i}"])
+                args += ["--no-dashboard", "--name", f"w{i}", *self.worker_args]
+                self._start(f"worker-{i}", args)
 
     def _shoal_address(self) -> str:
         text = (self.workdir / "scheduler.out").read_text(errors="replace")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from hypothesis import strategies as st
 
-from shoal.protocol.schema import REGISTRY, Message, _KeyMarker, _SignedMarker
+from shoal.protocol.schema import REGISTRY, Message, _KeyMarker, _NameMarker, _SignedMarker
 from shoal.protocol.serialize import Serialized
 
 small_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -64,6 +64,8 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
         return keys
     if origin is Annotated and _SignedMarker in args[1:]:
         return small_ints
+    if origin is Annotated and _NameMarker in args[1:]:
+        return simple[str]
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*[strategy_for(a) if a is not type(None) else st.none() for a in args])
     if origin is tuple:

@@ -43,6 +43,21 @@ def test_table_gives_medians_ranges_and_ratios() -> None:
     assert "shoal/raw 0.25, dask/raw 0.50" in text
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_larger_than_memory_workload_spills_gets_the_answer_and_kills_nobody() -> None:
+    from benchmarks import spill
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    figures = spill.run_spill("shoal", "200MiB", 10, 1.2)  # 480 MiB through 400 MiB
+    assert figures["right_answer"] and figures["workers_restarted"] == 0
+    assert figures["spilled_mb"] > 0 and figures["data_mb"] >= 480
+    assert set(figures["peak_rss_mb_each"]) == {"w0", "w1"}
+    left = {p.pid for p in me.children(recursive=True)} - before
+    assert not left, f"processes left running: {left}"
+
+
 def test_ratios_take_each_project_at_its_best_shape_and_the_load_is_shown() -> None:
     metrics = [Metric("rate", "map", "tasks/s"), Metric("mem", "bytes", "B", lower=True)]
     values = {

@@ -226,7 +226,9 @@ def test_worker_memory_returns_to_its_baseline_after_a_large_computation() -> No
         assert client.gather(sums) == [1000 * i for i in range(8)]
         assert grand.result() == 1000 * sum(range(8))
         peak = {pid: rss(pid) for pid in pids}
-        assert all(peak[pid] - baseline[pid] > 200 * MB for pid in pids), (baseline, peak)
+        # Each holds four 50 MB arrays; the free heap pages of the baseline may have
+        # gone back to the system meanwhile (the worker trims after large frees).
+        assert all(peak[pid] - baseline[pid] > 190 * MB for pid in pids), (baseline, peak)
         del arrays, sums, grand
         poll(
             lambda: all(rss(pid) - baseline[pid] < margin for pid in pids),

@@ -35,11 +35,13 @@ from shoal.scheduler.model import ACTIVE, Command, Disconnect, Send, Status
 from shoal.scheduler.state import SchedulerState
 from shoal.worker.events import Command as WorkerCommand
 from shoal.worker.events import (
+    Drop,
     Execute,
     ExecutionDone,
     Fetch,
     FetchDone,
     FetchFailed,
+    Hold,
     Restart,
     SendToScheduler,
     ThreadsStarted,
@@ -361,6 +363,8 @@ class Sim:
                     self.at(self.now + delay, self.executed, node, command, delay)
             elif type(command) is Fetch:
                 self.send(node.peer, command.address, self.serve, node, command)
+            elif type(command) is Hold or type(command) is Drop:
+                pass  # the store's part: values stay where the core keeps them here
             else:
                 assert type(command) is not Restart, "no task has a timeout here"
                 raise AssertionError(f"unknown command {command!r}")

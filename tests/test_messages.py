@@ -74,9 +74,13 @@ def test_missing_field_is_a_protocol_error() -> None:
         ({"op": "ping", "id": 1.5}, "ping.id: expected int, got float"),
         ({"op": "hello-not"}, "unknown message op"),
         ({"op": "get-data", "keys": "abc"}, "get-data.keys: expected array"),
-        ({"op": "get-data", "keys": [1]}, "expected key"),
+        ({"op": "get-data", "keys": [True]}, "expected key"),
+        ({"op": "get-data", "keys": [None]}, "expected key"),
         ({"op": "get-data", "keys": [[]]}, "expected key"),
-        ({"op": "get-data", "keys": [["a", 1.5]]}, "expected key"),
+        ({"op": "get-data", "keys": [["a", ()]]}, "expected key"),
+        ({"op": "get-data", "keys": [["a", float("nan")]]}, "expected key"),
+        ({"op": "get-data", "keys": [["a", [[[[[[[[["deep"]]]]]]]]]]]}, "expected key"),
+        ({"op": "get-data", "keys": [["a", None]]}, "expected key"),
         ({"op": "data-sent", "data": {"k": 1}}, "data-sent.data: expected payload"),
         ({"op": "data-sent", "data": []}, "expected map"),
         ({"op": "close", "reason": b"bytes"}, "close.reason: expected str"),
@@ -86,6 +90,17 @@ def test_missing_field_is_a_protocol_error() -> None:
 def test_wrong_field_type_is_a_protocol_error(wire: dict, where: str) -> None:
     with pytest.raises(ProtocolError, match=where.replace(".", r"\.").replace("(", r"\(")):
         codec.decode_batch(header_of(wire))
+
+
+def test_every_dask_key_form_roundtrips() -> None:
+    """str, bytes, int (negative too), finite float, tuples of them, nested (as
+    task-based shuffles name their keys)."""
+    keys = ("x", b"raw", 7, -3, 2.5, ("x", 1), ("shuffle-group-ab", 2, (3, 7)), (("a", 1), b"z"))
+    (msg,) = roundtrip([m.GetData(keys=keys, request_id=1)])
+    assert msg.keys == keys
+    assert [type(k) for k in msg.keys] == [type(k) for k in keys]
+    (msg,) = roundtrip([m.ReleaseFutures(keys=(("s", (1, (2, (3,)))),))])
+    assert msg.keys == (("s", (1, (2, (3,)))),)
 
 
 def test_unknown_fields_are_ignored_and_defaults_filled() -> None:

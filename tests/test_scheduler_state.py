@@ -780,6 +780,11 @@ def test_scheduler_info_is_plain_data() -> None:
                 "cpu": 0.0,
                 "memory": 0,
                 "executing": 0,
+                "managed": 0,
+                "unmanaged": 0,
+                "spilled": 0,
+                "unspillable": 0,
+                "paused": False,
             }
         },
         "clients": 1,

@@ -124,3 +124,20 @@ def test_payloads_route_opaquely_without_unpickling() -> None:
 def test_serialized_needs_a_stream() -> None:
     with pytest.raises(ValueError):
         Serialized("x", [])
+
+
+def test_decoded_type_names_are_one_string_per_name() -> None:
+    # A scheduler keeps a payload per task and a type name per result: equal
+    # names decode to one string, and payload frames are a tuple.
+    from shoal.protocol import messages as m
+    from shoal.protocol.codec import decode_batch, encode_batch
+
+    name = "package.module." + "Type" * 3
+    sent = [
+        m.TaskFinished(key=f"k{i}", nbytes=1, typename=name, duration=0.0, value=v)
+        for i, v in enumerate([serialize(i) for i in range(3)])
+    ]
+    got = decode_batch([memoryview(f) for f in encode_batch(sent)])
+    assert len({id(msg.typename) for msg in got}) == 1
+    assert len({id(msg.value.typename) for msg in got}) == 1
+    assert all(type(msg.value.frames) is tuple for msg in got)

@@ -24,11 +24,13 @@ from shoal.protocol.serialize import serialize
 from shoal.protocol.taskspec import ArgSpec
 from shoal.worker.events import (
     DataPut,
+    Drop,
     Execute,
     ExecutionDone,
     Fetch,
     FetchDone,
     FetchFailed,
+    Hold,
     Restart,
     SendToScheduler,
     Tick,
@@ -39,22 +41,46 @@ from shoal.worker.state import TOO_LARGE_TYPENAME, TRANSITIONS, Status, WorkerSt
 S = Status
 FUNC = serialize(len)
 ARGS = serialize(ArgSpec((), {}, False))
+# Cores with more records than this check their Hold and Drop commands only as a
+# count, not against every record after every event.
+FULL_CHECK_KEYS = 2_000
 LIVE: list[WorkerState] = []  # every core made since the last clear: for transition coverage
 
 
 class Core:
-    """A WorkerState driven by a fake clock, validated after every event."""
+    """A WorkerState driven by a fake clock, validated after every event.
 
-    def __init__(self, nthreads: int = 1, **options: Any) -> None:
+    Its Hold and Drop commands are checked against the keys in memory after
+    every event (what a store given them holds is exactly those values), then
+    left out of what a call returns unless `store_commands`.
+    """
+
+    def __init__(self, nthreads: int = 1, *, store_commands: bool = False, **options: Any) -> None:
         self.state = WorkerState(nthreads, history_size=100_000, **options)
         self.now = 0.0
+        self.held: dict[object, Value] = {}
+        self.store_commands = store_commands
         LIVE.append(self.state)
 
     def __call__(self, event: object) -> list:
         self.now += 1.0
         out = self.state.handle(event, self.now)
         self.state.validate()
-        return out
+        for command in out:
+            if type(command) is Hold:
+                assert command.key not in self.held, f"{command.key!r} held twice"
+                self.held[command.key] = command.value
+            elif type(command) is Drop:
+                del self.held[command.key]
+                rec = self.state.keys.get(command.key)
+                assert rec is None or rec.status is not S.MEMORY, f"{command.key!r} dropped"
+        if len(self.state.keys) <= FULL_CHECK_KEYS:  # each step of a long chain: O(n^2)
+            memory = {k: r.value for k, r in self.state.keys.items() if r.status is S.MEMORY}
+            assert memory.keys() == self.held.keys(), "the store would hold other keys"
+            assert all(self.held[k] is v for k, v in memory.items()), "a value not the store's"
+        if self.store_commands:
+            return out
+        return [c for c in out if type(c) is not Hold and type(c) is not Drop]
 
     def status(self, key: object) -> Status | None:
         rec = self.state.keys.get(key)

@@ -17,6 +17,7 @@ from typing import Any
 from shoal.client import graph as graphs
 from shoal.client import nesting, scatter
 from shoal.client.cluster import local_cluster
+from shoal.client.collections import Collections
 from shoal.client.futures import Future, Watch
 from shoal.client.keywords import (
     checked_reconnect_timeout,
@@ -32,7 +33,6 @@ from shoal.client.state import Key, KeyState, KeyTable, Status
 from shoal.errors import (
     CommClosedError,
     FutureCancelled,
-    GraphError,
     HandshakeError,
     MessageTooLarge,
     RegistrationError,
@@ -51,7 +51,7 @@ RECONNECT_TIMEOUT_S = 600.0
 REGISTER_RETRY_S = 1.0
 
 
-class Client(Observing):
+class Client(Collections, Observing):
     """Connect to a scheduler (or start a LocalCluster) and compute on it.
 
     With `asynchronous=False` (the default) the connection runs on an event
@@ -73,6 +73,10 @@ class Client(Observing):
     `data_limits` bounds what the client accepts in one batch from a worker it
     gathers from (a `shoal.protocol.limits.Limits`); a value over them raises
     ValueTooLarge when gathered, and the worker keeps it.
+
+    Graphs and dask collections go through compute(), get() and persist()
+    (shoal.client.collections); `with client.as_default():` makes the client
+    dask's scheduler.
 
     Raises:
         TypeError: an unknown keyword (named), or LocalCluster keywords with an
@@ -412,46 +416,6 @@ class Client(Observing):
         submission = graphs.messages(list(rows.values()), task_keys, options)
         self._hand_over(submission, task_keys, (items, kwargs))
         return futures
-
-    def compute(
-        self, graph: dict[Any, Any], keys: Any, priority: int = 0, timeout: float | None = None
-    ) -> Any:
-        """Send a dict graph and return Futures for `keys`, in the nesting of `keys`.
-
-        A task is `(callable, *args)`; any other value is a literal. Arguments
-        name other keys of the graph (inside lists, tuples and dicts too) or
-        hold Futures. Only what `keys` needs is sent. `timeout` is the limit of
-        every task of the graph, as in submit().
-
-        Raises:
-            GraphError: a cycle, a bad key, or a requested key not in the graph.
-            SerializationError: a function or an argument cannot be pickled.
-            ValueError: `timeout` is not positive.
-            CommClosedError: the client is not running.
-        """
-        options = graphs.TaskOptions(priority, timeout=timeout)
-        leaves = nesting.key_leaves(keys)
-        wanted = list(dict.fromkeys(k for k in leaves if not isinstance(k, Future)))
-        for k in wanted:
-            if not graphs.is_key(k):
-                raise GraphError(f"bad requested key {k!r}: not a key of the graph nor a Future")
-        rows = graphs.graph_rows(graph, wanted, self._funcs)
-        made = {k: Future(k, self) for k in wanted}
-        submission = graphs.messages(rows, wanted, options)
-        self._hand_over(submission, wanted, graph)
-        return nesting.replace_keys(keys, lambda leaf: made.get(leaf, leaf))
-
-    def get(
-        self, graph: dict[Any, Any], keys: Any, priority: int = 0, timeout: float | None = None
-    ) -> Any:
-        """compute() then gather(): the values of `keys`, in the nesting of `keys`.
-
-        Raises:
-            GraphError: as compute() does.
-            Exception: the first failing task's exception (see Future.result).
-        """
-        futures = self.compute(graph, keys, priority, timeout)
-        return self.gather(futures)
 
     def gather(self, futures: Any, errors: str = "raise") -> Any:
         """Values of Futures in any nesting of lists, tuples, sets and dicts.

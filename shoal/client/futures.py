@@ -47,6 +47,9 @@ class Future:
     """
 
     __slots__ = ("__weakref__", "_state", "_table", "client", "key")
+    # dask's mark of a scheduler's future: dask.delayed and the collections' from_delayed
+    # take it as a reference to `key` on the cluster.
+    __dask_future__ = True
 
     def __init__(self, key: Key, client: FutureOwner) -> None:
         self.key = key
@@ -67,6 +70,10 @@ class Future:
             "submit(), map() or a graph task, inside lists, tuples and dicts, and it "
             "becomes its value"
         )
+
+    def __dask_tokenize__(self) -> tuple[str, object]:
+        """dask names what is built from a Future after its key."""
+        return ("shoal.Future", self.key)
 
     @property
     def status(self) -> str:

@@ -319,12 +319,16 @@ def chunk_bounds(
 
 
 def messages(
-    rows: list[Row], wanted: Iterable[Key], options: TaskOptions | None = None
+    rows: list[Row],
+    wanted: Iterable[Key],
+    options: TaskOptions | None = None,
+    per_task: Mapping[Key, TaskOptions] | None = None,
 ) -> Submission:
     """Split rows (already dependencies first) into SubmitGraph messages.
 
     A wanted key is listed in the message that defines it, so each message
     references only keys in itself, in earlier messages, or already known.
+    `per_task` gives some keys options of their own in place of `options`.
     """
     options = options or TaskOptions()
     want = set(wanted)
@@ -339,7 +343,25 @@ def messages(
                     if chunk_of.get(dep, j) < j and dep not in want:
                         bridges[dep] = None
     listed = want.union(bridges)
-    return Submission([_message(chunk, listed, options) for chunk in chunks], list(bridges))
+    if per_task:
+        msgs = [_mixed_message(chunk, listed, options, per_task) for chunk in chunks]
+    else:
+        msgs = [_message(chunk, listed, options) for chunk in chunks]
+    return Submission(msgs, list(bridges))
+
+
+def _mixed_message(
+    chunk: list[Row], want: set[Key], options: TaskOptions, per_task: Mapping[Key, TaskOptions]
+) -> SubmitGraph:
+    """A message whose tasks do not all share one set of options."""
+    msg = _message(chunk, want, TaskOptions(timeout=options.timeout))
+    chosen = [per_task.get(row.key, options) for row in chunk]
+    everyone = list(enumerate(chosen))
+    msg.priority = tuple(o.priority for o in chosen) if any(o.priority for o in chosen) else ()
+    msg.resources = {i: o.resources for i, o in everyone if o.resources}
+    msg.restrict = {i: o.restrict for i, o in everyone if o.restrict}
+    msg.retries = {i: o.retries for i, o in everyone if o.retries}
+    return msg
 
 
 def _message(chunk: list[Row], want: set[Key], options: TaskOptions) -> SubmitGraph:

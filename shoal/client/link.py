@@ -30,6 +30,7 @@ from shoal.protocol.messages import (
     WhoHas,
     WhoHasAnswer,
     WorkersChanged,
+    WorkersPaused,
 )
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
@@ -49,6 +50,17 @@ def stalled_text(msg: TasksStalled) -> str:
         f"{msg.count} task(s) have waited {msg.waited:.0f} s for a worker with "
         f"{' and '.join(n for n in needs if n)}, which none of the {msg.workers} workers "
         f"has: {keys}{more}; they wait until one joins"
+    )
+
+
+def paused_text(msg: WorkersPaused) -> str:
+    """The warning a client logs for a WorkersPaused."""
+    used = f" ({msg.memory // 2**20} of {msg.limit // 2**20} MiB in use)" if msg.limit else ""
+    return (
+        f"all {msg.workers} workers are paused for memory{used}: {msg.waiting} task(s) "
+        "wanted here wait until one resumes (workers spill to disk meanwhile) or a worker "
+        "joins; if memory is held outside shoal's values, a larger memory_limit or more "
+        "workers are needed"
     )
 
 
@@ -159,6 +171,8 @@ class SchedulerLink:
             self._workers_changed(msg.workers)
         elif isinstance(msg, TasksStalled):
             log.warning("%s", stalled_text(msg))
+        elif isinstance(msg, WorkersPaused):
+            log.warning("%s", paused_text(msg))
         elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated):
             waiter = self._requests.get(msg.request_id)
             if waiter is not None and not waiter.done():

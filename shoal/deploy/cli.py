@@ -17,6 +17,7 @@ from shoal import __version__
 from shoal.deploy import cgroup, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.logs import configure_logging
+from shoal.deploy.memory_flags import add_memory_arguments, memory_limits
 from shoal.deploy.nanny import (
     FATAL_EXIT,
     INTERNAL_ERROR_EXIT,
@@ -30,6 +31,7 @@ from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
+from shoal.worker.spillfile import check_compression
 
 if TYPE_CHECKING:
     from shoal.worker.http import WorkerWeb
@@ -288,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{retire.RETIRE_TIMEOUT_S:g}; SIGINT leaves at once)",
     )
     _add_http(worker, 0, "/metrics, /health, /ready")
+    add_memory_arguments(worker, _checked, _text)
     _add_security(worker)
 
     retiring = retire.add_parser(
@@ -340,6 +343,10 @@ def check_args(args: argparse.Namespace) -> None:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
             parser.error(f"argument --memory-limit: {exc}")
+        try:
+            check_compression(args.spill_compression)
+        except ValueError as exc:
+            parser.error(f"argument --spill-compression: {exc}")
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -490,6 +497,9 @@ async def _serve_worker(
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
             http_address=web.address if web is not None else "",
+            memory=memory_limits(args),
+            local_directory=args.local_directory,
+            spill_compression=check_compression(args.spill_compression),
         )
         if web is not None:
             web.worker = worker
@@ -539,6 +549,8 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
         _worker_options(argv),
         name=args.name,
         memory_limit=args.memory_limit,
+        terminate=args.memory_terminate_fraction,
+        nthreads=args.nthreads,
         token=args.token,
         tls=_tls(args),
         log_level=args.log_level,

@@ -34,9 +34,12 @@ from shoal.client.loop import LoopThread
 from shoal.deploy import options
 from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
 from shoal.deploy.lifeline import Lifeline
+from shoal.deploy.worker_env import worker_environment
 from shoal.scheduler.server import Scheduler
 from shoal.scheduler.state import SchedulerState
+from shoal.worker.memory import PAUSE, SPILL, TARGET, TERMINATE, MemoryLimits
 from shoal.worker.server import Worker
+from shoal.worker.spillfile import check_compression
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ def check_scheduler_options(owner: str, given: dict[str, Any]) -> None:
         raise TypeError(
             f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
             f"(it takes n_workers, threads_per_worker, processes, memory_limit, resources, "
+            "memory_target_fraction, memory_spill_fraction, memory_pause_fraction, "
+            "memory_terminate_fraction, local_directory, spill_compression, "
             f"nanny, start_timeout and the scheduler's {', '.join(sorted(known))})"
         )
     for name, value in given.items():
@@ -98,6 +103,9 @@ class WorkerShape:
     threads_per_worker: int
     memory_limit: int  # bytes; 0: none
     resources: dict[str, float]
+    memory: MemoryLimits = MemoryLimits()  # noqa: RUF009 (frozen)
+    local_directory: str | None = None
+    spill_compression: str | None = None
 
     @classmethod
     def checked(
@@ -106,6 +114,12 @@ class WorkerShape:
         threads_per_worker: int | None = None,
         memory_limit: int | float | str = 0,
         resources: dict[str, float] | None = None,
+        memory_target_fraction: float | bool | None = TARGET,
+        memory_spill_fraction: float | bool | None = SPILL,
+        memory_pause_fraction: float | bool | None = PAUSE,
+        memory_terminate_fraction: float | bool | None = TERMINATE,
+        local_directory: str | os.PathLike[str] | None = None,
+        spill_compression: str | None = None,
     ) -> WorkerShape:
         """Raises:
         TypeError: a value of the wrong type.
@@ -119,7 +133,24 @@ class WorkerShape:
             limit = options.memory_limit(memory_limit, threads)
         except ValueError as exc:
             raise ValueError(f"memory_limit: {exc}") from None
-        return cls(workers, threads, limit, options.check_resources(resources or {}))
+        fractions = {
+            "target": memory_target_fraction,
+            "spill": memory_spill_fraction,
+            "pause": memory_pause_fraction,
+            "terminate": memory_terminate_fraction,
+        }
+        # False turns a threshold off, as in dask; True is not a fraction.
+        off = {k: None if v is False else v for k, v in fractions.items()}
+        memory = MemoryLimits(limit, **off)
+        if spill_compression is not None and not isinstance(spill_compression, str):
+            raise TypeError(f"spill_compression must be a str or None, not {spill_compression!r}")
+        try:
+            compression = check_compression(spill_compression)
+        except ValueError as exc:
+            raise ValueError(f"spill_compression: {exc}") from None
+        directory = os.fspath(local_directory) if local_directory is not None else None
+        resources = options.check_resources(resources or {})
+        return cls(workers, threads, limit, resources, memory, directory, compression)
 
 
 def check_cluster_keywords(owner: str, given: dict[str, Any]) -> None:
@@ -140,7 +171,18 @@ def check_cluster_keywords(owner: str, given: dict[str, Any]) -> None:
             raise ValueError(f"start_timeout: {exc}") from None
 
 
-_SHAPE = ("n_workers", "threads_per_worker", "memory_limit", "resources")
+_SHAPE = (
+    "n_workers",
+    "threads_per_worker",
+    "memory_limit",
+    "resources",
+    "memory_target_fraction",
+    "memory_spill_fraction",
+    "memory_pause_fraction",
+    "memory_terminate_fraction",
+    "local_directory",
+    "spill_compression",
+)
 
 
 def _count(name: str, value: object, least: int) -> int:
@@ -170,7 +212,10 @@ class LocalCluster:
 
     `memory_limit` is bytes, a size ('4GB'), a fraction of the machine's
     memory (0.5), 'auto' (its share by threads) or 0 (no limit), as for
-    `shoal worker --memory-limit`. Extra keyword arguments configure the
+    `shoal worker --memory-limit`. `memory_target_fraction`,
+    `memory_spill_fraction`, `memory_pause_fraction` and
+    `memory_terminate_fraction` (None or False: off), `local_directory` and
+    `spill_compression` are those of `shoal worker` too. Extra keyword arguments configure the
     scheduler (`heartbeat_timeout`, `allowed_failures`, `no_worker_warning`,
     `no_workers_timeout`, ...); they are checked before any process starts.
 
@@ -191,13 +236,31 @@ class LocalCluster:
         token: str | None = None,
         resources: dict[str, float] | None = None,
         memory_limit: int | float | str = 0,
+        memory_target_fraction: float | bool | None = TARGET,
+        memory_spill_fraction: float | bool | None = SPILL,
+        memory_pause_fraction: float | bool | None = PAUSE,
+        memory_terminate_fraction: float | bool | None = TERMINATE,
+        local_directory: str | os.PathLike[str] | None = None,
+        spill_compression: str | None = None,
         start_timeout: float = 60.0,
         nanny: bool = False,
         **scheduler_options: Any,
     ) -> None:
         check_scheduler_options("LocalCluster", scheduler_options)
         scheduler_options.setdefault("http_port", 0)  # the dashboard, on any free port
-        shape = WorkerShape.checked(n_workers, threads_per_worker, memory_limit, resources)
+        shape = WorkerShape.checked(
+            n_workers,
+            threads_per_worker,
+            memory_limit,
+            resources,
+            memory_target_fraction,
+            memory_spill_fraction,
+            memory_pause_fraction,
+            memory_terminate_fraction,
+            local_directory,
+            spill_compression,
+        )
+        self.shape = shape
         self.n_workers, self.threads_per_worker = shape.n_workers, shape.threads_per_worker
         self.processes = processes
         self.asynchronous = asynchronous
@@ -264,6 +327,9 @@ class LocalCluster:
             memory_limit=self.memory_limit,
             resources=self.resources,
             token=self.token,
+            memory=self.shape.memory,
+            local_directory=self.shape.local_directory,
+            spill_compression=self.shape.spill_compression,
         )
 
     async def _spawn(self, i: int) -> asyncio.subprocess.Process:
@@ -272,7 +338,8 @@ class LocalCluster:
         args = [sys.executable, "-P", "-m", "shoal", *argv]
         assert self._lifeline is not None
         # The token travels in the environment, not in argv where `ps` shows it.
-        env = {**os.environ, "SHOAL_TOKEN": self.token, **self._lifeline.child_env()}
+        env = worker_environment(os.environ, self.threads_per_worker)
+        env.update({"SHOAL_TOKEN": self.token, **self._lifeline.child_env()})
         return await asyncio.create_subprocess_exec(
             *args,
             env=env,
@@ -295,6 +362,14 @@ class LocalCluster:
             "--memory-limit",
             str(self.memory_limit),
         ]
+        memory = self.shape.memory
+        for name in ("target", "spill", "pause", "terminate"):
+            value = getattr(memory, name)
+            args += [f"--memory-{name}-fraction", "off" if value is None else repr(value)]
+        if self.shape.local_directory is not None:
+            args += ["--local-directory", self.shape.local_directory]
+        if self.shape.spill_compression is not None:
+            args += ["--spill-compression", self.shape.spill_compression]
         args.append("--no-http")  # the scheduler's endpoints show the local workers
         if not self.nanny:
             args.append("--no-nanny")

@@ -31,11 +31,13 @@ import time
 from typing import Any
 
 from shoal.deploy.lifeline import Lifeline
+from shoal.deploy.worker_env import worker_environment
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
 from shoal.protocol.messages import Heartbeat, RegisterNanny, WorkerDied
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
+from shoal.worker.memory import TERMINATE
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,11 @@ class Nanny:
         worker_args: the `shoal worker` options to pass on (not the address,
             not --name, not --no-nanny).
         name: the worker's name; it keeps it across restarts.
-        memory_limit: bytes of resident memory past which the worker is
-            killed and restarted; 0: no limit.
+        memory_limit: the worker's memory limit in bytes; 0: none.
+        terminate: the fraction of it past which the worker's resident memory
+            has it killed and restarted (None: never).
+        nthreads: the worker's threads, which numeric libraries get too (see
+            shoal.deploy.worker_env).
         max_restarts / restart_window: the nanny gives up (run() returns 1)
             when the worker dies more than `max_restarts` times within
             `restart_window` seconds.
@@ -104,6 +109,8 @@ class Nanny:
         *,
         name: str | None = None,
         memory_limit: int = 0,
+        terminate: float | None = TERMINATE,
+        nthreads: int = 1,
         token: str | bytes | None = None,
         tls: TLSConfig | None = None,
         log_level: str = "info",
@@ -115,7 +122,8 @@ class Nanny:
         self.scheduler = scheduler
         self.worker_args = list(worker_args)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.memory_limit = memory_limit
+        self.memory_limit, self.terminate, self.nthreads = memory_limit, terminate, nthreads
+        self.kill_at = int(memory_limit * terminate) if memory_limit and terminate else 0
         self._token, self._tls, self._log_level = token, tls, log_level
         self._log_format = log_format
         self._stop = asyncio.Event()
@@ -227,7 +235,8 @@ class Nanny:
             self.name,
             "--no-nanny",
         ]
-        env = {**os.environ, NANNY_ENV: self.nanny_id, **self._lifeline.child_env()}
+        env = worker_environment(os.environ, self.nthreads)
+        env.update({NANNY_ENV: self.nanny_id, **self._lifeline.child_env()})
         if self._token is not None:
             token = self._token
             env["SHOAL_TOKEN"] = token.decode() if isinstance(token, bytes) else token
@@ -258,7 +267,7 @@ class Nanny:
                 await proc.wait()
                 return proc.returncode or -signal.SIGKILL, (
                     f"memory limit exceeded: it used {mib(rss)} of its {mib(self.memory_limit)} "
-                    "limit, and its nanny killed it"
+                    f"limit (terminate at {self.terminate:.0%}), and its nanny killed it"
                 )
             if stop.done() and not exited.done():
                 await self._terminate(proc)
@@ -306,7 +315,7 @@ class Nanny:
             while True:
                 rss = process.memory_info().rss
                 last_rss[0] = rss
-                if self.memory_limit and rss > self.memory_limit:
+                if self.kill_at and rss > self.kill_at:
                     return rss
                 await asyncio.sleep(MEMORY_POLL_S)
         except psutil.Error:  # it is gone: proc.wait() tells how; wait to be cancelled

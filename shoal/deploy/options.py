@@ -97,6 +97,29 @@ def memory_limit(value: str | float, nthreads: int, total: int | None = None) ->
     return limit
 
 
+# Words that turn a memory threshold off.
+OFF = ("off", "false", "none")
+
+
+def fraction(text: str) -> float | None:
+    """A memory threshold from the command line: '0.7' -> 0.7; 'off' -> None.
+
+    Raises:
+        ValueError: not a number above 0 and at most 1, nor one of OFF.
+    """
+    if text.strip().lower() in OFF:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise ValueError(
+            f"not a fraction of the memory limit: {text!r} (above 0, at most 1, or off)"
+        )
+    return value
+
+
 def parse_resources(text: str) -> dict[str, float]:
     """'GPU=1,MEM=8e9' -> {'GPU': 1.0, 'MEM': 8e9}.
 

@@ -8,6 +8,7 @@ unpickles.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -127,11 +128,14 @@ class PayloadHook:
             raise ProtocolError("payloads are not allowed before the handshake completes")
         if code != EXT_INLINE and code != EXT_FRAMES:
             raise ProtocolError(f"unknown extension type {code}")
-        typename, second = _unpack_ext_data(data)
+        name, second = _unpack_ext_data(data)
+        # One string per type name, however many payloads name it: a graph's
+        # tasks all carry the same one, and a scheduler keeps them all.
+        typename = sys.intern(name)  # type: ignore[call-overload]
         if code == EXT_INLINE:
             if type(second) is not bytes:
                 raise ProtocolError("inline payload must carry bytes")
-            return Serialized(typename, [second])  # type: ignore[arg-type]
+            return Serialized(typename, (second,))
         frames, cursor = self.frames, self.cursor
         if type(second) is not int or second < 1 or cursor + second > len(frames):
             raise ProtocolError(
@@ -139,7 +143,7 @@ class PayloadHook:
                 f"{len(frames) - cursor} left"
             )
         self.cursor = cursor + second
-        return Serialized(typename, frames[cursor : cursor + second])  # type: ignore[arg-type]
+        return Serialized(typename, frames[cursor : cursor + second])
 
     def check_all_used(self) -> None:
         """Raises ProtocolError when frames are left that no payload referenced."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shoal.protocol.schema import Key, Message, Signed, message
+from shoal.protocol.schema import Key, Message, Signed, TypeName, message
 from shoal.protocol.serialize import Serialized
 
 ROLES = ("scheduler", "worker", "client", "nanny")
@@ -202,7 +202,7 @@ class TaskFinished(Message):
 
     key: Key
     nbytes: int
-    typename: str
+    typename: TypeName
     duration: float
     value: Serialized | None = None
 
@@ -308,6 +308,30 @@ class Heartbeat(Message):
     cpu: float = 0.0
     memory: int = 0
     executing: int = 0
+    # Bytes of the values the worker holds in memory (managed), on disk (spilled),
+    # and in memory because they could not be written to disk (unspillable).
+    managed: int = 0
+    spilled: int = 0
+    unspillable: int = 0
+
+
+@message("worker-paused")
+class WorkerPaused(Message):
+    """The worker's resident memory (`memory` bytes) crossed its pause threshold
+    (a fraction of `limit`): it starts no more tasks. `running` are the tasks its
+    threads run now; the scheduler takes back the others it gave it and sends it
+    no more until WorkerResumed."""
+
+    memory: int
+    limit: int
+    running: tuple[Key, ...] = ()
+
+
+@message("worker-resumed")
+class WorkerResumed(Message):
+    """The worker's memory is back under its pause threshold: it runs tasks again."""
+
+    memory: int = 0
 
 
 # -- nanny -> scheduler --------------------------------------------------------
@@ -515,6 +539,19 @@ class TasksStalled(Message):
     workers: int
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     restrict: tuple[str, ...] = ()
+
+
+@message("workers-paused")
+class WorkersPaused(Message):
+    """Every one of the `workers` connected is paused for memory, and `waiting`
+    tasks wanted by this client wait for one to resume. Sent once each time all
+    become paused; work goes on by itself once a worker's memory falls (spilling
+    goes on while paused), or when a worker joins."""
+
+    workers: int
+    waiting: int
+    memory: int = 0  # bytes resident on those workers together
+    limit: int = 0  # their memory limits together
 
 
 @message("retire-workers")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Generator
@@ -23,7 +24,8 @@ Validator = Callable[[object, str], object]
 
 
 class _KeyMarker:
-    """Annotation marker: a task key (str, or a flat tuple of str and int)."""
+    """Annotation marker: a task key (str, bytes, int, finite float, or a tuple of them,
+    tuples nesting up to MAX_KEY_DEPTH deep)."""
 
 
 Key = Annotated[Any, _KeyMarker]
@@ -36,6 +38,14 @@ class _SignedMarker:
 # Every other number on the wire is a count, a size, an index, an id, a duration,
 # a resource amount or a load, and is refused below zero.
 Signed = Annotated[int, _SignedMarker]
+
+
+class _NameMarker:
+    """Annotation marker: a str that names one of few things (a type), interned
+    when decoded, so that a scheduler holding one per task holds one string."""
+
+
+TypeName = Annotated[str, _NameMarker]
 
 REGISTRY: dict[str, type[Message]] = {}
 
@@ -184,6 +194,12 @@ def _exact(tp: type, label: str) -> Validator:
     return check
 
 
+def _check_name(value: object, where: str) -> object:
+    if type(value) is not str:
+        _fail(where, "str", value)
+    return sys.intern(value)
+
+
 def _check_float(value: object, where: str) -> object:
     # Every float on the wire is a duration, a size, a resource amount or a load:
     # NaN, the infinities and negative numbers have no meaning there and would
@@ -214,15 +230,37 @@ def _check_any(value: object, where: str) -> object:
     return value
 
 
+# How deep key tuples may nest: task-based shuffles make keys such as
+# ("shuffle-group-x", 2, (3, 7)); nothing sensible goes deeper than a few levels.
+MAX_KEY_DEPTH = 8
+_KEY_PARTS = (str, bytes, int, float)
+_KEY_FORM = "key (str, bytes, int, finite float, or a non-empty tuple of them, nested)"
+
+
 def _check_key(value: object, where: str) -> object:
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return value
-    if type(value) is tuple and value:
-        for part in value:
-            if type(part) is not str and type(part) is not int:
-                _fail(where, "key (str, or tuple of str and int)", part)
+    if kind is tuple and value and _key_tuple_ok(value, 1):  # type: ignore[arg-type]
         return value
-    _fail(where, "key (str, or non-empty tuple of str and int)", value)
+    if kind in _KEY_PARTS and (kind is not float or math.isfinite(value)):  # type: ignore[arg-type]
+        return value
+    _fail(where, _KEY_FORM, value)
+
+
+def _key_tuple_ok(value: tuple, depth: int) -> bool:
+    for part in value:
+        kind = type(part)
+        if kind is str or kind is int:
+            continue
+        if kind is tuple:
+            if not part or depth >= MAX_KEY_DEPTH or not _key_tuple_ok(part, depth + 1):
+                return False
+        elif kind is bytes or (kind is float and math.isfinite(part)):
+            continue
+        else:
+            return False
+    return True
 
 
 def _check_serialized(value: object, where: str) -> object:
@@ -251,6 +289,8 @@ def compile_type(tp: object) -> Validator:
         return _check_key
     if origin is Annotated and _SignedMarker in args[1:]:
         return _exact(int, "int")
+    if origin is Annotated and _NameMarker in args[1:]:
+        return _check_name
     if origin in (typing.Union, types.UnionType):
         return _compile_union(args)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:

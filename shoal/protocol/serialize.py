@@ -27,7 +27,8 @@ class Serialized:
     """An opaque pickled payload: `frames[0]` is the pickle stream, the rest its buffers.
 
     `typename` is the qualified name of the top-level object's type, kept so
-    errors can name it without unpickling.
+    errors can name it without unpickling. `frames` is a tuple (smaller than a
+    list: a scheduler holds one per task).
     """
 
     __slots__ = ("frames", "typename")
@@ -36,7 +37,7 @@ class Serialized:
         if not frames:
             raise ValueError("a Serialized needs at least the pickle stream")
         self.typename = typename
-        self.frames = list(frames)
+        self.frames = tuple(frames)
 
     @property
     def nbytes(self) -> int:

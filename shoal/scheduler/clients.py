@@ -87,11 +87,11 @@ class ClientRequests(CoreBase):
             tasks[ts.key] = ts
         # Existing tasks that were let go but are needed again (recomputed below).
         again = [ts for ts in plan.outside.values() if ts.status is R]
-        index = plan.index
+        index, alone = plan.index, (client,)  # one tuple for all the tasks it alone wants
         for key in msg.wanted:
             if key in index:  # created just now: released, wanted by nobody else
                 ts = local[key]
-                ts.wanted_by = (client,)
+                ts.wanted_by = alone
                 client.wants[ts] = None
                 continue
             again += self._want_known(client, tasks[key])
@@ -128,6 +128,9 @@ class ClientRequests(CoreBase):
         prio, order, group_of = msg.priority, self._order, self.tally.group_of
         options = msg.resources or msg.restrict or msg.retries or msg.timeout
         new = []
+        # Tasks that read one and the same task (a map over one future) share the
+        # tuple that names it.
+        last: tuple[TaskState, ...] = ()
         for i in positions:
             key = keys[i]
             priority = -prio[i] * ORDER_SPAN + next(order) if prio else next(order)
@@ -141,7 +144,9 @@ class ClientRequests(CoreBase):
             dep_keys = deps[i]
             if len(dep_keys) == 1:
                 dep = local[dep_keys[0]]
-                ts.deps = (dep,)
+                if not last or last[0] is not dep:
+                    last = (dep,)
+                ts.deps = last
                 users = dep.dependents  # with_member(), inline
                 if type(users) is tuple and len(users) < SMALL:
                     dep.dependents = users + (ts,)  # noqa: RUF005 (faster than unpacking)
@@ -217,6 +222,14 @@ class ClientRequests(CoreBase):
                 "cpu": ws.cpu,
                 "memory": ws.memory,
                 "executing": ws.executing,
+                # Of `memory`: the values held (managed); the rest is the process's.
+                # Values on disk (spilled) are not in `memory`; values that could
+                # not be written to disk (unspillable) are in managed.
+                "managed": ws.managed,
+                "unmanaged": max(0, ws.memory - ws.managed),
+                "spilled": ws.spilled,
+                "unspillable": ws.unspillable,
+                "paused": ws.paused,
             }
             for ws in self.placement.workers.values()
         }

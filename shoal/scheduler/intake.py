@@ -115,13 +115,14 @@ class LargeSubmissions(CoreBase):
             # The new tasks wanted are marked while still private (the client's
             # table takes them at once when published); known ones wait for that.
             client, index = self.clients[peer], plan.index
+            alone = (client,)  # one tuple for all the tasks it alone wants
             new_wanted: list[TaskState] = []
             old_wanted: list[object] = []
             for start in range(0, len(msg.wanted), SLICE_TASKS):
                 for key in msg.wanted[start : start + SLICE_TASKS]:
                     if key in index:
                         ts = local[key]
-                        ts.wanted_by = (client,)
+                        ts.wanted_by = alone
                         new_wanted.append(ts)
                     else:
                         old_wanted.append(key)

@@ -186,6 +186,7 @@ class WorkerInfo:
 
     __slots__ = (
         "address",
+        "alone",
         "cpu",
         "executing",
         "free",
@@ -195,6 +196,7 @@ class WorkerInfo:
         "http_address",
         "index",
         "last_seen",
+        "managed",
         "memory",
         "memory_limit",
         "name",
@@ -202,12 +204,15 @@ class WorkerInfo:
         "nanny_id",
         "nbytes",
         "nthreads",
+        "paused",
         "peer",
         "pid",
         "processing",
         "resources",
         "retiring",
+        "spilled",
         "started",
+        "unspillable",
         "version",
     )
 
@@ -229,6 +234,8 @@ class WorkerInfo:
         self.resources = dict(resources)
         self.free = dict(resources)  # resources not used by processing tasks
         self.index = index  # registration order: breaks ties deterministically
+        # Its tasks' holders while it is their only one: one tuple shared by them all.
+        self.alone: tuple[WorkerInfo, ...] = (self,)
         self.processing: dict[TaskState, None] = {}
         # Those of them a thread had started, as its tasks-started notes said: a
         # death counts only against these.
@@ -248,6 +255,10 @@ class WorkerInfo:
         self.cpu = 0.0
         self.memory = 0
         self.executing = 0
+        # Bytes of its values in memory, on disk, and kept in memory for want of
+        # disk; and whether it is paused for memory (see scheduler/memory.py).
+        self.managed = self.spilled = self.unspillable = 0
+        self.paused = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

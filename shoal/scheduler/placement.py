@@ -146,7 +146,15 @@ class Placement:
         return queue is not None and queue.first() is not None
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
-        return len(ws.processing) < ws.nthreads * self.depth
+        return len(ws.processing) < ws.nthreads * self.depth and not ws.paused
+
+    def pause(self, ws: WorkerInfo) -> None:
+        """`ws` is paused for memory: it is offered no task until `resume`."""
+        ws.paused = True
+
+    def resume(self, ws: WorkerInfo) -> None:
+        ws.paused = False
+        self.touch(ws)
 
     def touch(self, ws: WorkerInfo) -> None:
         """Record that `ws`'s load changed. The loads heap learns it when next
@@ -156,7 +164,7 @@ class Placement:
     def _push_touched(self) -> None:
         loads = self._loads
         for ws in self._touched:
-            if not ws.gone:
+            if not ws.gone and not ws.paused:
                 ws.version += 1
                 entry = (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws)
                 # Filling a worker, its old entry is usually the top one.
@@ -192,7 +200,7 @@ class Placement:
         depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
         for ws, nbytes in held.items():  # _cost(), inline
             queued = len(ws.processing)
-            if queued < ws.nthreads * depth and not ws.gone:  # not dying or retiring
+            if queued < ws.nthreads * depth and not (ws.gone or ws.paused):  # dying, retiring
                 rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
                 if best is None or rank < best_rank:
                     best, best_rank = ws, rank
@@ -238,7 +246,7 @@ class Placement:
         loads = self._loads
         while loads:
             load, _, version, ws = loads[0]
-            if ws.gone or version != ws.version:
+            if ws.gone or ws.paused or version != ws.version:
                 heapq.heappop(loads)
                 continue
             return ws if load < self.depth else None

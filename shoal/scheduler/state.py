@@ -143,6 +143,8 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
             ("worker", m.DataFetched): self._data_fetched,
             ("worker", m.Heartbeat): self._heartbeat,
             ("worker", m.TasksStarted): self._tasks_started,
+            ("worker", m.WorkerPaused): self._worker_paused,
+            ("worker", m.WorkerResumed): self._worker_resumed,
             ("worker", m.RetireWorker): self._retire_worker,
             ("nanny", m.WorkerDied): self._worker_died,
             ("nanny", m.Heartbeat): self._nanny_heartbeat,
@@ -264,7 +266,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
     def _add_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         holders = ts.who_has  # with_member(), inline: once per task
         if type(holders) is tuple and len(holders) < SMALL:
-            ts.who_has = holders + (ws,)  # noqa: RUF005 (faster than unpacking)
+            ts.who_has = holders + (ws,) if holders else ws.alone  # noqa: RUF005
         else:
             ts.who_has = with_member(holders, ws)
         ws.has_what[ts] = None
@@ -273,7 +275,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while len(ws.processing) < ws.nthreads * placement.depth and not ws.gone:
+        while len(ws.processing) < ws.nthreads * placement.depth and not (ws.gone or ws.paused):
             ts = placement.next_for(ws)
             if ts is None:
                 return

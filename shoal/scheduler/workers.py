@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from shoal.errors import KilledWorker, type_name
 from shoal.protocol import messages as m
+from shoal.scheduler.memory import MemoryPressure
 from shoal.scheduler.model import (
     ACTIVE,
     Disconnect,
@@ -27,9 +28,9 @@ from shoal.scheduler.retirement import Retirements
 W, E = Status.WAITING, Status.ERRED
 
 
-class WorkerEvents(Retirements):
+class WorkerEvents(Retirements, MemoryPressure):
     """Handlers of worker membership and liveness (see SchedulerState); leaving
-    gracefully is retirement.py's."""
+    gracefully is retirement.py's, pausing for memory memory.py's."""
 
     def _register_worker(self, peer: str, msg: m.RegisterWorker) -> None:
         reason = self._registration_problem(msg)
@@ -82,6 +83,7 @@ class WorkerEvents(Retirements):
     def _heartbeat(self, peer: str, msg: m.Heartbeat) -> None:
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
+        ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
         """A worker's threads started these tasks: its death would count against them."""

@@ -86,6 +86,18 @@ class ThreadsStarted:
 
 
 @dataclasses.dataclass(slots=True)
+class MemorySample:
+    """How much memory the worker uses now: `rss`, the process's resident bytes;
+    `managed`, the bytes of the values the store holds in memory; `freed`, bytes
+    the store let go of since the last sample; `running`, the tasks threads run."""
+
+    rss: int
+    managed: int
+    freed: int = 0
+    running: tuple[Key, ...] = ()
+
+
+@dataclasses.dataclass(slots=True)
 class FetchFailed:
     """A Fetch of `keys` from `address` got no answer (connection failed or lost)."""
 
@@ -129,4 +141,43 @@ class Restart:
     reason: str
 
 
-Command = SendToScheduler | Execute | Fetch | Restart
+@dataclasses.dataclass(slots=True)
+class Hold:
+    """`key`'s value is in memory here now: the store holds it."""
+
+    key: Key
+    value: Value
+
+
+@dataclasses.dataclass(slots=True)
+class Drop:
+    """The store lets go of `key`'s value, wherever it lives."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
+class Spill:
+    """Move least recently used values to disk until `nbytes` of memory are freed."""
+
+    nbytes: int
+
+
+@dataclasses.dataclass(slots=True)
+class Pause:
+    """Memory is short: threads start no more tasks until Resume."""
+
+
+@dataclasses.dataclass(slots=True)
+class Resume:
+    """Threads may start tasks again."""
+
+
+@dataclasses.dataclass(slots=True)
+class Trim:
+    """Much memory was freed: give the heap's free pages back to the system."""
+
+
+Command = SendToScheduler | Execute | Fetch | Restart | Hold | Drop | Spill | Pause | Resume | Trim
+# What the store and the thread pool carry out (shoal.worker.holding).
+MEMORY_COMMANDS = (Hold, Drop, Spill, Pause, Resume, Trim)

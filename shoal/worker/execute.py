@@ -19,7 +19,8 @@ from shoal.errors import SerializationError, type_name
 from shoal.protocol import taskspec
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
 from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
-from shoal.worker.events import NO_OBJECT, Execute, ExecutionDone, Key, Value
+from shoal.worker.events import Execute, ExecutionDone, Key, Value
+from shoal.worker.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,34 @@ class FunctionCache:
 
 
 class Executor:
-    """Runs one task on the calling thread and turns the outcome into a report."""
+    """Runs one task on the calling thread and turns the outcome into a report.
+    Its inputs come from `store`, which reads them back from disk if need be."""
 
-    def __init__(self, functions: FunctionCache | None = None) -> None:
+    def __init__(self, functions: FunctionCache | None = None, store: Store | None = None) -> None:
         self.functions = functions if functions is not None else FunctionCache()
-        self._locks_guard = threading.Lock()
+        self.store = store if store is not None else Store()
 
     def run(
         self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
     ) -> tuple[TaskFinished | TaskErred, Value | None]:
-        """Unpickle, call, pickle the result. Never raises for what user code does."""
+        """Unpickle, call, pickle the result. Never raises for what user code does.
+
+        The inputs are pinned in the store while it runs: never spilled from under
+        it. Only a started task pins them, so that tasks queued behind a paused
+        pool hold nothing in memory.
+        """
+        keys = [dep for dep, _ in deps]
+        if keys:
+            self.store.pin(keys)
+        try:
+            return self._run(key, func, args, deps)
+        finally:
+            if keys:
+                self.store.unpin(keys)
+
+    def _run(
+        self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
+    ) -> tuple[TaskFinished | TaskErred, Value | None]:
         start = time.perf_counter()
         try:
             function = self.functions.get(func)
@@ -101,18 +120,9 @@ class Executor:
 
         Raises:
             SerializationError: the payload does not unpickle.
+            OSError: its spill file cannot be read.
         """
-        obj = value.obj
-        if obj is not NO_OBJECT:
-            return obj
-        with self._locks_guard:
-            if value.lock is None:
-                value.lock = threading.Lock()
-        with value.lock:
-            if value.obj is NO_OBJECT:
-                assert value.payload is not None
-                value.obj = deserialize(value.payload, f"value of {key!r}")
-            return value.obj
+        return self.store.load(key, value)
 
 
 def task_erred(key: Key, exc: BaseException, duration: float) -> TaskErred:
@@ -171,6 +181,8 @@ class ThreadPool:
         self._started: deque[Key] = deque()
         self._armed = False  # a _deliver is scheduled and has not started draining
         self._closing = False
+        self._go = threading.Event()  # cleared while paused: threads start nothing
+        self._go.set()
         # thread name -> the key it runs now and when it started it (monotonic)
         self._running: dict[str, tuple[Key, float]] = {}
         self._exited = 0
@@ -190,6 +202,17 @@ class ThreadPool:
         """The tasks threads run now, with the time.monotonic() each started."""
         return dict(self._running.copy().values())
 
+    def pause(self) -> None:
+        """Start no more tasks (those running finish) until `resume`."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._go.is_set()
+
     def submit(self, command: Execute) -> None:
         """Queue a task; its ExecutionDone reaches `on_done` on the loop."""
         if self._closing:
@@ -201,6 +224,7 @@ class ThreadPool:
         try:
             while True:
                 command = self._queue.get()
+                self._go.wait()  # paused: the task waits here, not started
                 if command is None or self._closing:
                     return
                 self._running[me] = (command.key, time.monotonic())
@@ -267,6 +291,7 @@ class ThreadPool:
             await asyncio.wait({self._all_exited}, timeout=timeout)
             return
         self._closing = True
+        self._go.set()  # paused threads wake to exit
         self._all_exited = self._loop.create_future()
         if self._exited == len(self._threads):
             self._all_exited.set_result(None)

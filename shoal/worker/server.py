@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Any
 
-from shoal.errors import CommClosedError, RegistrationError, ShoalError
+from shoal.errors import CommClosedError, RegistrationError
 from shoal.protocol.address import Address, parse_address
 from shoal.protocol.answers import send_data
 from shoal.protocol.comm import Comm, Listener, listen
@@ -27,7 +27,6 @@ from shoal.protocol.messages import (
     DataStored,
     FreeKeys,
     GetData,
-    Heartbeat,
     PutData,
     RegisterWorker,
     RegistrationRefused,
@@ -37,10 +36,11 @@ from shoal.protocol.messages import (
 )
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
-from shoal.protocol.serialize import Serialized, serialize
+from shoal.protocol.serialize import Serialized
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
 from shoal.worker.events import (
+    MEMORY_COMMANDS,
     Command,
     DataPut,
     Execute,
@@ -53,11 +53,12 @@ from shoal.worker.events import (
     SendToScheduler,
     ThreadsStarted,
     Tick,
-    Value,
 )
-from shoal.worker.execute import ThreadPool
+from shoal.worker.execute import Executor, ThreadPool
 from shoal.worker.fetcher import PeerFetcher
+from shoal.worker.holding import Holding
 from shoal.worker.http import advertised_http
+from shoal.worker.memory import MemoryLimits
 from shoal.worker.retiring import Retiring
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
@@ -87,6 +88,9 @@ class Worker(Retiring):
     tasks here that need it err with ValueTooLarge. `http_address` is where its
     HTTP endpoints listen (shoal.worker.http), told to the scheduler.
 
+    `memory`: thresholds of `memory_limit` (see worker/memory.py); spill files go
+    under `local_directory`, compressed with `spill_compression` if named.
+
     Use `async with Worker(...) as w:` or `await w.start()` ... `await w.close()`.
     """
 
@@ -108,6 +112,9 @@ class Worker(Retiring):
         nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
+        memory: MemoryLimits | None = None,
+        local_directory: str | None = None,
+        spill_compression: str | None = None,
         http_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler
@@ -121,12 +128,14 @@ class Worker(Retiring):
         # With a nanny, a worker whose thread is stuck past a timeout restarts.
         self.nanny = nanny
         self.nanny_id = nanny_id  # the id its nanny registered under at the scheduler
+        self.holding = Holding(self.name, local_directory, spill_compression)
         self.state = WorkerState(
             nthreads,
             prefetch=PREFETCH_PER_THREAD * nthreads,
             timeout_grace=timeout_grace,
             can_restart=nanny,
             limits=data_limits,
+            memory=(memory or MemoryLimits()).with_limit(memory_limit),
         )
         # What this worker accepts in one batch on its data connections: from the
         # peers it fetches from, and from those that fetch from it or put data on it.
@@ -188,6 +197,7 @@ class Worker(Retiring):
         self._pool = ThreadPool(
             self.nthreads,
             self._on_executed,
+            executor=Executor(store=self.holding.store),
             name=f"shoal-{self.name}",
             on_started=self._on_started,
         )
@@ -273,7 +283,7 @@ class Worker(Retiring):
                 msgs = await comm.read()
                 for i, msg in enumerate(msgs):
                     if type(msg) is WorkerRegistered:
-                        self.name = msg.name
+                        self.name = self.holding.name = msg.name
                         return msgs[i + 1 :]
                     if type(msg) is RegistrationRefused:
                         raise RegistrationError(
@@ -351,6 +361,7 @@ class Worker(Retiring):
         if self._pool is not None:
             # A restart is for a stuck thread: waiting for it would be in vain.
             await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
+        self.holding.close()
         log.info("worker %s stopped", self.name)
 
     # -- the scheduler link -------------------------------------------------------
@@ -368,7 +379,7 @@ class Worker(Retiring):
             self._on_messages(msgs)
 
     async def _clock(self) -> None:
-        """Heartbeats to the scheduler; running tasks checked against their timeouts."""
+        """Heartbeats; running tasks checked against their timeouts; memory measured."""
         import psutil
 
         process = psutil.Process()
@@ -378,17 +389,13 @@ class Worker(Retiring):
             now = time.monotonic()
             if self.state.timed and self._pool is not None:
                 self._handle(Tick(self._pool.running()), now)
+            self._handle(self.holding.sample(self._pool), now)
             if now >= next_beat:
                 next_beat = now + self._heartbeat_interval
-                self._send(
-                    Heartbeat(
-                        cpu=process.cpu_percent(),
-                        memory=process.memory_info().rss,
-                        executing=len(self._pool.running()) if self._pool is not None else 0,
-                    )
-                )
+                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool))
             # Never long asleep: a task with a timeout may start at any moment.
-            pause = min(next_beat - now, TIMEOUT_CHECK_S if self.state.timed else 0.25)
+            quick = self.state.timed or self.memory_limit  # and memory may grow fast
+            pause = min(next_beat - now, TIMEOUT_CHECK_S if quick else 0.25)
             await asyncio.sleep(pause)
 
     def _on_messages(self, msgs: list[Message]) -> None:
@@ -410,7 +417,7 @@ class Worker(Retiring):
         if self._stop.is_set():
             return  # stopping: the scheduler hears WorkerLeaving, not these
         now = time.monotonic()
-        for event in batch:
+        for event in self.holding.after_tasks(batch, self._pool, self.memory_limit):
             self._handle(event, now)
 
     def _on_started(self, keys: list[Key]) -> None:
@@ -432,6 +439,8 @@ class Worker(Retiring):
             elif kind is Execute:
                 assert self._pool is not None
                 self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind in MEMORY_COMMANDS:
+                self.holding.carry_out(command, self._pool)
             elif kind is Fetch:
                 assert self._fetcher is not None
                 self._fetcher.fetch(command.address, command.keys)  # type: ignore[union-attr]
@@ -496,24 +505,13 @@ class Worker(Retiring):
         data: dict[Key, Serialized] = {}
         missing: list[Key] = []
         for key in msg.keys:
-            value = self.state.value_of(key)
-            payload = _payload_of(key, value) if value is not None else None
+            held = self.state.value_of(key) is not None
+            payload = self.holding.store.payload(key) if held else None
             if payload is None:
                 missing.append(key)
             else:
                 data[key] = payload
         return data, tuple(missing)
-
-
-def _payload_of(key: Key, value: Value) -> Serialized | None:
-    """The value's payload, made now if it has none; None if it cannot be pickled."""
-    if value.payload is None:
-        try:
-            value.payload = serialize(value.obj, f"value of {key!r}")
-        except ShoalError as exc:
-            log.warning("cannot serve %r: %s", key, exc)
-            return None
-    return value.payload
 
 
 def _advertised(listening: str, comm: Comm) -> str:

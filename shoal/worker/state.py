@@ -31,12 +31,15 @@ from shoal.protocol.serialize import Serialized
 from shoal.worker.events import (
     Command,
     DataPut,
+    Drop,
     Execute,
     ExecutionDone,
     Fetch,
     FetchDone,
     FetchFailed,
+    Hold,
     Key,
+    MemorySample,
     Restart,
     SendToScheduler,
     ThreadsStarted,
@@ -44,6 +47,7 @@ from shoal.worker.events import (
     Value,
 )
 from shoal.worker.history import TransitionLog
+from shoal.worker.memory import MemoryLimits, MemoryManagement
 
 # Fetch requests in flight at once, to all peers together.
 MAX_FETCHES = 16
@@ -109,8 +113,12 @@ class KeyState:
     timed_out: bool = False  # ran past its timeout; the thread may still run it
 
 
-class WorkerState:
-    """What one worker holds, fetches and runs. Feed events, carry out the commands."""
+class WorkerState(MemoryManagement):
+    """What one worker holds, fetches and runs. Feed events, carry out the commands.
+
+    `memory` holds the memory limit and its thresholds (see worker/memory.py):
+    while paused, no task starts and nothing is fetched.
+    """
 
     def __init__(
         self,
@@ -123,6 +131,7 @@ class WorkerState:
         timeout_grace: float = TIMEOUT_GRACE_S,
         can_restart: bool = False,
         limits: Limits = DEFAULT_LIMITS,
+        memory: MemoryLimits = MemoryLimits(),  # noqa: B008 (frozen)
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -140,6 +149,7 @@ class WorkerState:
         self.timeout_grace, self.can_restart = timeout_grace, can_restart
         self.restarting = False
         self.limits = limits  # what this worker accepts from a peer: for error messages
+        self.memory, self.paused, self._freed = memory, False, 0
         self.to_fetch: dict[Key, None] = {}  # FETCH keys
         self.in_flight: dict[str, dict[Key, None]] = {}  # address -> FLIGHT keys
         # Fetch requests issued and not answered: (address, keys) -> (issued at, bytes)
@@ -253,6 +263,8 @@ class WorkerState:
         if rec.wanted:  # acquired for the scheduler, which hears of it
             self._acquired.append(rec.key)
         rec.value = Value(payload)
+        # Made now: once the store spills the value, its payload is on disk.
+        rec.finished = _finished_from_payload(rec)
         self._move(rec, S.MEMORY)
 
     def _on_acquire(self, msg: AcquireKeys) -> None:
@@ -491,7 +503,7 @@ class WorkerState:
         `fetch_bytes` in all.
         """
         to_fetch = self.to_fetch
-        while to_fetch and len(self.requests) < self.max_fetches:
+        while to_fetch and len(self.requests) < self.max_fetches and not self.paused:
             first = self.keys[next(iter(to_fetch))]
             address = min(first.holders, key=lambda a: len(self.in_flight.get(a, ())))
             keys: list[Key] = []
@@ -510,7 +522,7 @@ class WorkerState:
 
     def _start_ready(self) -> None:
         ready = self._ready
-        while ready and len(self.executing) < self.slots:
+        while ready and len(self.executing) < self.slots and not self.paused:
             _, arrival, key = heapq.heappop(ready)
             rec = self.keys.get(key)
             if rec is not None and rec.status is S.READY and rec.queued == arrival:
@@ -583,6 +595,8 @@ class WorkerState:
         return value
 
     def _enter_memory(self, rec: KeyState) -> None:
+        assert rec.value is not None
+        self._out.append(Hold(rec.key, rec.value))
         for key in tuple(rec.dependents):
             task = self.keys[key]
             if task.status is S.WAITING:
@@ -592,7 +606,9 @@ class WorkerState:
 
     def _forget(self, rec: KeyState) -> None:
         del self.keys[rec.key]
-        rec.value = None
+        if rec.value is not None:  # it was in memory: the store lets it go
+            self._out.append(Drop(rec.key))
+            rec.value = None
 
     # -- validation -----------------------------------------------------------
 
@@ -631,6 +647,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     DataPut: WorkerState._on_put,
     Tick: WorkerState._on_tick,
     ThreadsStarted: WorkerState._on_threads_started,
+    MemorySample: WorkerState._on_memory,
 }
 
 W = WorkerState

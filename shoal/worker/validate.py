@@ -41,10 +41,12 @@ def validate_state(state: WorkerState) -> None:
     queued = {(k, arrival) for _, arrival, k in state._ready}
     ready = by_status.get(S.READY, [])
     _check(all((k, state.keys[k].queued) in queued for k in ready), "ready heap")
-    _check(not ready or len(state.executing) == state.slots, "ready task, idle slot")
+    _check(
+        not ready or len(state.executing) == state.slots or state.paused, "ready task, idle slot"
+    )
     _check(len(state.requests) <= state.max_fetches, "more fetch requests than allowed")
     _check(
-        not state.to_fetch or len(state.requests) == state.max_fetches,
+        not state.to_fetch or len(state.requests) == state.max_fetches or state.paused,
         "a key left to fetch while requests could be made",
     )
     requested = {(a, k) for a, keys in state.requests for k in keys}
