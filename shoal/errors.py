@@ -156,3 +156,9 @@ class RegistrationError(ShoalError):
 class NestingTooDeep(ShoalError, ValueError):
     """Arguments (or a structure of futures) nest lists, tuples, sets and dicts
     deeper than shoal walks (MAX_NESTING in shoal.protocol.taskspec, 100)."""
+
+
+class NoDevice(ShoalError):
+    """No GPU matches what was asked for (`--gpus`, `LocalCluster(gpus=...)`): NVML
+    could not be loaded, finds no device, or none of the ones named. The message
+    says what was looked for and what was found."""

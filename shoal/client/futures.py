@@ -101,19 +101,24 @@ class Future:
 
     # -- results ------------------------------------------------------------------
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, host: bool = False) -> Any:
         """The value; with an asynchronous client, an awaitable of it.
+
+        A device array in it (cupy) comes back as a cupy array on this process's
+        device; with `host`, as a numpy array, which needs no cupy and no GPU here.
 
         Raises:
             TimeoutError: not done within `timeout` seconds.
             FutureCancelled: the key was cancelled.
             GraphError: the scheduler rejected the graph that defined the key.
             CommClosedError: the connection to the scheduler was lost.
+            SerializationError: a device array, and this process has no cupy or no
+                GPU (the message says: install cupy, or pass host=True).
             Exception: the task's own exception, its remote traceback as
                 `__cause__` (TaskFailed when it cannot be rebuilt here).
         """
         if self.client.asynchronous:
-            return self._result_async(timeout)
+            return self._result_async(timeout, host)
         self._wait(timeout)
         state = self._state
         if state.status is not Status.FINISHED:
@@ -121,7 +126,7 @@ class Future:
         payload = state.payload
         if payload is None:
             payload = self.client._fetch([state])[self.key]
-        return deserialize(payload, f"result of {self.key!r}")
+        return deserialize(payload, f"result of {self.key!r}", host=host)
 
     def exception(self, timeout: float | None = None) -> Any:
         """The task's exception, or None if it finished; awaitable when asynchronous.
@@ -161,10 +166,10 @@ class Future:
     def _on_client_loop(self) -> bool:
         return asyncio.get_running_loop() is self.client.loop
 
-    async def _result_async(self, timeout: float | None = None) -> Any:
+    async def _result_async(self, timeout: float | None = None, host: bool = False) -> Any:
         if not self._on_client_loop():
             # A sync client's loop runs in its own thread: block a helper thread.
-            return await asyncio.to_thread(self.result, timeout)
+            return await asyncio.to_thread(self.result, timeout, host=host)
         await self._wait_async(timeout)
         state = self._state
         if state.status is not Status.FINISHED:
@@ -172,7 +177,7 @@ class Future:
         payload = state.payload
         if payload is None:
             payload = (await self.client._fetch_async([state]))[self.key]
-        return deserialize(payload, f"result of {self.key!r}")
+        return deserialize(payload, f"result of {self.key!r}", host=host)
 
     async def _exception_async(self, timeout: float | None) -> BaseException | None:
         if not self._on_client_loop():

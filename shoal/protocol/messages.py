@@ -152,6 +152,10 @@ class RegisterWorker(Message):
     # The id its nanny registered under (RegisterNanny), tying the two together;
     # empty without a nanny.
     nanny_id: str = ""
+    # The GPU it is pinned to, if any: index (NVML's, "3" or "3:1" for a MIG
+    # instance), uuid and name of each; and the device bytes its nanny lets it use.
+    devices: tuple[dict[str, str], ...] = ()
+    device_memory_limit: int = 0
     # Where it serves /health, /ready and /metrics (http(s)://host:port); empty: it does not.
     http_address: str = ""
 
@@ -303,6 +307,9 @@ class Heartbeat(Message):
 
     `cpu` is the process's CPU use in percent of one core since the last
     heartbeat, `memory` its resident bytes, `executing` how many tasks run now.
+    `devices` has, for each device of its registration, `memory_used` and
+    `memory_total` (bytes, by every process on it) and `utilization` (percent;
+    absent where NVML cannot say, as for a MIG instance).
     """
 
     cpu: float = 0.0
@@ -313,6 +320,7 @@ class Heartbeat(Message):
     managed: int = 0
     spilled: int = 0
     unspillable: int = 0
+    devices: tuple[dict[str, float], ...] = ()
 
 
 @message("worker-paused")

@@ -188,6 +188,9 @@ class WorkerInfo:
         "address",
         "alone",
         "cpu",
+        "device_figures",
+        "device_memory_limit",
+        "devices",
         "executing",
         "free",
         "gone",
@@ -259,6 +262,11 @@ class WorkerInfo:
         # disk; and whether it is paused for memory (see scheduler/memory.py).
         self.managed = self.spilled = self.unspillable = 0
         self.paused = False
+        # The GPUs it is pinned to (index, uuid, name), its device memory limit, and
+        # each one's latest figures (memory used and in all, utilisation).
+        self.devices: tuple[dict[str, str], ...] = ()
+        self.device_memory_limit = 0
+        self.device_figures: tuple[dict[str, float], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"

@@ -18,7 +18,7 @@ from typing import cast
 from shoal.errors import SerializationError, type_name
 from shoal.protocol import taskspec
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
-from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
+from shoal.protocol.serialize import Serialized, deserialize, device_nbytes, serialize, typename_of
 from shoal.worker.events import Execute, ExecutionDone, Key, Value
 from shoal.worker.store import Store
 
@@ -101,10 +101,14 @@ class Executor:
             spec = cast(taskspec.ArgSpec, deserialize(args, f"arguments of task {key!r}"))
             values = {dep: self.load(dep, value) for dep, value in deps}
             result = taskspec.run(function, spec, values)
-            payload = serialize(result, f"result of task {key!r}")
+            on_device = device_nbytes(result)
+            if on_device is None:
+                payload = serialize(result, f"result of task {key!r}")
         # User code failing is data (STYLE 5.1), SystemExit from a task included.
         except BaseException as exc:
             return task_erred(key, exc, time.perf_counter() - start), None
+        if on_device is not None:  # it stays on this worker's device, copied when asked for
+            return self._on_device(key, result, on_device, time.perf_counter() - start)
         small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
         finished = TaskFinished(
             key=key,
@@ -114,6 +118,14 @@ class Executor:
             value=payload if small else None,
         )
         return finished, Value(payload, result)
+
+    @staticmethod
+    def _on_device(
+        key: Key, result: object, nbytes: int, duration: float
+    ) -> tuple[TaskFinished, Value]:
+        typename = typename_of(result)
+        finished = TaskFinished(key=key, nbytes=nbytes, typename=typename, duration=duration)
+        return finished, Value(None, result, nbytes=nbytes, typename=typename, on_device=True)
 
     def load(self, key: Key, value: Value) -> object:
         """The object of a held value, unpickled once however many tasks ask at once.

@@ -56,6 +56,7 @@ from shoal.worker.events import (
 )
 from shoal.worker.execute import Executor, ThreadPool
 from shoal.worker.fetcher import PeerFetcher
+from shoal.worker.gpu import DeviceMonitor
 from shoal.worker.holding import Holding
 from shoal.worker.http import advertised_http
 from shoal.worker.memory import MemoryLimits
@@ -85,6 +86,8 @@ class Worker(Retiring):
 
     `data_limits` bounds what it accepts in one batch on its data connections; a
     peer's value over them is answered as too large, never as missing, and the
+    tasks here that need it err with ValueTooLarge. `gpu` watches the GPU its
+    process is pinned to (shoal.worker.gpu), for its registration and heartbeats.
     tasks here that need it err with ValueTooLarge. `http_address` is where its
     HTTP endpoints listen (shoal.worker.http), told to the scheduler.
 
@@ -112,12 +115,14 @@ class Worker(Retiring):
         nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
+        gpu: DeviceMonitor | None = None,
         memory: MemoryLimits | None = None,
         local_directory: str | None = None,
         spill_compression: str | None = None,
         http_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler
+        self.gpu = gpu  # the device it is pinned to, which its heartbeats describe
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
@@ -275,6 +280,7 @@ class Worker(Retiring):
                 host=socket.gethostname(),
                 nanny=self.nanny,
                 nanny_id=self.nanny_id,
+                **(self.gpu.registration() if self.gpu is not None else {}),
                 http_address=advertised_http(self.http_address, self.address),
             )
         )
@@ -392,7 +398,8 @@ class Worker(Retiring):
             self._handle(self.holding.sample(self._pool), now)
             if now >= next_beat:
                 next_beat = now + self._heartbeat_interval
-                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool))
+                devices = self.gpu.sample() if self.gpu is not None else ()
+                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool, devices))
             # Never long asleep: a task with a timeout may start at any moment.
             quick = self.state.timed or self.memory_limit  # and memory may grow fast
             pause = min(next_beat - now, TIMEOUT_CHECK_S if quick else 0.25)

@@ -625,13 +625,13 @@ class WorkerState(MemoryManagement):
 
 def _finished_from_payload(rec: KeyState) -> TaskFinished:
     """The report for a value that arrived here rather than being computed here."""
-    assert rec.value is not None and rec.value.payload is not None
-    payload = rec.value.payload
-    small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
+    assert rec.value is not None
+    value, payload = rec.value, rec.value.payload  # no payload: it is on the device
+    small = payload is not None and payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
     return TaskFinished(
         key=rec.key,
-        nbytes=payload.nbytes,
-        typename=payload.typename,
+        nbytes=value.nbytes,
+        typename=value.typename,
         duration=0.0,
         value=payload if small else None,
     )
