@@ -463,3 +463,26 @@ def test_only_admin_retires_workers_and_it_is_audited() -> None:
     [event] = [c for c in out if type(c) is Audit and c.event == "retire"]
     assert event.fields["workers"] == ["w1"] and event.fields["token"] == "ops"
     assert state.retiring
+
+
+async def test_cluster_helpers_by_role(no_leaks) -> None:
+    """client.run runs code on workers (submit may, through their data ports);
+    restart changes the cluster (admin only); datasets are a submit client's."""
+    import os
+
+    from shoal.client.client import Client
+    from shoal.scheduler.server import Scheduler
+    from shoal.worker.server import Worker
+
+    ring = keyring()
+    async with Scheduler(keyring=ring) as scheduler:
+        async with Worker(scheduler.address, token=SECRETS[WORKER], keyring=ring, nthreads=1):
+            async with Client(scheduler.address, token=SECRETS[SUBMIT], asynchronous=True) as c:
+                ran = await asyncio.wait_for(c.run(os.getpid), 30)
+                assert list(ran.values()) == [os.getpid()]
+                with pytest.raises(AccessDenied, match="restart-workers needs the admin role"):
+                    await asyncio.wait_for(c.restart(), 30)
+            async with Client(scheduler.address, token=SECRETS[READ], asynchronous=True) as c:
+                assert await asyncio.wait_for(c.list_datasets(), 30) == []
+                with pytest.raises(Exception, match="run-function needs the submit or admin"):
+                    await asyncio.wait_for(c.run(os.getpid), 30)

@@ -17,6 +17,7 @@ from typing import Any
 from shoal.client import graph as graphs
 from shoal.client import nesting, scatter
 from shoal.client.cluster import local_cluster
+from shoal.client.cluster_helpers import ClusterHelpers
 from shoal.client.collections import Collections
 from shoal.client.futures import Future, Watch
 from shoal.client.keywords import (
@@ -51,7 +52,7 @@ RECONNECT_TIMEOUT_S = 600.0
 REGISTER_RETRY_S = 1.0
 
 
-class Client(Collections, Observing):
+class Client(ClusterHelpers, Collections, Observing):
     """Connect to a scheduler (or start a LocalCluster) and compute on it.
 
     With `asynchronous=False` (the default) the connection runs on an event

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from shoal.client import blocking
 from shoal.client.state import Key, KeyState, KeyTable, Status
 from shoal.protocol.serialize import Serialized, deserialize
 
@@ -140,6 +141,25 @@ class Future:
         self._wait(timeout)
         return self._exception_now()
 
+    def traceback(self, timeout: float | None = None) -> Any:
+        """The traceback of the task's exception where it ran (frames rebuilt here,
+        so `traceback.format_tb` prints them), or None if it did not fail;
+        awaitable when asynchronous.
+
+        Raises:
+            TimeoutError: not done within `timeout` seconds.
+            FutureCancelled: the key was cancelled.
+        """
+        if self.client.asynchronous:
+            return self._traceback_async(timeout)
+        self._wait(timeout)
+        exc = self._exception_now()
+        return exc.__traceback__ if exc is not None else None
+
+    async def _traceback_async(self, timeout: float | None) -> Any:
+        exc = await self._exception_async(timeout)
+        return exc.__traceback__ if exc is not None else None
+
     def _exception_now(self) -> BaseException | None:
         state = self._state
         if state.status is Status.CANCELLED:
@@ -148,8 +168,11 @@ class Future:
 
     def _wait(self, timeout: float | None) -> None:
         state = self._state
-        if not state.done and not self._table.wait_for(lambda: state.done, timeout):
-            raise TimeoutError(f"{self.key!r} not done after {timeout} s")
+        if state.done:
+            return
+        with blocking.waiting():  # inside a task: its thread slot is free meanwhile
+            if not self._table.wait_for(lambda: state.done, timeout):
+                raise TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     async def _wait_async(self, timeout: float | None) -> None:
         state = self._state
@@ -248,7 +271,8 @@ class Watch:
         """Wait (sync) until `ready()`; False on timeout."""
         if self.table is None or ready():
             return True
-        return self.table.wait_for(ready, timeout)
+        with blocking.waiting():  # inside a task: its thread slot is free meanwhile
+            return self.table.wait_for(ready, timeout)
 
     async def until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         """Wait (on the client's loop) until `ready()`; False on timeout."""

@@ -35,7 +35,13 @@ from shoal.deploy.lifeline import Lifeline
 from shoal.deploy.worker_env import worker_environment
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
-from shoal.protocol.messages import Heartbeat, RegisterNanny, RequestRefused, WorkerDied
+from shoal.protocol.messages import (
+    Heartbeat,
+    RegisterNanny,
+    RequestRefused,
+    RestartWorker,
+    WorkerDied,
+)
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
 from shoal.worker.gpu import DeviceMonitor
@@ -137,6 +143,8 @@ class Nanny:
         self._token, self._tls, self._log_level = token, tls, log_level
         self._log_format = log_format
         self._stop = asyncio.Event()
+        # The scheduler asked for a fresh worker (client.restart()): kill it, start anew.
+        self._restart = asyncio.Event()
         self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
         self.stop_timeout = stop_timeout
         self.restarts = 0
@@ -183,10 +191,17 @@ class Nanny:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
+            self._restart.clear()  # a request for the worker that was, if any
             proc = self._proc = await self._spawn()
             code, cause = await self._watch(proc)
             if self._stop.is_set():
                 return 0
+            if self._restart.is_set():  # asked for: no death, no delay
+                self._restart.clear()
+                self.restarts += 1
+                log.info("restarting worker %s, as the scheduler asked", self.name)
+                delay = FIRST_RESTART_DELAY_S
+                continue
             if code == FATAL_EXIT:
                 log.error("worker %s could not start; the nanny stops too", self.name)
                 return 1
@@ -274,10 +289,17 @@ class Nanny:
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
+        restart = asyncio.ensure_future(self._restart.wait())
         device = asyncio.ensure_future(self._poll_device(proc))
         limits = (memory, device)
         try:
-            await asyncio.wait({exited, stop, *limits}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {exited, stop, restart, *limits}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if restart.done() and not exited.done() and not stop.done():
+                proc.kill()
+                await proc.wait()
+                return proc.returncode or -signal.SIGKILL, ""
             crossed = [limit for limit in limits if limit.done()]
             if crossed and not exited.done():
                 proc.kill()
@@ -291,7 +313,7 @@ class Nanny:
                 return code, ""
             return code, cause_of_exit(code, last_rss[0])
         finally:
-            for fut in (exited, stop, *limits):
+            for fut in (exited, stop, restart, *limits):
                 fut.cancel()
             try:
                 async with asyncio.timeout(1.0):
@@ -414,13 +436,17 @@ class Nanny:
                         msgs = reader.result()
                     except CommClosedError as exc:
                         return str(exc) or "connection closed"
-                    for msg in msgs:  # the scheduler sends a nanny nothing, unless refused
-                        if isinstance(msg, RequestRefused):
+                    for msg in msgs:  # the scheduler sends a nanny restarts only, or refusals
+                        if type(msg) is RestartWorker:
+                            self._restart.set()
+                        elif type(msg) is RequestRefused:
                             log.error(
                                 "the scheduler refused nanny of %s: %s", self.name, msg.reason
                             )
-                            continue
-                        log.warning("nanny of %s ignores %s from the scheduler", self.name, msg.op)
+                        else:
+                            log.warning(
+                                "nanny of %s ignores %s from the scheduler", self.name, msg.op
+                            )
                     reader = asyncio.ensure_future(comm.read())
                     continue
                 try:

@@ -55,6 +55,10 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.DataSent: NOBODY,
     m.PutData: _CLIENTS,
     m.DataStored: NOBODY,
+    m.RunFunction: _CLIENTS,  # client.run: code on the worker, as a task's is
+    m.FunctionRan: NOBODY,
+    m.StoreFile: _CLIENTS,  # upload_file; the scheduler's copy comes on the worker's own link
+    m.FileStored: NOBODY,
     # Workers and nannies to the scheduler.
     m.RegisterWorker: _WORKERS,
     m.WorkerRegistered: NOBODY,
@@ -76,6 +80,7 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.Heartbeat: _WORKERS,
     m.RegisterNanny: _WORKERS,
     m.WorkerDied: _WORKERS,
+    m.TaskSeceded: _WORKERS,
     # Clients to the scheduler.
     m.RegisterClient: _READERS,
     m.ClientRegistered: NOBODY,
@@ -98,13 +103,23 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.WorkersRetired: NOBODY,
     m.WorkersChanged: NOBODY,
     m.WorkersPaused: NOBODY,
+    m.UploadFile: _CLIENTS,  # a file every worker imports: code, as a graph is
+    m.RestartWorkers: _ADMINS,  # forgets every client's keys: changes the cluster
+    m.WorkersRestarting: NOBODY,
+    m.RestartWorker: NOBODY,
+    m.PublishDataset: _CLIENTS,
+    m.UnpublishDataset: _CLIENTS,
+    m.GetDataset: _CLIENTS,
+    m.ListDatasets: _READERS,  # names only
+    m.DatasetAnswer: NOBODY,
+    m.FireAndForget: _CLIENTS,
     m.RequestRefused: NOBODY,
 }
 
 
 # The messages a worker's data port takes; the scheduler takes none of them, and
 # the data port nothing else.
-DATA_PORT = frozenset({m.GetData, m.PutData})
+DATA_PORT = frozenset({m.GetData, m.PutData, m.RunFunction, m.StoreFile})
 # A message without a row (a test fails on one) is the admin role's alone.
 UNLISTED: Roles = frozenset({ADMIN})
 

@@ -213,6 +213,7 @@ class WorkerInfo:
         "processing",
         "resources",
         "retiring",
+        "seceded",
         "spilled",
         "started",
         "unspillable",
@@ -243,6 +244,9 @@ class WorkerInfo:
         # Those of them a thread had started, as its tasks-started notes said: a
         # death counts only against these.
         self.started: dict[TaskState, None] = {}
+        # Those of them whose thread gave its slot back (task-seceded): not counted
+        # against its threads, so that waiting parents never fill a worker.
+        self.seceded: dict[TaskState, None] = {}
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.version = 0  # bumped whenever its load changes (see placement)

@@ -111,6 +111,18 @@ class WorkerEvents(Retirements, MemoryPressure):
             if ts is not None and ts.processing_on is ws:
                 ws.started[ts] = None
 
+    def _task_seceded(self, peer: str, msg: m.TaskSeceded) -> None:
+        """A task's thread gave its slot back while it waits on tasks it submitted:
+        its worker has room for one more."""
+        ws = self.workers[peer]
+        ts = self.tasks.get(msg.key)
+        if ts is None or ts.processing_on is not ws or ts in ws.seceded:
+            return  # freed meanwhile, or said again
+        ws.started[ts] = None  # it runs, certainly
+        ws.seceded[ts] = None
+        self.placement.touch(ws)
+        self._fill(ws)
+
     def _worker_lost(self, ws: WorkerInfo) -> None:
         """A worker's connection ended without `worker-leaving`: it died (unless it
         was told to leave at the end of its retirement)."""

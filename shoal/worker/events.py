@@ -129,6 +129,21 @@ class FetchFailed:
     reason: str
 
 
+@dataclasses.dataclass(slots=True)
+class ThreadSeceded:
+    """Event: the thread running `key` gave its slot back; it runs on, waiting."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
+class ThreadRejoining:
+    """Event: the seceded thread running `key` wants a slot again; it blocks until
+    a GrantSlot for `key`."""
+
+    key: Key
+
+
 # -- commands -------------------------------------------------------------------------
 
 
@@ -145,6 +160,7 @@ class Execute:
     func: Serialized
     args: Serialized
     deps: tuple[tuple[Key, Value], ...]
+    priority: tuple[int, ...] = ()  # the scheduler's, for what the task submits
 
 
 @dataclasses.dataclass(slots=True)
@@ -180,6 +196,13 @@ class Drop:
 
 
 @dataclasses.dataclass(slots=True)
+class GrantSlot:
+    """The thread that asked to rejoin with `key` has its slot: wake it."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
 class Spill:
     """Move least recently used values to disk until `nbytes` of memory are freed."""
 
@@ -201,6 +224,18 @@ class Trim:
     """Much memory was freed: give the heap's free pages back to the system."""
 
 
-Command = SendToScheduler | Execute | Fetch | Restart | Hold | Drop | Spill | Pause | Resume | Trim
+Command = (
+    SendToScheduler
+    | Execute
+    | Fetch
+    | Restart
+    | Hold
+    | Drop
+    | Spill
+    | Pause
+    | Resume
+    | Trim
+    | GrantSlot
+)
 # What the store and the thread pool carry out (shoal.worker.holding).
 MEMORY_COMMANDS = (Hold, Drop, Spill, Pause, Resume, Trim)

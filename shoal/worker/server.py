@@ -30,6 +30,8 @@ from shoal.protocol.messages import (
     PutData,
     RegisterWorker,
     RegistrationRefused,
+    RunFunction,
+    StoreFile,
     WorkerLeaving,
     WorkerRegistered,
     WorkerRetired,
@@ -50,9 +52,12 @@ from shoal.worker.events import (
     Fetch,
     FetchDone,
     FetchFailed,
+    GrantSlot,
     Key,
     Restart,
     SendToScheduler,
+    ThreadRejoining,
+    ThreadSeceded,
     ThreadsStarted,
     Tick,
 )
@@ -62,7 +67,9 @@ from shoal.worker.gpu import DeviceMonitor
 from shoal.worker.holding import Holding
 from shoal.worker.http import advertised_http
 from shoal.worker.memory import MemoryLimits
+from shoal.worker.remote import RemoteCalls
 from shoal.worker.retiring import Retiring
+from shoal.worker.secede import WorkerIdentity
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
@@ -162,6 +169,8 @@ class Worker(Retiring):
         self._stop = asyncio.Event()
         self._leave_reason: str | None = None  # set by close(): leaving on purpose
         self._failure: BaseException | None = None
+        # client.run and upload_file; given the full identity once listening
+        self.remote = RemoteCalls(WorkerIdentity(self.name, "", scheduler, nthreads))
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address or 'not started'}>"
@@ -205,12 +214,19 @@ class Worker(Retiring):
                 await self._listener.close()
             raise
         self._scheduler = comm
+        identity = WorkerIdentity(
+            self.name, self.address, self.scheduler_address, self.nthreads, self._token, self._tls
+        )
+        self.remote.identity = identity
         self._pool = ThreadPool(
             self.nthreads,
             self._on_executed,
             executor=Executor(store=self.holding.store),
             name=f"shoal-{self.name}",
             on_started=self._on_started,
+            on_seceded=lambda key: self._handle(ThreadSeceded(key), time.monotonic()),
+            on_rejoining=lambda key: self._handle(ThreadRejoining(key), time.monotonic()),
+            identity=identity,
         )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
@@ -373,6 +389,7 @@ class Worker(Retiring):
         if self._pool is not None:
             # A restart is for a stuck thread: waiting for it would be in vain.
             await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
+            await self.remote.close()
         self.holding.close()
         log.info("worker %s stopped", self.name)
 
@@ -417,6 +434,8 @@ class Worker(Retiring):
             kind = type(msg)
             if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
                 self._handle(msg, now)
+            elif kind is StoreFile:  # uploaded before this worker joined: before any task
+                self.remote.store_file(msg.filename, msg.data)  # type: ignore[attr-defined]
             elif kind is WorkerRetired:
                 self._on_retired(msg)  # type: ignore[arg-type]
             else:
@@ -452,6 +471,9 @@ class Worker(Retiring):
             elif kind is Execute:
                 assert self._pool is not None
                 self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind is GrantSlot:
+                assert self._pool is not None
+                self._pool.grant_slot(command.key)  # type: ignore[union-attr]
             elif kind in MEMORY_COMMANDS:
                 self.holding.carry_out(command, self._pool)
             elif kind is Fetch:
@@ -502,6 +524,9 @@ class Worker(Retiring):
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
                 stored = tuple(k for k in msg.data if k not in refused)
                 comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
+                continue
+            if type(msg) is RunFunction or type(msg) is StoreFile:
+                self.remote.start(comm, msg)
                 continue
             if type(msg) is not GetData:
                 log.warning("closing connection from %s: unexpected %s", comm.peer_address, msg.op)
