@@ -41,6 +41,10 @@ GENERATOR = (
     "a task returns, or is given, a generator (a lazy partition), which cannot be "
     "pickled to move between processes"
 )
+WEAKREF = (
+    "a task returns a weakref.proxy of a frame, which cannot be pickled to move "
+    "between processes (and would name an object of the worker's)"
+)
 CONFIG = (
     "sets dask's configuration in the test process and expects tasks to read it; "
     "tasks in other processes read their own"
@@ -61,6 +65,7 @@ CANNOT_PASS: dict[str, str] = {
     "dask/bag/tests/test_bag.py::test_reductions_are_lazy": GENERATOR,
     "dask/bag/tests/test_bag.py::test_temporary_directory": CONFIG,
     "dask/dataframe/tests/test_dataframe.py::test_head_npartitions_warn": WARNINGS,
+    "dask/dataframe/tests/test_dataframe.py::test_use_of_weakref_proxy": WEAKREF,
     # da.store writes into a numpy array (or memmap) of the test process.
     CORE + "test_store_delayed_target": MUTATES,
     CORE + "test_store": MUTATES,
