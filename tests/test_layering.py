@@ -47,6 +47,9 @@ PURE_CORES = [
     "worker/events.py",
     "worker/validate.py",
     "worker/history.py",
+    "worker/slots.py",
+    "scheduler/keepers.py",
+    "scheduler/restarts.py",
 ]
 IMPURE = {"asyncio", "socket", "time", "threading", "selectors", "subprocess"}
 

@@ -18,6 +18,8 @@ from shoal.errors import CommClosedError, FutureCancelled, GraphError, Scheduler
 from shoal.protocol.comm import Comm
 from shoal.protocol.messages import (
     ClientRegistered,
+    DatasetAnswer,
+    FileStored,
     GetSchedulerInfo,
     GraphRejected,
     KeyErred,
@@ -31,12 +33,16 @@ from shoal.protocol.messages import (
     WhoHasAnswer,
     WorkersChanged,
     WorkersPaused,
+    WorkersRestarting,
 )
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.tls import TLSConfig
 
 log = logging.getLogger(__name__)
+
+# Answers to the requests of cluster_helpers.py, matched to them by request_id.
+ANSWERS = DatasetAnswer | FileStored | WorkersRestarting
 
 
 def stalled_text(msg: TasksStalled) -> str:
@@ -173,7 +179,7 @@ class SchedulerLink:
             log.warning("%s", stalled_text(msg))
         elif isinstance(msg, WorkersPaused):
             log.warning("%s", paused_text(msg))
-        elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated):
+        elif isinstance(msg, SchedulerInfo | WhoHasAnswer | Replicated | ANSWERS):
             waiter = self._requests.get(msg.request_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)

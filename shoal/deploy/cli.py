@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal import __version__
-from shoal.deploy import cgroup, options, retire
+from shoal.deploy import cgroup, gpus, options, retire
 from shoal.deploy.lifeline import watch_parent
 from shoal.deploy.logs import configure_logging
 from shoal.deploy.memory_flags import add_memory_arguments, memory_limits
@@ -31,6 +31,7 @@ from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
 from shoal.protocol.tls import TLSConfig
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
+from shoal.worker.gpu import parse_gpus
 from shoal.worker.spillfile import check_compression
 
 if TYPE_CHECKING:
@@ -240,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
         help='what it offers, e.g. "GPU=1,MEM=8e9"',
     )
     worker.add_argument(
+        "--gpus",
+        type=_checked(parse_gpus),
+        default=None,
+        metavar="all|0,2|UUID,...",
+        help="one worker per GPU, each pinned to its device with GPU=1: all, indices as "
+        "nvidia-smi shows them (GPU:SLOT for a MIG instance), or GPU-/MIG- UUIDs",
+    )
+    worker.add_argument(
+        "--device-memory-limit",
+        default=None,
+        help="with --gpus: restart a worker whose device use passes this: a fraction of the "
+        f"device (default {options.DEFAULT_DEVICE_MEMORY_FRACTION}), a size such as 64GiB, "
+        "or 0: no limit",
+    )
+    worker.add_argument(
         "--listen",
         type=_checked(_listen_address),
         default=None,
@@ -334,11 +350,15 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tls_cert and not args.tls_ca:
         parser.error("--tls-cert needs --tls-ca")
     if args.command == "worker":
+        gpus.check_worker_args(args, parser)  # sets args.devices, found through NVML
         limits = cgroup.read_limits()
         if args.nthreads is None:
-            args.nthreads = limits.threads(cgroup.usable_cores())
+            # A GPU worker feeds one device: one thread, as dask-cuda's workers have.
+            args.nthreads = 1 if args.devices else limits.threads(cgroup.usable_cores())
         if args.memory_limit is None:
-            args.memory_limit = str(int(limits.memory * CONTAINER_SHARE)) if limits.memory else "0"
+            # The container's memory, shared by the workers of its devices, if several.
+            share = CONTAINER_SHARE / max(1, len(args.devices))
+            args.memory_limit = str(int(limits.memory * share)) if limits.memory else "0"
         try:
             args.memory_limit = options.memory_limit(args.memory_limit, args.nthreads)
         except ValueError as exc:
@@ -446,6 +466,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     from shoal.worker.http import WorkerWeb
 
     nanny_id = os.environ.pop(NANNY_ENV, "")
+    args.gpu = gpus.worker_setup(args)  # pinned to its device, named after it, GPU=1
     signals = _Signals()
     web = None
     if not args.no_http:
@@ -496,6 +517,7 @@ async def _serve_worker(
             nanny=bool(nanny_id),
             nanny_id=nanny_id,
             timeout_grace=args.timeout_grace,
+            gpu=args.gpu,
             http_address=web.address if web is not None else "",
             memory=memory_limits(args),
             local_directory=args.local_directory,
@@ -541,43 +563,59 @@ async def _serve_worker(
 
 
 async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
-    """Supervise a worker process (see shoal.deploy.nanny) until signalled."""
+    """Supervise a worker process (see shoal.deploy.nanny), or with --gpus one per
+    device (see shoal.deploy.gpus), until signalled."""
     from shoal.deploy.nanny import Nanny
 
-    nanny = Nanny(
-        str(args.address),
-        _worker_options(argv),
-        name=args.name,
-        memory_limit=args.memory_limit,
-        terminate=args.memory_terminate_fraction,
-        nthreads=args.nthreads,
-        token=args.token,
-        tls=_tls(args),
-        log_level=args.log_level,
-        log_format=args.log_format,
-        max_restarts=args.max_restarts,
-        restart_window=args.restart_window,
-        stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
-    )
+    def make(name: str | None, worker_args: list[str], env: Any = None, device: Any = None) -> Any:
+        return Nanny(
+            str(args.address),
+            worker_args,
+            name=name,
+            memory_limit=args.memory_limit,
+            terminate=args.memory_terminate_fraction,
+            nthreads=args.nthreads,
+            token=args.token,
+            tls=_tls(args),
+            log_level=args.log_level,
+            log_format=args.log_format,
+            max_restarts=args.max_restarts,
+            restart_window=args.restart_window,
+            stop_timeout=args.retire_timeout + retire.NANNY_MARGIN_S,
+            env=env,
+            device=device,
+        )
+
+    if args.devices:
+        nannies = gpus.device_nannies(args, _worker_options(argv, per_device=True), make)
+    else:
+        nannies = [make(args.name, _worker_options(argv))]
+
+    def stop(sig: int = signal.SIGTERM) -> None:
+        for nanny in nannies:
+            nanny.stop(sig)
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its worker retires
-        loop.add_signal_handler(sig, nanny.stop, sig)
-    if watch_parent(lambda: nanny.stop(signal.SIGINT)):  # started by LocalCluster: end with it
-        log.debug("nanny of %s ends with the process that started it", nanny.name)
-    return await nanny.run()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its workers retire
+        loop.add_signal_handler(sig, stop, sig)
+    if watch_parent(lambda: stop(signal.SIGINT)):  # started by LocalCluster: end with it
+        log.debug("nannies of %s end with the process that started them", args.name)
+    return await gpus.run_all(nannies)
 
 
-def _worker_options(argv: list[str]) -> list[str]:
+def _worker_options(argv: list[str], per_device: bool = False) -> list[str]:
     """The `shoal worker` options in `argv`, for the worker process: without the
     address (the one argument that is neither an option nor an option's value),
-    --name (the nanny fixes it), the token (it travels in the environment) and
-    the global options before `worker`."""
+    --name (the nanny fixes it), the token (it travels in the environment), the
+    global options before `worker`, and with `per_device` the options set anew for
+    each GPU's worker."""
     rest = argv[argv.index("worker") + 1 :]
+    dropped = ("--name", "--token", *(gpus.PER_DEVICE_OPTIONS if per_device else ()))
     out: list[str] = []
     value_of = ""  # the option whose value comes next
     for arg in rest:
         if value_of:
-            if value_of not in ("--name", "--token"):
+            if value_of not in dropped:
                 out.append(arg)
             value_of = ""
             continue
@@ -586,7 +624,7 @@ def _worker_options(argv: list[str]) -> list[str]:
         name = arg.split("=", 1)[0]
         if "=" not in arg and name not in _WORKER_FLAGS:
             value_of = name
-        if name not in ("--name", "--token"):
+        if name not in dropped:
             out.append(arg)
     return out
 

@@ -21,6 +21,7 @@ from shoal.scheduler.model import (
     Send,
     Status,
     TaskState,
+    WorkerInfo,
     addresses,
     with_member,
     without_member,
@@ -230,6 +231,7 @@ class ClientRequests(CoreBase):
                 "spilled": ws.spilled,
                 "unspillable": ws.unspillable,
                 "paused": ws.paused,
+                "gpus": gpus_of(ws),
             }
             for ws in self.placement.workers.values()
         }
@@ -268,3 +270,24 @@ class ClientRequests(CoreBase):
         )
         for client in clients:
             self._send(client.peer, msg)
+
+
+def gpus_of(ws: WorkerInfo) -> tuple[dict[str, Any], ...]:
+    """What scheduler_info() says of each GPU of a worker: from its registration,
+    index, uuid, name and memory_limit; from its latest heartbeat, memory_used and
+    memory_total (0 until one came) and utilization (None where NVML cannot say)."""
+    out = []
+    for i, device in enumerate(ws.devices):
+        figures = ws.device_figures[i] if i < len(ws.device_figures) else {}
+        out.append(
+            {
+                "index": device.get("index", ""),
+                "uuid": device.get("uuid", ""),
+                "name": device.get("name", ""),
+                "memory_limit": ws.device_memory_limit,
+                "memory_used": int(figures.get("memory_used", 0)),
+                "memory_total": int(figures.get("memory_total", 0)),
+                "utilization": figures.get("utilization"),
+            }
+        )
+    return tuple(out)  # as it reads after crossing the wire

@@ -19,6 +19,7 @@ from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
 from shoal.scheduler.history import History
 from shoal.scheduler.intake import LargeSubmissions
+from shoal.scheduler.keepers import ClusterKeepers
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -38,6 +39,7 @@ from shoal.scheduler.model import (
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
+from shoal.scheduler.restarts import ClusterRestarts
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
 from shoal.scheduler.tally import Tally
 from shoal.scheduler.workers import WorkerEvents
@@ -57,7 +59,15 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTasks, WorkerEvents):
+class SchedulerState(
+    ClusterKeepers,
+    ClusterRestarts,
+    ClientRequests,
+    DataRequests,
+    LargeSubmissions,
+    StalledTasks,
+    WorkerEvents,
+):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -155,6 +165,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
             ("client", m.CancelKeys): self._cancel_keys,
             ("client", m.WhoHas): self._who_has,
             ("client", m.GetSchedulerInfo): self._scheduler_info,
+            **self._keeper_handlers(),  # keepers.py, restarts.py
             ("client", m.RetireWorkers): self._retire_workers,
         }
         self.retiring, self.retire_requests, self.retire_events = {}, [], 0  # retirement.py
@@ -217,6 +228,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         self._out = []
 
     def _end(self) -> list[Command]:
+        self._settle_keepers()
         if self.retiring:  # see retirement.py
             self._advance_retirements()
         while self._refill:  # slots freed by taking tasks back go to queued tasks
@@ -275,7 +287,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while len(ws.processing) < ws.nthreads * placement.depth and not (ws.gone or ws.paused):
+        while placement.has_capacity(ws) and not ws.gone:  # not paused either
             ts = placement.next_for(ws)
             if ts is None:
                 return
@@ -456,6 +468,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         del ws.processing[ts]
         if ws.started:
             ws.started.pop(ts, None)
+            ws.seceded.pop(ts, None)  # only a started task secedes
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount

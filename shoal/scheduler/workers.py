@@ -50,6 +50,8 @@ class WorkerEvents(Retirements, MemoryPressure):
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
         ws.nanny_id, ws.http_address = msg.nanny_id, msg.http_address
+        ws.nanny_id = msg.nanny_id
+        ws.devices, ws.device_memory_limit = msg.devices, msg.device_memory_limit
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
@@ -84,6 +86,7 @@ class WorkerEvents(Retirements, MemoryPressure):
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
         ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
+        ws.device_figures = msg.devices
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
         """A worker's threads started these tasks: its death would count against them."""
@@ -94,6 +97,18 @@ class WorkerEvents(Retirements, MemoryPressure):
             # Not one of its tasks any more: the note crossed a FreeKeys.
             if ts is not None and ts.processing_on is ws:
                 ws.started[ts] = None
+
+    def _task_seceded(self, peer: str, msg: m.TaskSeceded) -> None:
+        """A task's thread gave its slot back while it waits on tasks it submitted:
+        its worker has room for one more."""
+        ws = self.workers[peer]
+        ts = self.tasks.get(msg.key)
+        if ts is None or ts.processing_on is not ws or ts in ws.seceded:
+            return  # freed meanwhile, or said again
+        ws.started[ts] = None  # it runs, certainly
+        ws.seceded[ts] = None
+        self.placement.touch(ws)
+        self._fill(ws)
 
     def _worker_lost(self, ws: WorkerInfo) -> None:
         """A worker's connection ended without `worker-leaving`: it died (unless it
