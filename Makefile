@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections lint check-deploy clean
+.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections bench-gpu lint check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[lint]'
+	touch $@
+
+$(VENV)/.installed-gpu: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,gpu]'
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
@@ -70,6 +74,11 @@ bench-transfer: $(VENV)/.installed-bench
 
 bench-memory: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.memory $(BENCH_ARGS)
+
+# GPU nodes (benchmarks/gpu.py): overhead per task of a cupy matmul graph, and device
+# to device moves against a raw copy. Needs an NVIDIA GPU; elsewhere it says so and fails.
+bench-gpu: $(VENV)/.installed-gpu
+	$(BIN)/python -m benchmarks.gpu $(BENCH_ARGS)
 
 bench-collections: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.collections_bench $(BENCH_ARGS)

@@ -24,6 +24,16 @@ def shoal_error_named(typename: str) -> type[ShoalError] | None:
     return cls if isinstance(cls, type) and issubclass(cls, ShoalError) else None
 
 
+def rebuilt_exception(cls: type[BaseException], args: tuple, state: dict) -> BaseException:
+    """An exception of `cls` with these `args` and attributes, made without calling
+    its __init__: how a task's exception whose class takes other constructor
+    arguments travels back to its client."""
+    exc = BaseException.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class ProtocolError(ShoalError):
     """Bytes or messages from a peer broke the wire protocol.
 
@@ -149,6 +159,11 @@ class ValueTooLarge(FetchError):
     from a peer in one batch: it cannot be moved there. The holder keeps it."""
 
 
+class AccessDenied(ShoalError, PermissionError):
+    """The scheduler or a worker refused a request for the role of the token it
+    came with; the message names the role needed and the token's role."""
+
+
 class RegistrationError(ShoalError):
     """The scheduler refused a worker or client (a name already in use, say)."""
 
@@ -156,3 +171,14 @@ class RegistrationError(ShoalError):
 class NestingTooDeep(ShoalError, ValueError):
     """Arguments (or a structure of futures) nest lists, tuples, sets and dicts
     deeper than shoal walks (MAX_NESTING in shoal.protocol.taskspec, 100)."""
+
+
+class UploadError(ShoalError):
+    """An uploaded file did not import on a worker; the message names the worker
+    and the error. The file stays uploaded."""
+
+
+class NoDevice(ShoalError):
+    """No GPU matches what was asked for (`--gpus`, `LocalCluster(gpus=...)`): NVML
+    could not be loaded, finds no device, or none of the ones named. The message
+    says what was looked for and what was found."""

@@ -243,16 +243,24 @@ def test_the_worker_tells_an_address_peers_can_reach() -> None:
     assert advertised_http("", "tcp://10.0.0.7:4001") == ""
 
 
-@pytest.mark.gpu
-def test_gpu_memory_where_present() -> None:
-    pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
-    try:
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-    except pynvml.NVMLError as exc:
-        pytest.skip(f"no NVIDIA GPU here: {exc}")
-    (family,) = gpu_memory()
+def test_gpu_memory_is_that_of_the_workers_own_device(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the pinned device is reported: NVML's other devices are another worker's."""
+    import sys
+    from types import SimpleNamespace
+
+    from shoal.worker.gpu import DeviceMonitor, Nvml
+    from tests.fakes import pynvml as fake_pynvml
+
+    state = tmp_path / "nvml.json"
+    gpu = {"name": "Fake", "total": 8 * 2**30, "utilization": 1}
+    devices = [{**gpu, "uuid": "GPU-a", "used": 1}, {**gpu, "uuid": "GPU-b", "used": 2}]
+    state.write_text(json.dumps({"devices": devices}))
+    monkeypatch.setenv(fake_pynvml.STATE_ENV, str(state))
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml)
+    monitor = DeviceMonitor.pinned(Nvml.load(), 2**30, {"CUDA_VISIBLE_DEVICES": "GPU-b"})
+    (family,) = gpu_memory(SimpleNamespace(gpu=monitor))  # type: ignore[arg-type]
     by_gpu = {(s.labels["gpu"], s.labels["type"]): s.value for s in family.samples}
-    assert len(by_gpu) == 2 * count
-    for index in range(count):
-        assert 0 < by_gpu[str(index), "used"] <= by_gpu[str(index), "total"]
+    assert by_gpu == {("1", "used"): 2, ("1", "total"): 8 * 2**30, ("1", "limit"): 2**30}
+    assert list(gpu_memory(SimpleNamespace(gpu=None))) == []  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ PURE_CORES = [
     "scheduler/history.py",
     "scheduler/validate.py",
     "scheduler/stalls.py",
+    "scheduler/roles.py",
     "scheduler/memory.py",
     "scheduler/tally.py",
     "scheduler/views.py",
@@ -47,6 +48,9 @@ PURE_CORES = [
     "worker/events.py",
     "worker/validate.py",
     "worker/history.py",
+    "worker/slots.py",
+    "scheduler/keepers.py",
+    "scheduler/restarts.py",
 ]
 IMPURE = {"asyncio", "socket", "time", "threading", "selectors", "subprocess"}
 

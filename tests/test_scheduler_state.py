@@ -785,6 +785,7 @@ def test_scheduler_info_is_plain_data() -> None:
                 "spilled": 0,
                 "unspillable": 0,
                 "paused": False,
+                "gpus": (),
             }
         },
         "clients": 1,

@@ -45,6 +45,17 @@ FIELDS = [
         "data-fetched.duration",
     ),
     ({"op": "heartbeat"}, lambda w, x: w.update(cpu=x), "heartbeat.cpu"),
+    ({"op": "retire-worker"}, lambda w, x: w.update(timeout=x), "retire-worker.timeout"),
+    (
+        {"op": "retire-workers", "workers": ("w",)},
+        lambda w, x: w.update(timeout=x),
+        "retire-workers.timeout",
+    ),
+    (
+        {"op": "heartbeat"},
+        lambda w, x: w.update(devices=({"memory_used": x, "memory_total": 1.0},)),
+        "heartbeat.devices",
+    ),
     (
         {"op": "tasks-stalled", "keys": ("k",), "count": 1, "waited": 10.0, "workers": 1},
         lambda w, x: w.update(waited=x),

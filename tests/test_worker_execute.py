@@ -39,10 +39,11 @@ class Unpicklable(Exception):
 
 
 class NeedsTwoArgs(Exception):
-    """Pickles, but cannot be rebuilt: __init__ wants two arguments, args holds one."""
+    """Does not unpickle the usual way: __init__ wants two arguments, args holds one."""
 
     def __init__(self, a: str, b: str) -> None:
         super().__init__(f"{a}/{b}")
+        self.a, self.b = a, b
 
 
 # Module-level so that tasks refer to them rather than pickling a copy.
@@ -100,15 +101,25 @@ def test_exception_is_reported_with_traceback_and_pickled() -> None:
     assert type(exc) is ValueError and exc.args == ("went wrong",)
 
 
-@pytest.mark.parametrize("cls", [Unpicklable, NeedsTwoArgs])
-def test_exception_that_cannot_travel_is_described_only(cls: type) -> None:
+def test_exception_that_cannot_travel_is_described_only() -> None:
     def raises() -> None:
-        raise cls("a", "b") if cls is NeedsTwoArgs else cls("no pickling")
+        raise Unpicklable("no pickling")
 
     outcome, _ = run(raises, spec())
     assert type(outcome) is TaskErred
-    assert outcome.typename == f"{__name__}.{cls.__qualname__}"
+    assert outcome.typename == f"{__name__}.Unpicklable"
     assert outcome.exception is None and outcome.traceback
+
+
+def test_exception_with_other_constructor_arguments_travels_as_itself() -> None:
+    def raises() -> None:
+        raise NeedsTwoArgs("a", "b")
+
+    outcome, _ = run(raises, spec())
+    assert outcome.typename == f"{__name__}.NeedsTwoArgs"
+    exc = deserialize(outcome.exception)
+    assert type(exc) is NeedsTwoArgs and exc.args == ("a/b",)
+    assert (exc.a, exc.b) == ("a", "b")
 
 
 def test_system_exit_in_a_task_is_an_error_not_an_exit() -> None:

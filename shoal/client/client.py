@@ -17,6 +17,7 @@ from typing import Any
 from shoal.client import graph as graphs
 from shoal.client import nesting, scatter
 from shoal.client.cluster import local_cluster
+from shoal.client.cluster_helpers import ClusterHelpers
 from shoal.client.collections import Collections
 from shoal.client.futures import Future, Watch
 from shoal.client.keywords import (
@@ -51,7 +52,7 @@ RECONNECT_TIMEOUT_S = 600.0
 REGISTER_RETRY_S = 1.0
 
 
-class Client(Collections, Observing):
+class Client(ClusterHelpers, Collections, Observing):
     """Connect to a scheduler (or start a LocalCluster) and compute on it.
 
     With `asynchronous=False` (the default) the connection runs on an event
@@ -315,15 +316,15 @@ class Client(Collections, Observing):
         else:
             self._thread.run(self._cancel_async(keys))
 
-    async def _cancel_async(self, keys: list[Key]) -> None:
-        self._cancel_keys(keys)
+    async def _cancel_async(self, keys: list[Key], force: bool = False) -> None:
+        self._cancel_keys(keys, force)
 
-    def _cancel_keys(self, keys: list[Key]) -> None:
+    def _cancel_keys(self, keys: list[Key], force: bool = False) -> None:
         with self._keys.batch():
             for key in keys:
                 self._keys.cancel(key, FutureCancelled, f"{key!r} was cancelled by the client")
         if keys and self._link is not None and self._link.usable:
-            self._link.send(CancelKeys(keys=tuple(keys)))
+            self._link.send(CancelKeys(keys=tuple(keys), force=force))
 
     # -- public API ------------------------------------------------------------------------
 
@@ -417,12 +418,12 @@ class Client(Collections, Observing):
         self._hand_over(submission, task_keys, (items, kwargs))
         return futures
 
-    def gather(self, futures: Any, errors: str = "raise") -> Any:
+    def gather(self, futures: Any, errors: str = "raise", *, host: bool = False) -> Any:
         """Values of Futures in any nesting of lists, tuples, sets and dicts.
 
         Small values came with the scheduler's report and need no round trip;
-        larger ones are fetched from the workers holding them. With
-        `errors="skip"`, failed futures are left out of their containers.
+        larger ones are fetched from the workers holding them. `errors="skip"` leaves
+        failed futures out of their containers; `host` gives device arrays as numpy.
 
         Raises:
             Exception: with `errors="raise"`, the first failed future's exception
@@ -439,30 +440,31 @@ class Client(Collections, Observing):
             return watch.pending == 0 or (errors == "raise" and watch.erred)
 
         if self.asynchronous:
-            return self._gather_async(futures, listed, watch, ready, errors)
+            return self._gather_async(futures, listed, watch, ready, errors, host)
         watch.block(ready, None)
         states = nesting.settled(listed, errors)
         fetch = [st for st in states if st.payload is None]
         payloads = self._fetch(fetch) if fetch else {}
-        return nesting.assemble(futures, states, payloads)
+        return nesting.assemble(futures, states, payloads, host)
 
     async def _gather_async(self, futures: Any, listed: list[Future], watch: Watch,
-                            ready: Callable[[], bool], errors: str) -> Any:  # fmt: skip
+                            ready: Callable[[], bool], errors: str, host: bool) -> Any:  # fmt: skip
         await watch.until(ready, None)
         states = nesting.settled(listed, errors)
         fetch = [st for st in states if st.payload is None]
         payloads = await self._fetch_async(fetch) if fetch else {}
-        return nesting.assemble(futures, states, payloads)
+        return nesting.assemble(futures, states, payloads, host)
 
-    def cancel(self, futures: Any) -> Any:
+    def cancel(self, futures: Any, force: bool = False) -> Any:
         """Cancel Futures (any nesting); they raise FutureCancelled from now on.
+        With `force` (a token of the admin role), for every client that wants them.
 
         Raises:
             CommClosedError: never for a lost connection: the local futures are
                 cancelled all the same.
         """
         keys = list(dict.fromkeys(f.key for f in nesting.futures_in(futures)))
-        return self._sync(self._cancel_async(keys))
+        return self._sync(self._cancel_async(keys, force))
 
     def scatter(
         self,

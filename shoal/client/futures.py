@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from shoal.client import blocking
 from shoal.client.state import Key, KeyState, KeyTable, Status
 from shoal.protocol.serialize import Serialized, deserialize
 
@@ -101,19 +102,24 @@ class Future:
 
     # -- results ------------------------------------------------------------------
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, host: bool = False) -> Any:
         """The value; with an asynchronous client, an awaitable of it.
+
+        A device array in it (cupy) comes back as a cupy array on this process's
+        device; with `host`, as a numpy array, which needs no cupy and no GPU here.
 
         Raises:
             TimeoutError: not done within `timeout` seconds.
             FutureCancelled: the key was cancelled.
             GraphError: the scheduler rejected the graph that defined the key.
             CommClosedError: the connection to the scheduler was lost.
+            SerializationError: a device array, and this process has no cupy or no
+                GPU (the message says: install cupy, or pass host=True).
             Exception: the task's own exception, its remote traceback as
                 `__cause__` (TaskFailed when it cannot be rebuilt here).
         """
         if self.client.asynchronous:
-            return self._result_async(timeout)
+            return self._result_async(timeout, host)
         self._wait(timeout)
         state = self._state
         if state.status is not Status.FINISHED:
@@ -121,7 +127,7 @@ class Future:
         payload = state.payload
         if payload is None:
             payload = self.client._fetch([state])[self.key]
-        return deserialize(payload, f"result of {self.key!r}")
+        return deserialize(payload, f"result of {self.key!r}", host=host)
 
     def exception(self, timeout: float | None = None) -> Any:
         """The task's exception, or None if it finished; awaitable when asynchronous.
@@ -135,6 +141,25 @@ class Future:
         self._wait(timeout)
         return self._exception_now()
 
+    def traceback(self, timeout: float | None = None) -> Any:
+        """The traceback of the task's exception where it ran (frames rebuilt here,
+        so `traceback.format_tb` prints them), or None if it did not fail;
+        awaitable when asynchronous.
+
+        Raises:
+            TimeoutError: not done within `timeout` seconds.
+            FutureCancelled: the key was cancelled.
+        """
+        if self.client.asynchronous:
+            return self._traceback_async(timeout)
+        self._wait(timeout)
+        exc = self._exception_now()
+        return exc.__traceback__ if exc is not None else None
+
+    async def _traceback_async(self, timeout: float | None) -> Any:
+        exc = await self._exception_async(timeout)
+        return exc.__traceback__ if exc is not None else None
+
     def _exception_now(self) -> BaseException | None:
         state = self._state
         if state.status is Status.CANCELLED:
@@ -143,8 +168,11 @@ class Future:
 
     def _wait(self, timeout: float | None) -> None:
         state = self._state
-        if not state.done and not self._table.wait_for(lambda: state.done, timeout):
-            raise TimeoutError(f"{self.key!r} not done after {timeout} s")
+        if state.done:
+            return
+        with blocking.waiting():  # inside a task: its thread slot is free meanwhile
+            if not self._table.wait_for(lambda: state.done, timeout):
+                raise TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     async def _wait_async(self, timeout: float | None) -> None:
         state = self._state
@@ -161,10 +189,10 @@ class Future:
     def _on_client_loop(self) -> bool:
         return asyncio.get_running_loop() is self.client.loop
 
-    async def _result_async(self, timeout: float | None = None) -> Any:
+    async def _result_async(self, timeout: float | None = None, host: bool = False) -> Any:
         if not self._on_client_loop():
             # A sync client's loop runs in its own thread: block a helper thread.
-            return await asyncio.to_thread(self.result, timeout)
+            return await asyncio.to_thread(self.result, timeout, host=host)
         await self._wait_async(timeout)
         state = self._state
         if state.status is not Status.FINISHED:
@@ -172,7 +200,7 @@ class Future:
         payload = state.payload
         if payload is None:
             payload = (await self.client._fetch_async([state]))[self.key]
-        return deserialize(payload, f"result of {self.key!r}")
+        return deserialize(payload, f"result of {self.key!r}", host=host)
 
     async def _exception_async(self, timeout: float | None) -> BaseException | None:
         if not self._on_client_loop():
@@ -243,7 +271,8 @@ class Watch:
         """Wait (sync) until `ready()`; False on timeout."""
         if self.table is None or ready():
             return True
-        return self.table.wait_for(ready, timeout)
+        with blocking.waiting():  # inside a task: its thread slot is free meanwhile
+            return self.table.wait_for(ready, timeout)
 
     async def until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         """Wait (on the client's loop) until `ready()`; False on timeout."""

@@ -6,15 +6,18 @@ a missing key, a bad key) is refused here with GraphError, before anything is se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
 import threading
+import types
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from shoal.client import blocking
 from shoal.client.futures import Future
 from shoal.errors import GraphError, NestingTooDeep
 from shoal.protocol.messages import SubmitGraph
@@ -66,6 +69,11 @@ def funcname(func: Callable[..., object]) -> str:
     return name.strip("<>") or "task"
 
 
+# Callables usually made anew for each call (`obj.method`, functools.partial): not
+# cached, since the cache would hold them, and with them their objects and arguments.
+_MADE_PER_CALL = (types.MethodType, functools.partial)
+
+
 class FunctionCache:
     """Serialized functions by function object, least recently used dropped first.
 
@@ -87,6 +95,9 @@ class FunctionCache:
         Raises:
             SerializationError: the function cannot be pickled.
         """
+        if isinstance(func, _MADE_PER_CALL):  # caching one would only keep its object alive
+            payload = serialize(func, "function")
+            return payload, _digest(payload.frames)
         with self._lock:
             entry = self._entries.get(id(func))
             if entry is not None and entry[0] is func:
@@ -232,7 +243,7 @@ class TaskOptions:
         if not _is_int(retries) or retries < 0:
             raise ValueError(f"retries must be a whole number at least 0, not {retries!r}")
         self.timeout = timeout
-        self.priority = priority
+        self.priority = blocking.nested_priority(priority)  # inside a task: above it
         if resources is not None and not isinstance(resources, dict):
             raise TypeError(f"resources must be a dict such as {{'GPU': 1}}, not {resources!r}")
         for name, amount in (resources or {}).items():

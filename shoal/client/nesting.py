@@ -104,10 +104,13 @@ def settled(listed: list[Future], errors: str) -> list[KeyState]:
     return list(states.values())
 
 
-def assemble(structure: Any, states: list[KeyState], fetched: dict[Key, Serialized]) -> Any:
-    """`structure` with each Future replaced by its value; failed ones dropped."""
+def assemble(
+    structure: Any, states: list[KeyState], fetched: dict[Key, Serialized], host: bool = False
+) -> Any:
+    """`structure` with each Future replaced by its value; failed ones dropped.
+    With `host`, device arrays come back as numpy arrays (see Future.result)."""
     values: dict[Key, Any] = {}
     for state in states:
         payload = state.payload if state.payload is not None else fetched[state.key]
-        values[state.key] = deserialize(payload, f"result of {state.key!r}")
+        values[state.key] = deserialize(payload, f"result of {state.key!r}", host=host)
     return replace_futures(structure, lambda f: values.get(f.key, SKIP))

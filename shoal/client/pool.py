@@ -19,7 +19,16 @@ from shoal.errors import CommClosedError, FetchError, ValueTooLarge
 from shoal.protocol.answers import Parts
 from shoal.protocol.comm import Comm, connect
 from shoal.protocol.limits import DEFAULT_LIMITS, Limits
-from shoal.protocol.messages import DataSent, DataStored, GetData, PutData
+from shoal.protocol.messages import (
+    DataSent,
+    DataStored,
+    FileStored,
+    FunctionRan,
+    GetData,
+    PutData,
+    RunFunction,
+    StoreFile,
+)
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.tls import TLSConfig
@@ -28,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Key = str | tuple[str | int, ...]
 WhoHasFn = Callable[[list[Key]], Awaitable[dict[Key, tuple[str, ...]]]]
-Answer = TypeVar("Answer", DataSent, DataStored)
+Answer = TypeVar("Answer", DataSent, DataStored, FunctionRan, FileStored)
 
 # Idle connections kept per worker; more concurrent fetches open more, then close them.
 IDLE_PER_WORKER = 2
@@ -91,6 +100,17 @@ class DataPool:
         return await self._exchange(
             address, lambda rid: PutData(data=data, request_id=rid), DataStored
         )
+
+    async def run_function(self, address: str, call: Serialized) -> FunctionRan:
+        """Have the worker at `address` call the pickled `(func, args, kwargs)` outside
+        its tasks (Client.run); raises as get_data does."""
+        make = lambda rid: RunFunction(call=call, request_id=rid)  # noqa: E731
+        return await self._exchange(address, make, FunctionRan)
+
+    async def store_file(self, address: str, filename: str, data: bytes) -> FileStored:
+        """Have the worker at `address` keep a file tasks import from; raises as get_data."""
+        make = lambda rid: StoreFile(filename=filename, data=data, request_id=rid)  # noqa: E731
+        return await self._exchange(address, make, FileStored)
 
     async def _exchange(
         self,

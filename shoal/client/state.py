@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from shoal import errors
+from shoal.client.tracebacks import remote_traceback
 from shoal.errors import RemoteTraceback, SerializationError, TaskFailed
 from shoal.protocol.messages import KeyErred, KeyInMemory
 from shoal.protocol.serialize import Serialized, deserialize
@@ -117,7 +118,8 @@ def remote_exception(msg: KeyErred) -> BaseException:
     if not isinstance(exc, BaseException):
         exc = TaskFailed(msg.typename, msg.message, msg.traceback)
     exc.__cause__ = cause
-    return exc
+    # Raised here, it shows the caller's frames and then the task's.
+    return exc.with_traceback(remote_traceback(msg.traceback))
 
 
 def _shoal_error(typename: str, message: str) -> BaseException | None:

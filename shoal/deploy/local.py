@@ -12,7 +12,8 @@ program: that scheduler stops, its clients' pending futures fail with
 SchedulerLost naming the error, and `failure` holds it until `close()`.
 Worker processes hold a lifeline to the process that started them
 (shoal.deploy.lifeline): should it end without `close()`, killed or not,
-they stop at once.
+they stop at once. With `gpus`, there is one worker process per device, as
+`shoal worker --gpus` starts them (see shoal.deploy.gpus).
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from shoal.client.loop import LoopThread
+from shoal.deploy import gpus as gpu_nodes
 from shoal.deploy import options
 from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
 from shoal.deploy.lifeline import Lifeline
 from shoal.deploy.worker_env import worker_environment
 from shoal.scheduler.server import Scheduler
 from shoal.scheduler.state import SchedulerState
+from shoal.worker.gpu import Device, parse_gpus, pin_env
 from shoal.worker.memory import PAUSE, SPILL, TARGET, TERMINATE, MemoryLimits
 from shoal.worker.server import Worker
 from shoal.worker.spillfile import check_compression
@@ -78,8 +81,9 @@ def check_scheduler_options(owner: str, given: dict[str, Any]) -> None:
             f"{owner}() got an unexpected keyword argument {unknown[0]!r} "
             f"(it takes n_workers, threads_per_worker, processes, memory_limit, resources, "
             "memory_target_fraction, memory_spill_fraction, memory_pause_fraction, "
-            "memory_terminate_fraction, local_directory, spill_compression, "
-            f"nanny, start_timeout and the scheduler's {', '.join(sorted(known))})"
+            "memory_terminate_fraction, local_directory, spill_compression, nanny, "
+            f"start_timeout, gpus, device_memory_limit and the scheduler's "
+            f"{', '.join(sorted(known))})"
         )
     for name, value in given.items():
         try:
@@ -164,6 +168,7 @@ def check_cluster_keywords(owner: str, given: dict[str, Any]) -> None:
     own = set(inspect.signature(LocalCluster.__init__).parameters) - {"self", "scheduler_options"}
     check_scheduler_options(owner, {k: v for k, v in given.items() if k not in own})
     WorkerShape.checked(**{k: v for k, v in given.items() if k in _SHAPE})
+    check_gpus(given.get("gpus"), given.get("device_memory_limit"), given.get("processes", True))
     if "start_timeout" in given:
         try:
             options.seconds(given["start_timeout"])
@@ -183,6 +188,37 @@ _SHAPE = (
     "local_directory",
     "spill_compression",
 )
+
+
+def check_gpus(
+    gpus: object, device_memory_limit: object, processes: object
+) -> str | tuple[str, ...] | None:
+    """The `gpus` keyword, checked for form (devices are looked up at start), with
+    `device_memory_limit`; None without gpus.
+
+    Raises:
+        ValueError: not 'all', indices or UUIDs; a limit that is not one; or gpus
+            with processes=False (each worker pins its device in its own process).
+    """
+    if gpus is None:
+        if device_memory_limit is not None:
+            raise ValueError("device_memory_limit needs gpus")
+        return None
+    try:
+        spec = parse_gpus(gpus)
+    except ValueError as exc:
+        raise ValueError(f"gpus: {exc}") from None
+    try:
+        if device_memory_limit is not None:
+            options.device_memory_limit(str(device_memory_limit), 2**40)  # its form alone
+    except ValueError as exc:
+        raise ValueError(f"device_memory_limit: {exc}") from None
+    if not processes:
+        raise ValueError(
+            "gpus needs processes=True: each worker is pinned to its device through "
+            "CUDA_VISIBLE_DEVICES, in a process of its own"
+        )
+    return spec
 
 
 def _count(name: str, value: object, least: int) -> int:
@@ -215,13 +251,17 @@ class LocalCluster:
     `shoal worker --memory-limit`. `memory_target_fraction`,
     `memory_spill_fraction`, `memory_pause_fraction` and
     `memory_terminate_fraction` (None or False: off), `local_directory` and
-    `spill_compression` are those of `shoal worker` too. Extra keyword arguments configure the
+    `spill_compression` are those of `shoal worker` too. `gpus` ('all', [0, 2],
+    UUIDs) starts one worker per device instead of `n_workers`, each pinned to
+    its device with GPU=1 and `device_memory_limit` (a fraction of the device,
+    0.8 by default, or a size), as `shoal worker --gpus` does. Extra keyword arguments configure the
     scheduler (`heartbeat_timeout`, `allowed_failures`, `no_worker_warning`,
     `no_workers_timeout`, ...); they are checked before any process starts.
 
     Raises:
         TypeError: an unknown keyword, or a value of the wrong type.
         ValueError: a value out of range (no worker process is started then).
+        NoDevice: no GPU matches `gpus` (the message says what NVML found).
         RuntimeError: (on start) a worker process exited before it joined.
         TimeoutError: (on start) the workers did not join within `start_timeout` seconds.
     """
@@ -244,9 +284,23 @@ class LocalCluster:
         spill_compression: str | None = None,
         start_timeout: float = 60.0,
         nanny: bool = False,
+        gpus: str | Sequence[int | str] | None = None,
+        device_memory_limit: float | str | None = None,
         **scheduler_options: Any,
     ) -> None:
         check_scheduler_options("LocalCluster", scheduler_options)
+        spec = check_gpus(gpus, device_memory_limit, processes)
+        self.devices: list[Device] = []
+        self.device_limits: list[int] = []
+        if spec is not None:
+            _, self.devices = gpu_nodes.find(spec, f"LocalCluster(gpus={gpus!r})")
+            self.device_limits = gpu_nodes.limits_for(device_memory_limit, self.devices)
+            if n_workers is not None and n_workers != len(self.devices):
+                raise ValueError(
+                    f"n_workers={n_workers} but gpus={gpus!r} names {len(self.devices)} "
+                    "devices: a GPU cluster has one worker per device (leave n_workers out)"
+                )
+            n_workers = len(self.devices)
         scheduler_options.setdefault("http_port", 0)  # the dashboard, on any free port
         shape = WorkerShape.checked(
             n_workers,
@@ -273,7 +327,9 @@ class LocalCluster:
         self.procs: list[asyncio.subprocess.Process | ForkedProcess] = []
         self._lifeline = Lifeline() if processes else None
         listening = None
-        if processes and not asynchronous and "address" not in scheduler_options and can_fork():
+        # Not forked with GPUs: CUDA, if this process started it, does not survive a fork.
+        forking = not self.devices and can_fork()
+        if processes and not asynchronous and "address" not in scheduler_options and forking:
             # Bind first: the forked workers' connections wait in its backlog
             # until the scheduler, started next in the loop thread, accepts them.
             listening = socket.create_server(("127.0.0.1", 0), backlog=1024)
@@ -340,6 +396,8 @@ class LocalCluster:
         # The token travels in the environment, not in argv where `ps` shows it.
         env = worker_environment(os.environ, self.threads_per_worker)
         env.update({"SHOAL_TOKEN": self.token, **self._lifeline.child_env()})
+        if self.devices:
+            env.update(pin_env(self.devices[i]))
         return await asyncio.create_subprocess_exec(
             *args,
             env=env,
@@ -350,13 +408,14 @@ class LocalCluster:
 
     def _worker_argv(self, i: int, address: str) -> list[str]:
         """The `shoal` arguments that start worker `i`."""
+        device = self.devices[i] if self.devices else None
         args = [
             "--log-level",
             "warning",
             "worker",
             address,
             "--name",
-            f"local-{i}",
+            f"local-{device.suffix}" if device is not None else f"local-{i}",
             "--nthreads",
             str(self.threads_per_worker),
             "--memory-limit",
@@ -375,6 +434,8 @@ class LocalCluster:
             args.append("--no-nanny")
         if self.resources:
             args += ["--resources", ",".join(f"{k}={v}" for k, v in self.resources.items())]
+        if device is not None:
+            args += gpu_nodes.device_worker_args([], device, self.device_limits[i])
         return args
 
     async def _wait_joined(self) -> None:

@@ -1,7 +1,8 @@
 """The nanny: `shoal worker` runs its worker in a child process and looks after it.
 
 It restarts the worker when the process dies, when its resident memory
-crosses `--memory-limit` (it kills it then), or when the worker asks to be
+crosses `--memory-limit` or, for a GPU worker, its use of its device crosses
+`--device-memory-limit` (it kills it then), or when the worker asks to be
 restarted because a task is stuck past its timeout. Each death that the worker
 did not choose is reported to the scheduler with its cause: the exit code or
 signal, the memory figure, the out-of-memory killer's signature. The scheduler
@@ -34,9 +35,16 @@ from shoal.deploy.lifeline import Lifeline
 from shoal.deploy.worker_env import worker_environment
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
-from shoal.protocol.messages import Heartbeat, RegisterNanny, WorkerDied
+from shoal.protocol.messages import (
+    Heartbeat,
+    RegisterNanny,
+    RequestRefused,
+    RestartWorker,
+    WorkerDied,
+)
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
+from shoal.worker.gpu import DeviceMonitor
 from shoal.worker.memory import TERMINATE
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ INTERNAL_ERROR_EXIT = 70
 NANNY_ENV = "SHOAL_NANNY"
 
 MEMORY_POLL_S = 0.1
+DEVICE_POLL_S = 0.2  # NVML's list of a device's processes costs about a millisecond
 STOP_TIMEOUT_S = 10.0  # a worker asked to stop is killed after this long
 REPORT_TIMEOUT_S = 10.0
 FIRST_RESTART_DELAY_S = 0.1
@@ -100,6 +109,9 @@ class Nanny:
         max_restarts / restart_window: the nanny gives up (run() returns 1)
             when the worker dies more than `max_restarts` times within
             `restart_window` seconds.
+        env: variables set for the worker process (CUDA_VISIBLE_DEVICES, say).
+        device: the GPU the worker is pinned to; past its `memory_limit` of
+            device bytes the worker is killed and restarted.
     """
 
     def __init__(
@@ -118,15 +130,21 @@ class Nanny:
         max_restarts: int = MAX_RESTARTS,
         restart_window: float = RESTART_WINDOW_S,
         stop_timeout: float = STOP_TIMEOUT_S,
+        env: dict[str, str] | None = None,
+        device: DeviceMonitor | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.worker_args = list(worker_args)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.memory_limit = memory_limit
+        self.env, self.device = dict(env or {}), device
         self.memory_limit, self.terminate, self.nthreads = memory_limit, terminate, nthreads
         self.kill_at = int(memory_limit * terminate) if memory_limit and terminate else 0
         self._token, self._tls, self._log_level = token, tls, log_level
         self._log_format = log_format
         self._stop = asyncio.Event()
+        # The scheduler asked for a fresh worker (client.restart()): kill it, start anew.
+        self._restart = asyncio.Event()
         self._stop_signal: int = signal.SIGTERM  # passed on to the worker: SIGTERM retires it
         self.stop_timeout = stop_timeout
         self.restarts = 0
@@ -152,6 +170,11 @@ class Nanny:
             self._proc.send_signal(sig)  # it is being stopped already: pass this one on
         self._stop.set()
 
+    def hangup(self) -> None:
+        """SIGHUP: passed on to the worker process, which reads its token file again."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+
     async def run(self) -> int:
         """Run and restart the worker; the exit code for the nanny's own process."""
         link = asyncio.ensure_future(self._keep_link())
@@ -168,10 +191,17 @@ class Nanny:
         delay = FIRST_RESTART_DELAY_S
         while True:
             started = time.monotonic()
+            self._restart.clear()  # a request for the worker that was, if any
             proc = self._proc = await self._spawn()
             code, cause = await self._watch(proc)
             if self._stop.is_set():
                 return 0
+            if self._restart.is_set():  # asked for: no death, no delay
+                self._restart.clear()
+                self.restarts += 1
+                log.info("restarting worker %s, as the scheduler asked", self.name)
+                delay = FIRST_RESTART_DELAY_S
+                continue
             if code == FATAL_EXIT:
                 log.error("worker %s could not start; the nanny stops too", self.name)
                 return 1
@@ -236,7 +266,7 @@ class Nanny:
             "--no-nanny",
         ]
         env = worker_environment(os.environ, self.nthreads)
-        env.update({NANNY_ENV: self.nanny_id, **self._lifeline.child_env()})
+        env.update({**self.env, NANNY_ENV: self.nanny_id, **self._lifeline.child_env()})
         if self._token is not None:
             token = self._token
             env["SHOAL_TOKEN"] = token.decode() if isinstance(token, bytes) else token
@@ -259,16 +289,22 @@ class Nanny:
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         memory = asyncio.ensure_future(self._poll_memory(proc, last_rss))
+        restart = asyncio.ensure_future(self._restart.wait())
+        device = asyncio.ensure_future(self._poll_device(proc))
+        limits = (memory, device)
         try:
-            await asyncio.wait({exited, stop, memory}, return_when=asyncio.FIRST_COMPLETED)
-            if memory.done() and not exited.done():
-                rss = memory.result()
+            await asyncio.wait(
+                {exited, stop, restart, *limits}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if restart.done() and not exited.done() and not stop.done():
                 proc.kill()
                 await proc.wait()
-                return proc.returncode or -signal.SIGKILL, (
-                    f"memory limit exceeded: it used {mib(rss)} of its {mib(self.memory_limit)} "
-                    f"limit (terminate at {self.terminate:.0%}), and its nanny killed it"
-                )
+                return proc.returncode or -signal.SIGKILL, ""
+            crossed = [limit for limit in limits if limit.done()]
+            if crossed and not exited.done():
+                proc.kill()
+                await proc.wait()
+                return proc.returncode or -signal.SIGKILL, crossed[0].result()
             if stop.done() and not exited.done():
                 await self._terminate(proc)
                 return 0, ""
@@ -277,7 +313,7 @@ class Nanny:
                 return code, ""
             return code, cause_of_exit(code, last_rss[0])
         finally:
-            for fut in (exited, stop, memory):
+            for fut in (exited, stop, restart, *limits):
                 fut.cancel()
             try:
                 async with asyncio.timeout(1.0):
@@ -306,8 +342,9 @@ class Nanny:
             sys.stderr.write(text)
             sys.stderr.flush()
 
-    async def _poll_memory(self, proc: asyncio.subprocess.Process, last_rss: list[int]) -> int:
-        """Return the resident bytes once they pass the limit (never without one)."""
+    async def _poll_memory(self, proc: asyncio.subprocess.Process, last_rss: list[int]) -> str:
+        """Return the cause of death once the resident bytes pass the limit (never
+        without one)."""
         import psutil
 
         try:
@@ -316,11 +353,26 @@ class Nanny:
                 rss = process.memory_info().rss
                 last_rss[0] = rss
                 if self.kill_at and rss > self.kill_at:
-                    return rss
+                    return (
+                        f"memory limit exceeded: it used {mib(rss)} of its "
+                        f"{mib(self.memory_limit)} limit (terminate at {self.terminate:.0%}), "
+                        "and its nanny killed it"
+                    )
                 await asyncio.sleep(MEMORY_POLL_S)
         except psutil.Error:  # it is gone: proc.wait() tells how; wait to be cancelled
-            never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            return await never
+            return await _never()
+
+    async def _poll_device(self, proc: asyncio.subprocess.Process) -> str:
+        """Return the cause of death once the worker's device bytes pass its device
+        memory limit (never without a device or a limit)."""
+        device = self.device
+        if device is None or not device.memory_limit:
+            return await _never()
+        while True:
+            used = device.used_by(proc.pid)
+            if used > device.memory_limit:
+                return device.limit_cause(used)
+            await asyncio.sleep(DEVICE_POLL_S)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         proc.send_signal(self._stop_signal)
@@ -384,8 +436,17 @@ class Nanny:
                         msgs = reader.result()
                     except CommClosedError as exc:
                         return str(exc) or "connection closed"
-                    for msg in msgs:  # the scheduler sends a nanny nothing
-                        log.warning("nanny of %s ignores %s from the scheduler", self.name, msg.op)
+                    for msg in msgs:  # the scheduler sends a nanny restarts only, or refusals
+                        if type(msg) is RestartWorker:
+                            self._restart.set()
+                        elif type(msg) is RequestRefused:
+                            log.error(
+                                "the scheduler refused nanny of %s: %s", self.name, msg.reason
+                            )
+                        else:
+                            log.warning(
+                                "nanny of %s ignores %s from the scheduler", self.name, msg.op
+                            )
                     reader = asyncio.ensure_future(comm.read())
                     continue
                 try:
@@ -395,3 +456,9 @@ class Nanny:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _never() -> str:
+    """Wait to be cancelled."""
+    never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    return await never

@@ -30,6 +30,8 @@ MIN_MEMORY_LIMIT = 128 * 2**20
 # Words that mean "no memory limit", besides 0.
 NO_LIMIT = ("0", "none")
 MAX_PORT = 65535
+# A GPU worker may use this fraction of its device before its nanny restarts it.
+DEFAULT_DEVICE_MEMORY_FRACTION = 0.8
 
 
 def parse_bytes(text: str) -> int:
@@ -95,6 +97,30 @@ def memory_limit(value: str | float, nthreads: int, total: int | None = None) ->
             "a worker needs to start (0 means no limit)"
         )
     return limit
+
+
+def device_memory_limit(value: str | float, total: int) -> int:
+    """A GPU worker's device memory limit in bytes; 0 means none.
+
+    A number above 0 and at most 1, the fraction of the device's `total` bytes
+    (0.8, the default, as dask-cuda's); 'auto', that default fraction; a size
+    ('64GiB', 6e10); 0 or 'none' for no limit.
+
+    Raises:
+        ValueError: none of those.
+    """
+    text = str(value).strip().lower()
+    if text in NO_LIMIT:
+        return 0
+    if text == "auto":
+        return int(total * DEFAULT_DEVICE_MEMORY_FRACTION)
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if 0 < number <= 1:
+        return int(total * number)
+    return parse_bytes(text)
 
 
 # Words that turn a memory threshold off.

@@ -152,6 +152,10 @@ class RegisterWorker(Message):
     # The id its nanny registered under (RegisterNanny), tying the two together;
     # empty without a nanny.
     nanny_id: str = ""
+    # The GPU it is pinned to, if any: index (NVML's, "3" or "3:1" for a MIG
+    # instance), uuid and name of each; and the device bytes its nanny lets it use.
+    devices: tuple[dict[str, str], ...] = ()
+    device_memory_limit: int = 0
     # Where it serves /health, /ready and /metrics (http(s)://host:port); empty: it does not.
     http_address: str = ""
 
@@ -303,6 +307,9 @@ class Heartbeat(Message):
 
     `cpu` is the process's CPU use in percent of one core since the last
     heartbeat, `memory` its resident bytes, `executing` how many tasks run now.
+    `devices` has, for each device of its registration, `memory_used` and
+    `memory_total` (bytes, by every process on it) and `utilization` (percent;
+    absent where NVML cannot say, as for a MIG instance).
     """
 
     cpu: float = 0.0
@@ -313,6 +320,7 @@ class Heartbeat(Message):
     managed: int = 0
     spilled: int = 0
     unspillable: int = 0
+    devices: tuple[dict[str, float], ...] = ()
 
 
 @message("worker-paused")
@@ -338,7 +346,8 @@ class WorkerResumed(Message):
 #
 # A nanny keeps one connection to the scheduler open for as long as it
 # supervises its worker: RegisterNanny first, then Heartbeat every second, and
-# WorkerDied whenever its worker dies. The scheduler answers nothing.
+# WorkerDied whenever its worker dies. The scheduler answers nothing; it may
+# send RestartWorker (client.restart()).
 
 
 @message("register-nanny")
@@ -485,9 +494,11 @@ class ReleaseFutures(Message):
 
 @message("cancel-keys")
 class CancelKeys(Message):
-    """Stop computing these keys (and what waits on them) for this client."""
+    """Stop computing these keys (and what waits on them) for this client; with
+    `force`, for every client that wants them (the admin role only)."""
 
     keys: tuple[Key, ...]
+    force: bool = False
 
 
 @message("who-has")
@@ -580,3 +591,150 @@ class WorkersChanged(Message):
     """Sent to every client when a worker joins or leaves."""
 
     workers: int
+
+
+# -- tasks that submit tasks, and cluster-wide helpers (docs/protocol.md, section 7.7)
+
+
+@message("task-seceded")
+class TaskSeceded(Message):
+    """A running task's thread gave its slot back, waiting on tasks it submitted."""
+
+    key: Key
+
+
+@message("run-function")
+class RunFunction(Message):
+    """To a worker's data port: call the pickled `(func, args, kwargs)` outside tasks."""
+
+    call: Serialized
+    request_id: int = 0
+
+
+@message("function-ran")
+class FunctionRan(Message):
+    """The outcome of a RunFunction: `result`, or the error's fields as in TaskErred."""
+
+    request_id: int = 0
+    result: Serialized | None = None
+    typename: str = ""
+    message: str = ""
+    traceback: str = ""
+    exception: Serialized | None = None
+
+
+@message("upload-file")
+class UploadFile(Message):
+    """To the scheduler: a file for each worker that joins from now on (FileStored)."""
+
+    filename: str
+    data: bytes
+    request_id: int = 0
+
+
+@message("store-file")
+class StoreFile(Message):
+    """To a worker: write this file where tasks import from; import it if a .py."""
+
+    filename: str
+    data: bytes
+    request_id: int = 0
+
+
+@message("file-stored")
+class FileStored(Message):
+    """A file is kept; `error` says why it did not import, when it did not."""
+
+    request_id: int = 0
+    error: str = ""
+
+
+@message("restart-workers")
+class RestartWorkers(Message):
+    """Forget every key and restart each worker under its nanny (WorkersRestarting)."""
+
+    request_id: int = 0
+
+
+@message("workers-restarting")
+class WorkersRestarting(Message):
+    """`restarting` workers of the `workers` there were are being restarted."""
+
+    restarting: int
+    workers: int
+    request_id: int = 0
+
+
+@message("restart-worker")
+class RestartWorker(Message):
+    """To a nanny: kill the worker and start it afresh (not counted as a death)."""
+
+    reason: str = ""
+
+
+@message("publish-dataset")
+class PublishDataset(Message):
+    """Keep `keys` under `name` for any client, with the client's opaque `payload`."""
+
+    name: str
+    keys: tuple[Key, ...]
+    payload: Serialized
+    override: bool = False
+    request_id: int = 0
+
+
+@message("unpublish-dataset")
+class UnpublishDataset(Message):
+    """Drop the dataset `name`, letting go of its keys."""
+
+    name: str
+    request_id: int = 0
+
+
+@message("get-dataset")
+class GetDataset(Message):
+    """Ask for the dataset `name`: the asking client comes to hold its keys."""
+
+    name: str
+    request_id: int = 0
+
+
+@message("list-datasets")
+class ListDatasets(Message):
+    """Ask for the names of the published datasets."""
+
+    request_id: int = 0
+
+
+@message("dataset-answer")
+class DatasetAnswer(Message):
+    """The `names` of all datasets, or one's `payload` and `keys`, or an `error`."""
+
+    request_id: int = 0
+    names: tuple[str, ...] = ()
+    payload: Serialized | None = None
+    keys: tuple[Key, ...] = ()
+    error: str = ""
+
+
+@message("fire-and-forget")
+class FireAndForget(Message):
+    """Keep computing these keys after the client lets go, until each is done."""
+
+    keys: tuple[Key, ...]
+
+
+@message("request-refused")
+class RequestRefused(Message):
+    """The scheduler refused a message for its sender's role (see
+    shoal.protocol.permissions); the connection stays open.
+
+    `request` is the refused message's op, `reason` names the role it needs
+    and the role the connection has. `request_id` is the refused request's, if it had
+    one; `keys` are the keys whose futures fail with it (a refused graph).
+    """
+
+    request: str
+    reason: str
+    request_id: int = 0
+    keys: tuple[Key, ...] = ()

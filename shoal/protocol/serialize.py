@@ -1,13 +1,21 @@
 """User data <-> opaque payloads: cloudpickle, protocol 5, buffers out of band.
 
 A `Serialized` is what crosses the wire for a function, an argument tuple or a
-result: the pickle stream plus the raw buffers that pickle-5 lifted out of it
-(numpy arrays and other objects exposing PickleBuffer). Routing one never
-unpickles it; only `deserialize` runs user code, and only on request.
+result: the pickle stream plus the raw buffers lifted out of it. Routing one
+never unpickles it; only `deserialize` runs user code, and only on request.
+
+Arrays go through one registry of array families (numpy; device arrays, see
+shoal.protocol.cuda): each row turns an array into a small header, pickled in
+the stream, and buffers that travel as frames of their own, and back. The
+rows apply wherever an array sits in a value (a dict of arrays, a tuple), and
+spilling a value to disk writes the same frames.
 """
 
 from __future__ import annotations
 
+import contextvars
+import io
+import itertools
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -15,6 +23,7 @@ from typing import Any
 import cloudpickle
 
 from shoal.errors import SerializationError
+from shoal.protocol import cuda
 
 PICKLE_PROTOCOL = 5
 
@@ -113,6 +122,175 @@ def register_plain(cls: type, parts: Callable[[Any], Iterable[object]]) -> None:
     _PLAIN_WRAPPERS[cls] = parts
 
 
+# -- the registry of array families ------------------------------------------------
+
+
+class ArrayFamily:
+    """One row of the registry: how arrays of one kind become a header and buffers.
+
+    `claims(cls)` says whether instances of `cls` may belong (asked once per type).
+    `dumps(obj)` returns (header, buffers), or None to leave `obj` to pickle: the
+    header is pickled in the stream, and each buffer (anything exposing the buffer
+    protocol, contiguous) travels as a frame of its own, referenced, not copied.
+    `loads(header, buffers, host)` makes the array again; with `host`, a device
+    array comes back in host memory (a numpy array).
+    """
+
+    __slots__ = ("claims", "dumps", "loads", "name")
+
+    def __init__(
+        self,
+        name: str,
+        claims: Callable[[type], bool],
+        dumps: Callable[[Any], tuple[Any, list[Any]] | None],
+        loads: Callable[[Any, list[memoryview], bool], object],
+    ) -> None:
+        self.name, self.claims, self.dumps, self.loads = name, claims, dumps, loads
+
+    def __repr__(self) -> str:
+        return f"<ArrayFamily {self.name}>"
+
+
+_FAMILIES: dict[str, ArrayFamily] = {}
+_BY_TYPE: dict[type, ArrayFamily | None] = {}  # what family_of found, by type
+_BY_TYPE_MAX = 4096  # types remembered before the cache starts afresh
+# Set by deserialize(host=True) while it unpickles: device arrays come back as numpy.
+_HOST: contextvars.ContextVar[bool] = contextvars.ContextVar("shoal_host_arrays", default=False)
+
+
+def register_array_family(
+    name: str,
+    claims: Callable[[type], bool],
+    dumps: Callable[[Any], tuple[Any, list[Any]] | None],
+    loads: Callable[[Any, list[memoryview], bool], object],
+) -> None:
+    """Add a row to the registry (or replace the row of that name); earlier rows win.
+
+    `loads` must be importable where payloads are unpickled: the receiving side
+    finds the row by `name`, so the module that registers it must be imported there.
+    """
+    _FAMILIES[name] = ArrayFamily(name, claims, dumps, loads)
+    _BY_TYPE.clear()
+
+
+def array_families() -> list[str]:
+    """The names of the registered rows, in the order they are tried."""
+    return list(_FAMILIES)
+
+
+def family_of(cls: type) -> ArrayFamily | None:
+    """The row claiming instances of `cls`, if any."""
+    try:
+        return _BY_TYPE[cls]
+    except KeyError:
+        pass
+    found = next((family for family in _FAMILIES.values() if family.claims(cls)), None)
+    if len(_BY_TYPE) >= _BY_TYPE_MAX:
+        _BY_TYPE.clear()
+    _BY_TYPE[cls] = found
+    return found
+
+
+def _rebuild(name: str, header: Any, *buffers: Any) -> object:
+    """Called by the unpickler for each array a registry row wrote."""
+    family = _FAMILIES.get(name)
+    if family is None:
+        raise SerializationError(f"no array family {name!r} is registered in this process")
+    return family.loads(header, [memoryview(b) for b in buffers], _HOST.get())
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, with the registry's rows tried first for every object pickled."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        # Called for every object that is not a plain builtin: the cache is read inline.
+        family = _BY_TYPE[cls] if cls in _BY_TYPE else family_of(cls)
+        if family is not None:
+            parts = family.dumps(obj)
+            if parts is not None:
+                header, buffers = parts
+                return _rebuild, (family.name, header, *map(pickle.PickleBuffer, buffers))
+        return _cloudpickle_reduce(self, obj)
+
+
+_cloudpickle_reduce = cloudpickle.Pickler.reducer_override
+
+
+def _dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None) -> bytes:
+    out = io.BytesIO()
+    _Pickler(out, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+# numpy: an exact ndarray of a plain dtype, as its dtype, shape, order and data
+# (a strided view is made contiguous first: one copy, still out of band).
+
+
+def _is_ndarray(cls: type) -> bool:
+    # By name: this module never imports numpy itself (it costs every process 0.2 s).
+    return cls.__name__ == "ndarray" and cls.__module__ == "numpy"
+
+
+def _numpy_dumps(arr: Any) -> tuple[Any, list[Any]] | None:
+    dtype = arr.dtype
+    if dtype.hasobject or dtype.itemsize == 0:
+        return None  # objects are pickled one by one; a zero-width dtype has no data
+    import numpy as np
+
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)
+    order = "C" if arr.flags.c_contiguous else "F"
+    # As bytes in memory order (a view): some dtypes (datetimes) export no buffer.
+    return (dtype, arr.shape, order), [arr.ravel(order="K").view(np.uint8)]
+
+
+def _numpy_loads(header: Any, buffers: list[memoryview], host: bool) -> object:
+    import numpy as np
+
+    dtype, shape, order = header
+    return np.frombuffer(buffers[0], dtype=dtype).reshape(shape, order=order)
+
+
+def _device_claims(cls: type) -> bool:
+    return hasattr(cls, "__cuda_array_interface__")
+
+
+register_array_family("numpy", _is_ndarray, _numpy_dumps, _numpy_loads)
+register_array_family("cuda", _device_claims, cuda.to_host, cuda.from_host)
+
+
+def device_nbytes(obj: object) -> int | None:
+    """Bytes of device memory `obj` holds: a device array, or a list, tuple or dict
+    with device arrays among its first items; None when it holds none (the host
+    arrays beside them count too).
+    """
+    cai = _device_interface(obj)
+    if cai is not None:
+        return cuda.nbytes(cai)
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        items: Iterable[object] = obj  # type: ignore[assignment]
+    elif kind is dict:
+        items = obj.values()  # type: ignore[attr-defined]
+    else:
+        return None
+    total, found = 0, False
+    for item in itertools.islice(items, _PLAIN_BUDGET):
+        cai = _device_interface(item)
+        if cai is not None:
+            total += cuda.nbytes(cai)
+            found = True
+        elif _is_ndarray(type(item)):
+            total += item.nbytes  # type: ignore[attr-defined]
+    return total if found else None
+
+
+def _device_interface(obj: object) -> dict[str, Any] | None:
+    family = family_of(type(obj))
+    return cuda.interface(obj) if family is not None and family.name == "cuda" else None
+
+
 def serialize(obj: object, what: str = "object") -> Serialized:
     """Pickle `obj` (functions and lambdas by value) with its buffers out of band.
 
@@ -129,13 +307,13 @@ def serialize(obj: object, what: str = "object") -> Serialized:
             pass  # a deeply nested value: cloudpickle reports it below
     buffers: list[pickle.PickleBuffer] = []
     try:
-        stream = cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)
+        stream = _dumps(obj, buffers.append)
         frames: list[bytes | memoryview] = [stream]
         # raw() fails for non-contiguous buffers; pickle those in band instead.
         try:
             frames.extend(b.raw() for b in buffers)
         except BufferError:
-            frames = [cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)]
+            frames = [_dumps(obj, None)]
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {what} of type {typename_of(obj)}: {type(exc).__name__}: {exc}"
@@ -143,15 +321,22 @@ def serialize(obj: object, what: str = "object") -> Serialized:
     return Serialized(typename_of(obj), frames)
 
 
-def deserialize(payload: Serialized, what: str = "object") -> object:
+def deserialize(payload: Serialized, what: str = "object", *, host: bool = False) -> object:
     """Unpickle a payload; this runs code named by its sender.
 
+    Device arrays in it are made on this process's device, or, with `host`,
+    returned as numpy arrays over the received frames (no copy, no cupy needed).
+
     Raises:
-        SerializationError: naming the payload's type and `what` it was.
+        SerializationError: naming the payload's type and `what` it was (for a
+            device array where this process has no cupy or no device, the fix).
     """
+    token = _HOST.set(host)
     try:
         return pickle.loads(payload.frames[0], buffers=payload.frames[1:])
     except Exception as exc:
         raise SerializationError(
             f"cannot deserialize {what} of type {payload.typename}: {type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        _HOST.reset(token)

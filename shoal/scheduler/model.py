@@ -188,6 +188,9 @@ class WorkerInfo:
         "address",
         "alone",
         "cpu",
+        "device_figures",
+        "device_memory_limit",
+        "devices",
         "executing",
         "free",
         "gone",
@@ -210,6 +213,7 @@ class WorkerInfo:
         "processing",
         "resources",
         "retiring",
+        "seceded",
         "spilled",
         "started",
         "unspillable",
@@ -240,6 +244,9 @@ class WorkerInfo:
         # Those of them a thread had started, as its tasks-started notes said: a
         # death counts only against these.
         self.started: dict[TaskState, None] = {}
+        # Those of them whose thread gave its slot back (task-seceded): not counted
+        # against its threads, so that waiting parents never fill a worker.
+        self.seceded: dict[TaskState, None] = {}
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.version = 0  # bumped whenever its load changes (see placement)
@@ -259,6 +266,11 @@ class WorkerInfo:
         # disk; and whether it is paused for memory (see scheduler/memory.py).
         self.managed = self.spilled = self.unspillable = 0
         self.paused = False
+        # The GPUs it is pinned to (index, uuid, name), its device memory limit, and
+        # each one's latest figures (memory used and in all, utilisation).
+        self.devices: tuple[dict[str, str], ...] = ()
+        self.device_memory_limit = 0
+        self.device_figures: tuple[dict[str, float], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address} processing={len(self.processing)}>"
@@ -333,4 +345,24 @@ class Disconnect:
         return f"Disconnect({self.peer!r}, {self.reason!r})"
 
 
-Command = Send | Disconnect
+class Audit:
+    """Command: record `event` with `fields` in the audit log (see audit.py).
+
+    Fields are plain data (str, int, float, bool, lists and dicts of them):
+    names, counts, reasons; never a payload, never a secret.
+    """
+
+    __slots__ = ("event", "fields")
+
+    def __init__(self, event: str, fields: dict[str, object]) -> None:
+        self.event = event
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Audit and (other.event, other.fields) == (self.event, self.fields)
+
+    def __repr__(self) -> str:
+        return f"Audit({self.event!r}, {self.fields!r})"
+
+
+Command = Send | Disconnect | Audit

@@ -146,7 +146,8 @@ class Placement:
         return queue is not None and queue.first() is not None
 
     def has_capacity(self, ws: WorkerInfo) -> bool:
-        return len(ws.processing) < ws.nthreads * self.depth and not ws.paused
+        busy = len(ws.processing) - len(ws.seceded)
+        return busy < ws.nthreads * self.depth and not ws.paused
 
     def pause(self, ws: WorkerInfo) -> None:
         """`ws` is paused for memory: it is offered no task until `resume`."""
@@ -166,7 +167,12 @@ class Placement:
         for ws in self._touched:
             if not ws.gone and not ws.paused:
                 ws.version += 1
-                entry = (len(ws.processing) / ws.nthreads, ws.index, ws.version, ws)
+                entry = (
+                    (len(ws.processing) - len(ws.seceded)) / ws.nthreads,
+                    ws.index,
+                    ws.version,
+                    ws,
+                )
                 # Filling a worker, its old entry is usually the top one.
                 if loads and loads[0][3] is ws:
                     heapq.heapreplace(loads, entry)
@@ -175,7 +181,7 @@ class Placement:
         self._touched.clear()
         if len(loads) > 2 * len(self.workers) + 64:
             self._loads = [
-                (len(w.processing) / w.nthreads, w.index, w.version, w)
+                ((len(w.processing) - len(w.seceded)) / w.nthreads, w.index, w.version, w)
                 for w in self.workers.values()
             ]
             heapq.heapify(self._loads)
@@ -199,7 +205,7 @@ class Placement:
         best, best_rank = None, (0.0, 0)
         depth, mean, bandwidth = self.depth, self.mean_duration, self.bandwidth
         for ws, nbytes in held.items():  # _cost(), inline
-            queued = len(ws.processing)
+            queued = len(ws.processing) - len(ws.seceded)
             if queued < ws.nthreads * depth and not (ws.gone or ws.paused):  # dying, retiring
                 rank = (queued / ws.nthreads * mean + (total - nbytes) / bandwidth, ws.index)
                 if best is None or rank < best_rank:
@@ -236,7 +242,7 @@ class Placement:
 
     def _cost(self, ws: WorkerInfo, held: dict[WorkerInfo, int], total: int) -> float:
         """Seconds until `ws` could start a task whose inputs are `held` where they are."""
-        queue = len(ws.processing) / ws.nthreads * self.mean_duration
+        queue = (len(ws.processing) - len(ws.seceded)) / ws.nthreads * self.mean_duration
         return queue + (total - held.get(ws, 0)) / self.bandwidth
 
     def least_loaded(self) -> WorkerInfo | None:
@@ -258,7 +264,7 @@ class Placement:
         for ws in self.workers.values():
             if not (self.has_capacity(ws) and can_run(ws, sig) and has_room(ws, sig)):
                 continue
-            rank = (len(ws.processing) / ws.nthreads, ws.index)
+            rank = ((len(ws.processing) - len(ws.seceded)) / ws.nthreads, ws.index)
             if best is None or rank < best_rank:
                 best, best_rank = ws, rank
         return best

@@ -19,6 +19,7 @@ from shoal.protocol.schema import Message
 from shoal.scheduler.clients import ClientRequests
 from shoal.scheduler.history import History
 from shoal.scheduler.intake import LargeSubmissions
+from shoal.scheduler.keepers import ClusterKeepers
 from shoal.scheduler.model import (
     ACTIVE,
     ORDER_SPAN,
@@ -38,6 +39,8 @@ from shoal.scheduler.model import (
 )
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
+from shoal.scheduler.restarts import ClusterRestarts
+from shoal.scheduler.roles import ANYTHING, Grant, RoleChecks
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
 from shoal.scheduler.tally import Tally
 from shoal.scheduler.workers import WorkerEvents
@@ -57,7 +60,16 @@ R, W, Q, P, M, E, F = (
 )
 
 
-class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTasks, WorkerEvents):
+class SchedulerState(
+    ClusterKeepers,
+    ClusterRestarts,
+    ClientRequests,
+    DataRequests,
+    LargeSubmissions,
+    RoleChecks,
+    StalledTasks,
+    WorkerEvents,
+):
     """Tasks, workers and clients, and the rules that move them.
 
     Args:
@@ -73,6 +85,8 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         no_worker_warning / no_workers_timeout: seconds a ready task that no
             current worker can run waits before its clients are told, and
             before it fails with NoValidWorker (None: never); see stalls.py.
+        audit: emit Audit commands (who did what) for the shell's audit log.
+        require_tls: refuse workers whose data address is not tls://.
     """
 
     def __init__(
@@ -88,10 +102,13 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         death_report_wait: float = 2.0,
         no_worker_warning: float = NO_WORKER_WARNING_S,
         no_workers_timeout: float | None = None,
+        audit: bool = False,
+        require_tls: bool = False,
     ) -> None:
         if allowed_failures < 1:
             raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
         self.address, self.http_address = address, ""  # the shell sets http_address
+        self.audit, self.require_tls = audit, require_tls
         self.tally = Tally()  # counters for metrics, the dashboard and logs
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
@@ -101,6 +118,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         self.tasks: dict[object, TaskState] = {}
         self.placement = Placement(initial_depth, max_depth, round_trip_s)
         self.roles: dict[str, str] = {}  # peer -> role, from connected()
+        self.grants: dict[str, Grant] = {}  # peer -> its token's role, from connected()
         self.workers: dict[str, WorkerInfo] = {}  # by peer
         self.by_address: dict[str, WorkerInfo] = {}  # by data address
         # Copies asked for by Replicate and not yet confirmed, by (key, worker).
@@ -155,19 +173,25 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
             ("client", m.CancelKeys): self._cancel_keys,
             ("client", m.WhoHas): self._who_has,
             ("client", m.GetSchedulerInfo): self._scheduler_info,
+            **self._keeper_handlers(),  # keepers.py, restarts.py
             ("client", m.RetireWorkers): self._retire_workers,
         }
         self.retiring, self.retire_requests, self.retire_events = {}, [], 0  # retirement.py
 
     # -- entry points ------------------------------------------------------------
 
-    def connected(self, peer: str, role: str) -> None:
-        """A connection `peer` completed its handshake as `role`."""
+    def connected(self, peer: str, role: str, grant: Grant | None = None) -> None:
+        """A connection `peer` completed its handshake as `role`; `grant`: what its
+        token lets it do (see roles.py; None: anything)."""
         self.roles[peer] = role
+        self.grants[peer] = grant or ANYTHING
 
     def handle(self, peer: str, msg: Message, now: float) -> list[Command]:
         """Apply one message from `peer`; return what to send."""
         self._begin(msg.op, now)
+        grant = self.grants.get(peer, ANYTHING)
+        if type(msg) not in grant.passes and not self._permitted(peer, msg):
+            return self._end()
         role = self.roles.get(peer, "")
         handler = self._handlers.get((role, type(msg)))  # none for registrations
         ws = self.workers.get(peer)
@@ -191,6 +215,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         """The connection `peer` is gone."""
         self._begin("connection-lost", now)
         self.roles.pop(peer, None)
+        self.grants.pop(peer, None)
         intake = self.intakes.pop(peer, None)
         if peer in self.workers:
             self._worker_lost(self.workers[peer])
@@ -217,6 +242,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         self._out = []
 
     def _end(self) -> list[Command]:
+        self._settle_keepers()
         if self.retiring:  # see retirement.py
             self._advance_retirements()
         while self._refill:  # slots freed by taking tasks back go to queued tasks
@@ -275,7 +301,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
     def _fill(self, ws: WorkerInfo) -> None:
         """Give `ws` queued tasks while it has free slots."""
         placement = self.placement
-        while len(ws.processing) < ws.nthreads * placement.depth and not (ws.gone or ws.paused):
+        while placement.has_capacity(ws) and not ws.gone:  # not paused either
             ts = placement.next_for(ws)
             if ts is None:
                 return
@@ -456,6 +482,7 @@ class SchedulerState(ClientRequests, DataRequests, LargeSubmissions, StalledTask
         del ws.processing[ts]
         if ws.started:
             ws.started.pop(ts, None)
+            ws.seceded.pop(ts, None)  # only a started task secedes
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.free[name] += amount

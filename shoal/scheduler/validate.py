@@ -35,6 +35,8 @@ def validate_state(state: SchedulerState) -> None:
             assert abs(ws.free[name] - free) < 1e-9, f"{ws}: {name} free {ws.free[name]} != {free}"
         for ts in ws.started:
             assert ts in ws.processing, f"{ts} noted started on {ws} but not processing there"
+        for ts in ws.seceded:
+            assert ts in ws.started, f"{ts} seceded on {ws} but not noted started"
         for ts in ws.has_what:
             assert ws in ts.who_has, f"{ts} is in {ws}.has_what but not in its who_has"
         assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), f"{ws}: nbytes drifted"

@@ -38,6 +38,7 @@ class WorkerEvents(Retirements, MemoryPressure):
             # The connection stays open so that the refusal is delivered; an
             # unregistered peer can do nothing else on it.
             self._send(peer, m.RegistrationRefused(reason=reason))
+            self._audit("worker-refused", conn=peer, name=msg.name[:100], reason=reason)
             return
         ws = WorkerInfo(
             peer,
@@ -50,11 +51,23 @@ class WorkerEvents(Retirements, MemoryPressure):
         )
         ws.pid, ws.host, ws.nanny, ws.last_seen = msg.pid, msg.host, msg.nanny, self._now
         ws.nanny_id, ws.http_address = msg.nanny_id, msg.http_address
+        ws.nanny_id = msg.nanny_id
+        ws.devices, ws.device_memory_limit = msg.devices, msg.device_memory_limit
         self.workers[peer] = ws
         self.by_address[ws.address] = ws
         self.placement.add_worker(ws)
         self.retire_events += 1  # somewhere for a retiring worker's values
         self._send(peer, m.WorkerRegistered(name=ws.name))
+        self._audit(
+            "worker-joined",
+            conn=peer,
+            name=ws.name[:100],
+            address=ws.address[:200],
+            token=self._token_of(peer),
+            nthreads=ws.nthreads,
+            nanny=ws.nanny,
+            resources={name[:60]: amount for name, amount in list(ws.resources.items())[:20]},
+        )
         self.tally.workers_joined += 1
         self.tally.event(self._now, "worker-joined", worker=ws.name, address=ws.address)
         self._workers_changed()
@@ -66,6 +79,8 @@ class WorkerEvents(Retirements, MemoryPressure):
             return f"a worker named {msg.name!r} is already registered"
         if msg.nthreads < 1:
             return f"nthreads must be at least 1, not {msg.nthreads}"
+        if self.require_tls and not msg.address.startswith(("tls://", "inproc://")):
+            return f"this cluster requires TLS, and the data address {msg.address[:200]!r} is plain"
         holder = self.by_address.get(msg.address)
         # A dying worker's successor may take its address: the dying one serves nothing.
         if holder is not None and holder not in self.dying:
@@ -84,6 +99,7 @@ class WorkerEvents(Retirements, MemoryPressure):
         ws = self.workers[peer]
         ws.cpu, ws.memory, ws.executing = msg.cpu, msg.memory, msg.executing
         ws.managed, ws.spilled, ws.unspillable = msg.managed, msg.spilled, msg.unspillable
+        ws.device_figures = msg.devices
 
     def _tasks_started(self, peer: str, msg: m.TasksStarted) -> None:
         """A worker's threads started these tasks: its death would count against them."""
@@ -94,6 +110,18 @@ class WorkerEvents(Retirements, MemoryPressure):
             # Not one of its tasks any more: the note crossed a FreeKeys.
             if ts is not None and ts.processing_on is ws:
                 ws.started[ts] = None
+
+    def _task_seceded(self, peer: str, msg: m.TaskSeceded) -> None:
+        """A task's thread gave its slot back while it waits on tasks it submitted:
+        its worker has room for one more."""
+        ws = self.workers[peer]
+        ts = self.tasks.get(msg.key)
+        if ts is None or ts.processing_on is not ws or ts in ws.seceded:
+            return  # freed meanwhile, or said again
+        ws.started[ts] = None  # it runs, certainly
+        ws.seceded[ts] = None
+        self.placement.touch(ws)
+        self._fill(ws)
 
     def _worker_lost(self, ws: WorkerInfo) -> None:
         """A worker's connection ended without `worker-leaving`: it died (unless it
@@ -173,6 +201,10 @@ class WorkerEvents(Retirements, MemoryPressure):
         `allowed_failures` workers died under it (see _count_death; `reported`:
         the cause is its nanny's report).
         """
+        if cause is None:
+            self._audit("worker-left", conn=ws.peer, name=ws.name[:100])
+        else:
+            self._audit("worker-died", conn=ws.peer, name=ws.name[:100], cause=cause[:1000])
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
         if cause is None:

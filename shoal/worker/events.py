@@ -26,17 +26,40 @@ class Value:
 
     The core only routes it. The executor fills `obj` (once, under `lock`, which it
     makes) the first time a task needs it; results arrive with both filled.
+
+    A value `on_device` is held as its object alone, in device memory (a cupy
+    array, or a container of them): it keeps no payload, and a host copy is made
+    for each peer or client that asks for it (see shoal.protocol.cuda). `nbytes`
+    and `typename` describe it either way. This is the seam where a store of a
+    worker's values takes device memory as one of its locations.
     """
 
-    __slots__ = ("lock", "obj", "payload")
+    __slots__ = ("lock", "nbytes", "obj", "on_device", "payload", "typename")
 
-    def __init__(self, payload: Serialized | None, obj: object = NO_OBJECT) -> None:
+    def __init__(
+        self,
+        payload: Serialized | None,
+        obj: object = NO_OBJECT,
+        *,
+        nbytes: int = 0,
+        typename: str = "",
+        on_device: bool = False,
+    ) -> None:
         self.payload, self.obj = payload, obj
+        self.nbytes = payload.nbytes if payload is not None else nbytes
+        self.typename = payload.typename if payload is not None else typename
+        self.on_device = on_device
         self.lock: Any = None
+
+    def to_device(self) -> None:
+        """The object, now loaded, is on the device: drop the host copy it came as."""
+        self.on_device = True
+        self.payload = None
 
     def __repr__(self) -> str:
         loaded = "loaded" if self.obj is not NO_OBJECT else "not loaded"
-        return f"<Value {self.payload!r} {loaded}>"
+        where = " on device" if self.on_device else ""
+        return f"<Value {self.typename} {self.nbytes} B{where} {loaded}>"
 
 
 # -- events the shell observes ---------------------------------------------------------
@@ -106,6 +129,21 @@ class FetchFailed:
     reason: str
 
 
+@dataclasses.dataclass(slots=True)
+class ThreadSeceded:
+    """Event: the thread running `key` gave its slot back; it runs on, waiting."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
+class ThreadRejoining:
+    """Event: the seceded thread running `key` wants a slot again; it blocks until
+    a GrantSlot for `key`."""
+
+    key: Key
+
+
 # -- commands -------------------------------------------------------------------------
 
 
@@ -122,6 +160,7 @@ class Execute:
     func: Serialized
     args: Serialized
     deps: tuple[tuple[Key, Value], ...]
+    priority: tuple[int, ...] = ()  # the scheduler's, for what the task submits
 
 
 @dataclasses.dataclass(slots=True)
@@ -157,6 +196,13 @@ class Drop:
 
 
 @dataclasses.dataclass(slots=True)
+class GrantSlot:
+    """The thread that asked to rejoin with `key` has its slot: wake it."""
+
+    key: Key
+
+
+@dataclasses.dataclass(slots=True)
 class Spill:
     """Move least recently used values to disk until `nbytes` of memory are freed."""
 
@@ -178,6 +224,18 @@ class Trim:
     """Much memory was freed: give the heap's free pages back to the system."""
 
 
-Command = SendToScheduler | Execute | Fetch | Restart | Hold | Drop | Spill | Pause | Resume | Trim
+Command = (
+    SendToScheduler
+    | Execute
+    | Fetch
+    | Restart
+    | Hold
+    | Drop
+    | Spill
+    | Pause
+    | Resume
+    | Trim
+    | GrantSlot
+)
 # What the store and the thread pool carry out (shoal.worker.holding).
 MEMORY_COMMANDS = (Hold, Drop, Spill, Pause, Resume, Trim)

@@ -1,11 +1,14 @@
 """Running tasks: one task on the calling thread (`Executor`), and the thread pool that
 runs them off the event loop (`ThreadPool`). User code failing here is data, reported
-as TaskErred. Nothing here decides what runs, or touches a socket or the core's state.
+as TaskErred. Nothing here decides what runs, or touches a socket or the core's state:
+a task that secedes (shoal.worker.secede) only tells the core, which decides its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -15,11 +18,12 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import cast
 
-from shoal.errors import SerializationError, type_name
+from shoal.errors import SerializationError, rebuilt_exception, type_name
 from shoal.protocol import taskspec
 from shoal.protocol.messages import INLINE_VALUE_BYTES, TaskErred, TaskFinished
-from shoal.protocol.serialize import Serialized, deserialize, serialize, typename_of
+from shoal.protocol.serialize import Serialized, deserialize, device_nbytes, serialize, typename_of
 from shoal.worker.events import Execute, ExecutionDone, Key, Value
+from shoal.worker.secede import TaskContext, WorkerIdentity, set_current_task
 from shoal.worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -101,10 +105,14 @@ class Executor:
             spec = cast(taskspec.ArgSpec, deserialize(args, f"arguments of task {key!r}"))
             values = {dep: self.load(dep, value) for dep, value in deps}
             result = taskspec.run(function, spec, values)
-            payload = serialize(result, f"result of task {key!r}")
+            on_device = device_nbytes(result)
+            if on_device is None:
+                payload = serialize(result, f"result of task {key!r}")
         # User code failing is data (STYLE 5.1), SystemExit from a task included.
         except BaseException as exc:
             return task_erred(key, exc, time.perf_counter() - start), None
+        if on_device is not None:  # it stays on this worker's device, copied when asked for
+            return self._on_device(key, result, on_device, time.perf_counter() - start)
         small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
         finished = TaskFinished(
             key=key,
@@ -114,6 +122,14 @@ class Executor:
             value=payload if small else None,
         )
         return finished, Value(payload, result)
+
+    @staticmethod
+    def _on_device(
+        key: Key, result: object, nbytes: int, duration: float
+    ) -> tuple[TaskFinished, Value]:
+        typename = typename_of(result)
+        finished = TaskFinished(key=key, nbytes=nbytes, typename=typename, duration=duration)
+        return finished, Value(None, result, nbytes=nbytes, typename=typename, on_device=True)
 
     def load(self, key: Key, value: Value) -> object:
         """The object of a held value, unpickled once however many tasks ask at once.
@@ -143,13 +159,34 @@ def task_erred(key: Key, exc: BaseException, duration: float) -> TaskErred:
 
 
 def _pickled_exception(exc: BaseException) -> Serialized | None:
-    """The exception as a payload, only if it also unpickles: the client rebuilds it."""
-    try:
-        payload = serialize(exc, "exception")
-        deserialize(payload, "exception")
-    except SerializationError:
-        return None
-    return payload
+    """The exception as a payload, only if it also unpickles: the client rebuilds it.
+
+    An exception whose class takes other arguments than it passes to
+    Exception.__init__ does not unpickle the usual way (its class is called with
+    `args`); it travels as its class, `args` and attributes instead, rebuilt
+    without calling its __init__ (shoal.errors.rebuilt_exception).
+    """
+    for form in (exc, _AsState(exc)):
+        try:
+            payload = serialize(form, "exception")
+            deserialize(payload, "exception")
+        except SerializationError:
+            continue
+        return payload
+    return None
+
+
+class _AsState:
+    """Pickles as its exception's class, args and attributes (see _pickled_exception)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[object, ...]:
+        exc = self.exc
+        return rebuilt_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
 
 
 class ThreadPool:
@@ -161,6 +198,11 @@ class ThreadPool:
     same way to `on_started`, which hears only of tasks still running when the burst
     is delivered: a short task's start shares its completion's wake-up and is never
     reported.
+
+    A task that secedes gets a new thread to take its place in the pool (its own
+    thread leaves the pool once the task returns); `on_seceded(key)` tells the core.
+    One that rejoins waits until the core grants it a slot again: `on_rejoining(key)`
+    asks, `resume(key)` wakes it.
     """
 
     def __init__(
@@ -171,8 +213,17 @@ class ThreadPool:
         executor: Executor | None = None,
         name: str = "shoal-worker",
         on_started: Callable[[list[Key]], None] | None = None,
+        on_seceded: Callable[[Key], None] | None = None,
+        on_rejoining: Callable[[Key], None] | None = None,
+        identity: WorkerIdentity | None = None,
     ) -> None:
         self.executor = executor if executor is not None else Executor()
+        self._name = name
+        self._on_seceded, self._on_rejoining = on_seceded, on_rejoining
+        self._identity = identity or WorkerIdentity(name, "", "", nthreads)
+        self._rejoins: dict[Key, threading.Event] = {}  # seceded tasks waiting for a slot
+        self._numbers = itertools.count(nthreads)
+        self._threads_guard = threading.Lock()
         self._loop = asyncio.get_running_loop()
         self._on_done = on_done
         self._queue: SimpleQueue[Execute | None] = SimpleQueue()
@@ -186,6 +237,7 @@ class ThreadPool:
         # thread name -> the key it runs now and when it started it (monotonic)
         self._running: dict[str, tuple[Key, float]] = {}
         self._exited = 0
+        self._made = nthreads  # threads started, those that took a seceded task's place too
         self._all_exited: asyncio.Future[None] | None = None
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -196,7 +248,8 @@ class ThreadPool:
 
     @property
     def threads(self) -> list[threading.Thread]:
-        return list(self._threads)
+        with self._threads_guard:
+            return list(self._threads)
 
     def running(self) -> dict[Key, float]:
         """The tasks threads run now, with the time.monotonic() each started."""
@@ -233,7 +286,11 @@ class ThreadPool:
                     if not self._armed:
                         self._armed = True
                         self._call_on_loop(self._deliver)
+                priority = -command.priority[0] if command.priority else 0
+                task = TaskContext(command.key, priority, self._identity, self)
+                set_current_task(task)
                 outcome, value = self._run(command)
+                set_current_task(None)
                 del self._running[me]
                 self._done.append(ExecutionDone(command.key, outcome, value))
                 # Wait for the next task holding nothing of this one: its inputs and
@@ -244,8 +301,47 @@ class ThreadPool:
                 if not self._armed:
                     self._armed = True
                     self._call_on_loop(self._deliver)
+                if task.left:  # a thread took its place when it seceded
+                    return
         finally:
             self._call_on_loop(self._thread_exited)
+
+    # -- seceding (called on the task's own thread) ---------------------------------------
+
+    def secede(self, task: TaskContext) -> None:
+        """The task gives its slot back: a new thread joins the pool in its place."""
+        task.seceded = True
+        if not task.left:
+            task.left = True
+            with self._threads_guard:
+                if self._closing:
+                    return
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{next(self._numbers)}", daemon=True
+                )
+                # Those that left after their seceded task are let go of here.
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+                self._made += 1
+            thread.start()
+        if self._on_seceded is not None:
+            self._call_on_loop(functools.partial(self._on_seceded, task.key))
+
+    def rejoin(self, task: TaskContext) -> None:
+        """Block until the core grants the task a slot again (at once when closing)."""
+        if self._on_rejoining is None or self._closing:
+            task.seceded = False
+            return
+        event = self._rejoins[task.key] = threading.Event()
+        self._call_on_loop(functools.partial(self._on_rejoining, task.key))
+        event.wait()
+        task.seceded = False
+
+    def grant_slot(self, key: Key) -> None:
+        """The core granted `key`'s thread a slot: wake it (from the loop)."""
+        event = self._rejoins.pop(key, None)
+        if event is not None:
+            event.set()
 
     def _run(self, command: Execute) -> tuple[TaskFinished | TaskErred, Value | None]:
         try:
@@ -279,7 +375,7 @@ class ThreadPool:
     def _thread_exited(self) -> None:
         self._exited += 1
         fut = self._all_exited
-        if self._exited == len(self._threads) and fut is not None and not fut.done():
+        if self._exited == self._made and fut is not None and not fut.done():
             fut.set_result(None)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -290,10 +386,13 @@ class ThreadPool:
         if self._all_exited is not None:
             await asyncio.wait({self._all_exited}, timeout=timeout)
             return
-        self._closing = True
+        with self._threads_guard:
+            self._closing = True
         self._go.set()  # paused threads wake to exit
+        for event in list(self._rejoins.values()):  # nothing will grant them a slot now
+            event.set()
         self._all_exited = self._loop.create_future()
-        if self._exited == len(self._threads):
+        if self._exited == self._made:
             self._all_exited.set_result(None)
         for _ in self._threads:
             self._queue.put(None)

@@ -61,7 +61,10 @@ class Holding:
         running = tuple(pool.running()) if pool is not None else ()
         return MemorySample(self.rss(), store.memory_bytes, store.take_freed(), running)
 
-    def heartbeat(self, cpu: float, pool: ThreadPool | None) -> Heartbeat:
+    def heartbeat(
+        self, cpu: float, pool: ThreadPool | None, devices: tuple[dict[str, float], ...] = ()
+    ) -> Heartbeat:
+        """`devices`: the figures of the GPU the worker is pinned to (worker/gpu.py)."""
         store = self.store
         return Heartbeat(
             cpu=cpu,
@@ -70,6 +73,7 @@ class Holding:
             managed=store.memory_bytes,
             spilled=store.disk_bytes,
             unspillable=store.failed_bytes,
+            devices=devices,
         )
 
     def after_tasks(

@@ -16,6 +16,7 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.protocol.web import (
     HealthHandler,
     MetricsHandler,
@@ -82,24 +83,20 @@ class WorkerCollector:
             yield CounterMetricFamily(
                 f"{P}_transfer_bytes", "Bytes fetched from peer workers", fetcher.fetched_bytes
             )
-        yield from gpu_memory()
+        yield from gpu_memory(worker)
 
 
-def gpu_memory() -> Iterator[Metric]:
-    """Memory of each NVIDIA GPU, where NVML (nvidia-ml-py) is installed and finds one."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
+def gpu_memory(worker: Worker) -> Iterator[Metric]:
+    """Memory of the GPU the worker is pinned to (shoal.worker.gpu), from NVML, which
+    is asked about that device alone: no device is counted by two workers."""
+    if worker.gpu is None:
         return
     used = GaugeMetricFamily(f"{P}_gpu_memory_bytes", "GPU memory", labels=["gpu", "type"])
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
-        used.add_metric([str(index), "used"], info.used)
-        used.add_metric([str(index), "total"], info.total)
+    for figures in worker.gpu.sample():
+        index = worker.gpu.device.index
+        used.add_metric([index, "used"], figures["memory_used"])
+        used.add_metric([index, "total"], figures["memory_total"])
+    used.add_metric([worker.gpu.device.index, "limit"], worker.gpu.memory_limit)
     yield used
 
 
@@ -107,18 +104,32 @@ class WorkerWeb:
     """The HTTP server of a worker process; set `worker` to each Worker it runs."""
 
     def __init__(
-        self, *, host: str, port: int, token: str | bytes | None, tls: TLSConfig | None
+        self,
+        *,
+        host: str,
+        port: int,
+        token: str | bytes | None,
+        tls: TLSConfig | None,
+        keyring: Keyring | None = None,
+        require_tls: bool = False,
     ) -> None:
         self.worker: Worker | None = None
-        self.server = WebServer([], host=host, port=port, token=token, tls=tls)
+        self.server = WebServer(
+            [],
+            host=host,
+            port=port,
+            token=None if keyring is not None else token,
+            keyring=keyring,
+            tls=tls,
+            require_tls=require_tls,
+        )
         registry = registry_for(P, self.server.loop, WorkerCollector(self))
-        self.server.app.add_handlers(
-            r".*",
+        self.server.add(
             [
                 (r"/health", HealthHandler),
                 (r"/ready", ReadyHandler, {"ready": self.ready}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
-            ],
+            ]
         )
 
     def ready(self) -> str | None:

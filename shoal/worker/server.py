@@ -30,15 +30,19 @@ from shoal.protocol.messages import (
     PutData,
     RegisterWorker,
     RegistrationRefused,
+    RunFunction,
+    StoreFile,
     WorkerLeaving,
     WorkerRegistered,
     WorkerRetired,
 )
+from shoal.protocol.permissions import refused as refused_for_role
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.worker.events import (
     MEMORY_COMMANDS,
     Command,
@@ -48,18 +52,24 @@ from shoal.worker.events import (
     Fetch,
     FetchDone,
     FetchFailed,
+    GrantSlot,
     Key,
     Restart,
     SendToScheduler,
+    ThreadRejoining,
+    ThreadSeceded,
     ThreadsStarted,
     Tick,
 )
 from shoal.worker.execute import Executor, ThreadPool
 from shoal.worker.fetcher import PeerFetcher
+from shoal.worker.gpu import DeviceMonitor
 from shoal.worker.holding import Holding
 from shoal.worker.http import advertised_http
 from shoal.worker.memory import MemoryLimits
+from shoal.worker.remote import RemoteCalls
 from shoal.worker.retiring import Retiring
+from shoal.worker.secede import WorkerIdentity
 from shoal.worker.state import TIMEOUT_GRACE_S, WorkerState
 
 log = logging.getLogger(__name__)
@@ -85,6 +95,8 @@ class Worker(Retiring):
 
     `data_limits` bounds what it accepts in one batch on its data connections; a
     peer's value over them is answered as too large, never as missing, and the
+    tasks here that need it err with ValueTooLarge. `gpu` watches the GPU its
+    process is pinned to (shoal.worker.gpu), for its registration and heartbeats.
     tasks here that need it err with ValueTooLarge. `http_address` is where its
     HTTP endpoints listen (shoal.worker.http), told to the scheduler.
 
@@ -103,6 +115,7 @@ class Worker(Retiring):
         memory_limit: int = 0,
         resources: dict[str, float] | None = None,
         token: str | bytes | None = None,
+        keyring: Keyring | None = None,
         tls: TLSConfig | None = None,
         listen: str | None = None,
         connect_timeout: float = 10.0,
@@ -112,12 +125,14 @@ class Worker(Retiring):
         nanny_id: str = "",
         timeout_grace: float = TIMEOUT_GRACE_S,
         data_limits: Limits = DEFAULT_LIMITS,
+        gpu: DeviceMonitor | None = None,
         memory: MemoryLimits | None = None,
         local_directory: str | None = None,
         spill_compression: str | None = None,
         http_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler
+        self.gpu = gpu  # the device it is pinned to, which its heartbeats describe
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.nthreads, self.memory_limit = nthreads, memory_limit
         self.resources = dict(resources or {})
@@ -140,7 +155,9 @@ class Worker(Retiring):
         # What this worker accepts in one batch on its data connections: from the
         # peers it fetches from, and from those that fetch from it or put data on it.
         self.data_limits = data_limits
-        self._token, self._tls, self._listen = token, tls, listen
+        # `token` is the one it connects with; its data port takes `keyring`'s tokens
+        # (each with its role: see shoal.protocol.permissions), or `token` as admin.
+        self._token, self._keyring, self._tls, self._listen = token, keyring, tls, listen
         self._connect_timeout, self._connect_retry = connect_timeout, connect_retry
         self._heartbeat_interval = heartbeat_interval
         self.restart_requested = False  # it stopped so that its nanny starts it afresh
@@ -152,6 +169,8 @@ class Worker(Retiring):
         self._stop = asyncio.Event()
         self._leave_reason: str | None = None  # set by close(): leaving on purpose
         self._failure: BaseException | None = None
+        # client.run and upload_file; given the full identity once listening
+        self.remote = RemoteCalls(WorkerIdentity(self.name, "", scheduler, nthreads))
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} {self.address or 'not started'}>"
@@ -182,7 +201,8 @@ class Worker(Retiring):
                 self._serve_peer,
                 role="worker",
                 name=self.name,
-                token=self._token,
+                token=None if self._keyring else self._token,
+                keyring=self._keyring,
                 tls=self._tls,
                 limits=self.data_limits,
             )
@@ -194,12 +214,19 @@ class Worker(Retiring):
                 await self._listener.close()
             raise
         self._scheduler = comm
+        identity = WorkerIdentity(
+            self.name, self.address, self.scheduler_address, self.nthreads, self._token, self._tls
+        )
+        self.remote.identity = identity
         self._pool = ThreadPool(
             self.nthreads,
             self._on_executed,
             executor=Executor(store=self.holding.store),
             name=f"shoal-{self.name}",
             on_started=self._on_started,
+            on_seceded=lambda key: self._handle(ThreadSeceded(key), time.monotonic()),
+            on_rejoining=lambda key: self._handle(ThreadRejoining(key), time.monotonic()),
+            identity=identity,
         )
         self._main = asyncio.create_task(self._run(leftover), name=f"worker {self.name}")
         log.info("worker %s serves data at %s", self.name, self.address)
@@ -275,6 +302,7 @@ class Worker(Retiring):
                 host=socket.gethostname(),
                 nanny=self.nanny,
                 nanny_id=self.nanny_id,
+                **(self.gpu.registration() if self.gpu is not None else {}),
                 http_address=advertised_http(self.http_address, self.address),
             )
         )
@@ -361,6 +389,7 @@ class Worker(Retiring):
         if self._pool is not None:
             # A restart is for a stuck thread: waiting for it would be in vain.
             await self._pool.close(0.0 if self.restart_requested else THREAD_JOIN_TIMEOUT_S)
+            await self.remote.close()
         self.holding.close()
         log.info("worker %s stopped", self.name)
 
@@ -392,7 +421,8 @@ class Worker(Retiring):
             self._handle(self.holding.sample(self._pool), now)
             if now >= next_beat:
                 next_beat = now + self._heartbeat_interval
-                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool))
+                devices = self.gpu.sample() if self.gpu is not None else ()
+                self._send(self.holding.heartbeat(process.cpu_percent(), self._pool, devices))
             # Never long asleep: a task with a timeout may start at any moment.
             quick = self.state.timed or self.memory_limit  # and memory may grow fast
             pause = min(next_beat - now, TIMEOUT_CHECK_S if quick else 0.25)
@@ -404,6 +434,8 @@ class Worker(Retiring):
             kind = type(msg)
             if kind is ComputeTask or kind is FreeKeys or kind is AcquireKeys:
                 self._handle(msg, now)
+            elif kind is StoreFile:  # uploaded before this worker joined: before any task
+                self.remote.store_file(msg.filename, msg.data)  # type: ignore[attr-defined]
             elif kind is WorkerRetired:
                 self._on_retired(msg)  # type: ignore[arg-type]
             else:
@@ -439,6 +471,9 @@ class Worker(Retiring):
             elif kind is Execute:
                 assert self._pool is not None
                 self._pool.submit(command)  # type: ignore[arg-type]
+            elif kind is GrantSlot:
+                assert self._pool is not None
+                self._pool.grant_slot(command.key)  # type: ignore[union-attr]
             elif kind in MEMORY_COMMANDS:
                 self.holding.carry_out(command, self._pool)
             elif kind is Fetch:
@@ -482,11 +517,16 @@ class Worker(Retiring):
         for msg in msgs:
             if self._failure is not None:
                 return f"worker {self.name!r} stopped on an internal error"
+            if (why := refused_for_role(comm.access, comm.token_name, msg)) is not None:
+                return f"worker {self.name!r} refuses it: {why}"
             if type(msg) is PutData:
                 self._handle(DataPut(msg.data), time.monotonic())
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)
                 stored = tuple(k for k in msg.data if k not in refused)
                 comm.send(DataStored(keys=stored, request_id=msg.request_id, refused=refused))
+                continue
+            if type(msg) is RunFunction or type(msg) is StoreFile:
+                self.remote.start(comm, msg)
                 continue
             if type(msg) is not GetData:
                 log.warning("closing connection from %s: unexpected %s", comm.peer_address, msg.op)

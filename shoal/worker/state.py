@@ -42,12 +42,15 @@ from shoal.worker.events import (
     MemorySample,
     Restart,
     SendToScheduler,
+    ThreadRejoining,
+    ThreadSeceded,
     ThreadsStarted,
     Tick,
     Value,
 )
 from shoal.worker.history import TransitionLog
 from shoal.worker.memory import MemoryLimits, MemoryManagement
+from shoal.worker.slots import SecededSlots
 
 # Fetch requests in flight at once, to all peers together.
 MAX_FETCHES = 16
@@ -113,7 +116,7 @@ class KeyState:
     timed_out: bool = False  # ran past its timeout; the thread may still run it
 
 
-class WorkerState(MemoryManagement):
+class WorkerState(SecededSlots, MemoryManagement):
     """What one worker holds, fetches and runs. Feed events, carry out the commands.
 
     `memory` holds the memory limit and its thresholds (see worker/memory.py):
@@ -143,6 +146,7 @@ class WorkerState(MemoryManagement):
         self.slots = nthreads + prefetch
         self.keys: dict[Key, KeyState] = {}
         self.executing: dict[Key, None] = {}  # EXECUTING and CANCELLED keys
+        self._init_slots()  # those of them that seceded (slots.py)
         self.timed: dict[Key, None] = {}  # those of them with a timeout
         # A task stuck past its timeout by `timeout_grace` seconds makes the worker
         # restart, when a nanny can restart it (`can_restart`).
@@ -522,7 +526,8 @@ class WorkerState(MemoryManagement):
 
     def _start_ready(self) -> None:
         ready = self._ready
-        while ready and len(self.executing) < self.slots and not self.paused:
+        # Rejoining tasks get their slots even while paused: they are started already.
+        while self._may_start_ready() and ready and not self.paused:
             _, arrival, key = heapq.heappop(ready)
             rec = self.keys.get(key)
             if rec is not None and rec.status is S.READY and rec.queued == arrival:
@@ -547,7 +552,7 @@ class WorkerState(MemoryManagement):
         elif start is S.FLIGHT:
             self._unflight(rec)
         elif start in _RUNNING and to not in _RUNNING:
-            del self.executing[rec.key]
+            self._leave_slot(rec)
             rec.timed_out = False
             if rec.timeout:
                 del self.timed[rec.key]
@@ -587,7 +592,7 @@ class WorkerState(MemoryManagement):
             self.timed[rec.key] = None
         assert rec.func is not None and rec.args is not None
         deps = tuple((key, self._held(key)) for key in rec.deps)
-        self._out.append(Execute(rec.key, rec.func, rec.args, deps))
+        self._out.append(Execute(rec.key, rec.func, rec.args, deps, rec.priority))
 
     def _held(self, key: Key) -> Value:
         value = self.keys[key].value
@@ -625,13 +630,13 @@ class WorkerState(MemoryManagement):
 
 def _finished_from_payload(rec: KeyState) -> TaskFinished:
     """The report for a value that arrived here rather than being computed here."""
-    assert rec.value is not None and rec.value.payload is not None
-    payload = rec.value.payload
-    small = payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
+    assert rec.value is not None
+    value, payload = rec.value, rec.value.payload  # no payload: it is on the device
+    small = payload is not None and payload.inline and payload.nbytes <= INLINE_VALUE_BYTES
     return TaskFinished(
         key=rec.key,
-        nbytes=payload.nbytes,
-        typename=payload.typename,
+        nbytes=value.nbytes,
+        typename=value.typename,
         duration=0.0,
         value=payload if small else None,
     )
@@ -647,6 +652,8 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     DataPut: WorkerState._on_put,
     Tick: WorkerState._on_tick,
     ThreadsStarted: WorkerState._on_threads_started,
+    ThreadSeceded: WorkerState._on_seceded,
+    ThreadRejoining: WorkerState._on_rejoining,
     MemorySample: WorkerState._on_memory,
 }
 

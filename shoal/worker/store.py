@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from shoal.errors import ShoalError
-from shoal.protocol.serialize import Serialized, deserialize, serialize
+from shoal.protocol.serialize import Serialized, deserialize, device_nbytes, serialize
 from shoal.worker.events import NO_OBJECT, Key, Value
 from shoal.worker.spillfile import check_compression, read_frames, unlink, write_frames
 
@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class Place(StrEnum):
-    """Where a held value lives. A new place (device memory) is a member here and
-    its moves in `_MOVES`, below."""
+    """Where a held value lives. A new place is a member here and its moves in
+    `_MOVES`, below. DEVICE: a GPU's memory (a cupy array, say; shoal.protocol.cuda):
+    held as the object alone, not in host memory's LRU order, not spilled, and
+    copied to the host only for each peer that asks."""
 
     MEMORY = "memory"
     DISK = "disk"
+    DEVICE = "device"
 
 
 class SpillFailed(ShoalError):
@@ -154,10 +157,12 @@ class Store:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
-            entry = Entry(key, value, nbytes_of(value))
+            place = Place.DEVICE if value.on_device else Place.MEMORY
+            entry = Entry(key, value, nbytes_of(value), place)
             self._entries[key] = entry
-            self.bytes[Place.MEMORY] += entry.nbytes
-            self._lru[key] = None
+            self.bytes[place] += entry.nbytes
+            if place is Place.MEMORY:
+                self._lru[key] = None
 
     def drop(self, key: Key) -> None:
         """Let go of `key`'s value, wherever it is; nothing if it is not held."""
@@ -266,6 +271,11 @@ class Store:
         self._remove_file(entry)
         self._lru[entry.key] = None
 
+    def _to_device(self, entry: Entry) -> None:
+        del self._lru[entry.key]
+        entry.value.to_device()
+        self.freed += entry.nbytes  # its frames, in host memory
+
     def _remove_file(self, entry: Entry) -> None:
         unlink(entry.path)
         self.file_bytes -= entry.file_bytes
@@ -298,9 +308,10 @@ class Store:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.value is value:
-                if entry.place is not Place.MEMORY:
+                if entry.place is Place.DISK:
                     self._move(entry, Place.MEMORY)
-                self._lru.move_to_end(key)
+                if entry.place is Place.MEMORY:
+                    self._lru.move_to_end(key)
             obj = value.obj
             if obj is not NO_OBJECT:
                 return obj
@@ -311,7 +322,19 @@ class Store:
             if value.obj is NO_OBJECT:
                 assert value.payload is not None, f"value of {key!r} has neither payload nor object"
                 value.obj = deserialize(value.payload, f"value of {key!r}")
+                if device_nbytes(value.obj) is not None:
+                    self._now_on_device(key, value)
             return value.obj
+
+    def _now_on_device(self, key: Key, value: Value) -> None:
+        """A value that arrived as frames is an array on the device now: the frames
+        are not kept beside it."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.value is value and entry.place is Place.MEMORY:
+                self._move(entry, Place.DEVICE)
+            else:
+                value.to_device()
 
     def payload(self, key: Key) -> Serialized | None:
         """`key`'s payload for a peer, made now if it has none; a spilled value is
@@ -323,6 +346,12 @@ class Store:
             if entry.place is Place.DISK:
                 return read_frames(entry.path)
             value = entry.value
+            if entry.place is Place.DEVICE:  # a host copy for this answer, not kept
+                try:
+                    return serialize(value.obj, f"value of {key!r}")
+                except ShoalError as exc:
+                    log.warning("cannot serve %r: %s", key, exc)
+                    return None
             self._lru.move_to_end(key)
             if value.payload is None:
                 try:
@@ -355,7 +384,10 @@ class Store:
             assert entry.key == key, f"{key!r} is filed under another key"
             by_place[entry.place] += entry.nbytes
             on_disk = entry.place is Place.DISK
-            assert (key in self._lru) == (not on_disk), f"{key!r}: LRU vs {entry.place}"
+            in_memory = entry.place is Place.MEMORY
+            assert (key in self._lru) == in_memory, f"{key!r}: LRU vs {entry.place}"
+            on_device = entry.place is Place.DEVICE
+            assert entry.value.on_device == on_device, f"{key!r}: on_device vs {entry.place}"
             assert bool(entry.path) == on_disk, f"{key!r}: spill file vs {entry.place}"
             assert not on_disk or os.path.exists(entry.path), f"{key!r}: spill file gone"
             assert on_disk or entry.value.payload is not None or entry.value.obj is not NO_OBJECT
@@ -371,6 +403,7 @@ class Store:
 _MOVES: dict[tuple[Place, Place], Callable[[Store, Entry], None]] = {
     (Place.MEMORY, Place.DISK): Store._to_disk,
     (Place.DISK, Place.MEMORY): Store._to_memory,
+    (Place.MEMORY, Place.DEVICE): Store._to_device,
 }
 
 
@@ -403,7 +436,10 @@ def _alive(pid: int) -> bool:
 
 
 def nbytes_of(value: Value) -> int:
-    """A value's size: its payload's bytes, or an estimate of its object's."""
+    """A value's size: its payload's bytes, or an estimate of its object's (the
+    device bytes of a value on the device)."""
+    if value.on_device:
+        return value.nbytes
     if value.payload is not None:
         return value.payload.nbytes
     obj = value.obj

@@ -28,7 +28,9 @@ def validate_state(state: WorkerState) -> None:
         _validate_key(state, rec)
     running = by_status.get(S.EXECUTING, []) + by_status.get(S.CANCELLED, [])
     _check(set(state.executing) == set(running), "executing index")
-    _check(len(state.executing) <= state.slots, "more tasks running than slots")
+    _check(state.busy() <= state.slots, "more tasks running than slots")
+    _check(set(state.seceded) <= set(state.executing), "a seceded task not running")
+    _check(set(state.rejoining) <= set(state.seceded), "a task rejoining that never seceded")
     timed = {k for k in running if state.keys[k].timeout}
     _check(set(state.timed) == timed, "timed index")
     timed_out = {k for k, rec in state.keys.items() if rec.timed_out}
@@ -42,7 +44,8 @@ def validate_state(state: WorkerState) -> None:
     ready = by_status.get(S.READY, [])
     _check(all((k, state.keys[k].queued) in queued for k in ready), "ready heap")
     _check(
-        not ready or len(state.executing) == state.slots or state.paused, "ready task, idle slot"
+        not ready or state.busy() == state.slots or state.rejoining or state.paused,
+        "ready task, idle slot",
     )
     _check(len(state.requests) <= state.max_fetches, "more fetch requests than allowed")
     _check(
