@@ -486,3 +486,24 @@ async def test_cluster_helpers_by_role(no_leaks) -> None:
                 assert await asyncio.wait_for(c.list_datasets(), 30) == []
                 with pytest.raises(Exception, match="run-function needs the submit or admin"):
                     await asyncio.wait_for(c.run(os.getpid), 30)
+
+
+async def test_tasks_submit_tasks_with_the_files_submit_token() -> None:
+    """get_client inside a task connects with a submit token of the worker's file:
+    its own worker token may not submit."""
+    from shoal.client.client import Client
+    from shoal.scheduler.server import Scheduler
+    from shoal.worker.server import Worker
+
+    ring = keyring()
+    async with Scheduler(keyring=ring) as scheduler:
+        async with Worker(scheduler.address, token=SECRETS[WORKER], keyring=ring, nthreads=2):
+            async with Client(scheduler.address, token=SECRETS[SUBMIT], asynchronous=True) as c:
+                assert await asyncio.wait_for(c.submit(_fan_out, 3).result(), 60) == 6
+
+
+def _fan_out(n: int) -> int:
+    from shoal import get_client
+
+    client = get_client()
+    return sum(client.gather(client.map(lambda x: x + 1, range(n))))

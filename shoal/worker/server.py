@@ -36,6 +36,7 @@ from shoal.protocol.messages import (
     WorkerRegistered,
     WorkerRetired,
 )
+from shoal.protocol.permissions import Role
 from shoal.protocol.permissions import refused as refused_for_role
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
@@ -214,8 +215,12 @@ class Worker(Retiring):
                 await self._listener.close()
             raise
         self._scheduler = comm
+        # Its tasks' clients (get_client) connect with a submit token of the file,
+        # if it has one: a worker token may not submit.
+        own = self._keyring.first(Role.SUBMIT, Role.ADMIN) if self._keyring else None
+        tasks_token = own.secret if own is not None else self._token
         identity = WorkerIdentity(
-            self.name, self.address, self.scheduler_address, self.nthreads, self._token, self._tls
+            self.name, self.address, self.scheduler_address, self.nthreads, tasks_token, self._tls
         )
         self.remote.identity = identity
         self._pool = ThreadPool(
