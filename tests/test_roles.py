@@ -492,14 +492,22 @@ async def test_tasks_submit_tasks_with_the_files_submit_token() -> None:
     """get_client inside a task connects with a submit token of the worker's file:
     its own worker token may not submit."""
     from shoal.client.client import Client
+    from shoal.deploy import nested
     from shoal.scheduler.server import Scheduler
     from shoal.worker.server import Worker
 
     ring = keyring()
-    async with Scheduler(keyring=ring) as scheduler:
-        async with Worker(scheduler.address, token=SECRETS[WORKER], keyring=ring, nthreads=2):
-            async with Client(scheduler.address, token=SECRETS[SUBMIT], asynchronous=True) as c:
-                assert await asyncio.wait_for(c.submit(_fan_out, 3).result(), 60) == 6
+    try:
+        async with Scheduler(keyring=ring) as scheduler:
+            async with Worker(scheduler.address, token=SECRETS[WORKER], keyring=ring, nthreads=2):
+                async with Client(scheduler.address, token=SECRETS[SUBMIT], asynchronous=True) as c:
+                    assert await asyncio.wait_for(c.submit(_fan_out, 3).result(), 60) == 6
+                    nested_clients = list(nested._clients.values())
+                    assert [n.token for n in nested_clients] == [SECRETS[SUBMIT].encode()]
+                # The tasks' client, shared by the worker's tasks, closes with us.
+                await asyncio.to_thread(nested._close_clients)
+    finally:
+        await asyncio.to_thread(nested._close_clients)
 
 
 def _fan_out(n: int) -> int:
