@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections bench-gpu lint clean
+.PHONY: test test-dask test-dask-oldest demo chromium dashboard-screenshot bench bench-protocol bench-e2e bench-transfer bench-memory bench-collections bench-gpu lint check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(VENV)/.installed-gpu: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+$(VENV)/.installed-deploy: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,deploy]'
 	touch $@
 
 test: $(VENV)/.installed-test
@@ -89,6 +93,15 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check shoal tests benchmarks
 	$(BIN)/ruff format --check shoal tests benchmarks
 	$(BIN)/mypy
+
+# The Dockerfile (hadolint) and the Helm chart (helm lint --strict, manifests
+# rendered for a matrix of values and validated for the two newest Kubernetes
+# versions, assertions on them, and a smoke test that runs the rendered
+# commands on loopback). The tools are installed first; the checks then run
+# with no network but loopback (a network namespace), to show they need none.
+check-deploy: $(VENV)/.installed-deploy
+	.ci/offline $(BIN)/hadolint --failure-threshold style Dockerfile
+	.ci/offline $(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) build *.egg-info .pytest_cache .hypothesis

@@ -15,8 +15,9 @@ leaves behind reaches the next:
 - `observed` (shoal only): the `map` workload three times on one cluster, the
   second time with a separate process scraping /metrics and polling the
   dashboard's /api/v1/dashboard every second (benchmarks/observe.py), as
-  Prometheus and an open dashboard page do; its throughput beside the mean of
-  the runs just before and after, with nothing polling.
+  Prometheus and an open dashboard page do; its throughput and the CPU per
+  task of the process that schedules, beside the mean of the runs just
+  before and after, with nothing polling.
 
 Each round also charges the CPU every process used during its workload to
 the client, the scheduler or the workers (`systems.CpuMeter`) and reports
@@ -73,6 +74,9 @@ def metrics(shape: dict[str, int]) -> list[Metric]:
         Metric("closed_tasks_s", f"map+gather of {shape['tasks']:,}, HTTP not polled", "tasks/s"),
         Metric("observed_tasks_s", "  the same, /metrics + dashboard polled 1/s", "tasks/s"),
         Metric("observed_cost_pct", "  throughput lost to that polling", "%", lower=True),
+        Metric("closed_sched_cpu_us", "  scheduler CPU per task, not polled", "us", lower=True),
+        Metric("observed_sched_cpu_us", "  scheduler CPU per task, polled 1/s", "us", lower=True),
+        Metric("observed_cpu_cost_pct", "  scheduler CPU added by the polling", "%", lower=True),
     ]
 
 
@@ -218,16 +222,7 @@ def run_round(system: str, kind: str, shape: dict[str, int], workdir: Path) -> d
             assert total == leaves * (leaves + 1) // 2, total
         elif kind == "observed":
             meter.stop()
-            n = shape["tasks"]
-            rates = []
-            for polled in (False, True, False):
-                with Observer(cluster.client.dashboard_link.rstrip("/")) if polled else _nothing():
-                    begin = time.perf_counter()
-                    assert calls.map(n) == list(range(1, n + 1))
-                    rates.append(n / (time.perf_counter() - begin))
-            closed = (rates[0] + rates[2]) / 2
-            out["closed_tasks_s"], out["observed_tasks_s"] = closed, rates[1]
-            out["observed_cost_pct"] = 100.0 * (1.0 - rates[1] / closed)
+            out.update(observed(cluster, calls, shape["tasks"]))
         else:
             raise ValueError(f"unknown round {kind!r}; choose from {ROUNDS}")
     return out
@@ -236,6 +231,33 @@ def run_round(system: str, kind: str, shape: dict[str, int], workdir: Path) -> d
 @contextlib.contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def observed(cluster: sysmod.Cluster, calls: Calls, n: int) -> dict[str, float]:
+    """map+gather closed, polled, closed: throughput, and the CPU of the process
+    that schedules (the scheduler's, or with the scheduler in this process, this
+    process's) per task. The poller's own CPU is not counted: it is no part of the
+    cluster, and it has exited before each count ends."""
+    http = cluster.client.dashboard_link.rstrip("/")
+    role = "scheduler" if cluster.cli is not None else "client"
+    rates, cpus = [], []
+    for polled in (False, True, False):
+        meter = sysmod.CpuMeter(cluster)
+        meter.start()
+        with Observer(http) if polled else _nothing():
+            begin = time.perf_counter()
+            assert calls.map(n) == list(range(1, n + 1))
+            rates.append(n / (time.perf_counter() - begin))
+        cpus.append(meter.stop()[role] / n * 1e6)
+    closed, closed_cpu = (rates[0] + rates[2]) / 2, (cpus[0] + cpus[2]) / 2
+    return {
+        "closed_tasks_s": closed,
+        "observed_tasks_s": rates[1],
+        "observed_cost_pct": 100.0 * (1.0 - rates[1] / closed),
+        "closed_sched_cpu_us": closed_cpu,
+        "observed_sched_cpu_us": cpus[1],
+        "observed_cpu_cost_pct": 100.0 * (cpus[1] / closed_cpu - 1.0),
+    }
 
 
 def child(system: str, kind: str, shape_name: str) -> None:

@@ -159,6 +159,11 @@ class ValueTooLarge(FetchError):
     from a peer in one batch: it cannot be moved there. The holder keeps it."""
 
 
+class AccessDenied(ShoalError, PermissionError):
+    """The scheduler or a worker refused a request for the role of the token it
+    came with; the message names the role needed and the token's role."""
+
+
 class RegistrationError(ShoalError):
     """The scheduler refused a worker or client (a name already in use, say)."""
 

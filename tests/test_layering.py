@@ -39,6 +39,7 @@ PURE_CORES = [
     "scheduler/history.py",
     "scheduler/validate.py",
     "scheduler/stalls.py",
+    "scheduler/roles.py",
     "scheduler/memory.py",
     "scheduler/tally.py",
     "scheduler/views.py",

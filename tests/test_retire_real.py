@@ -41,7 +41,7 @@ def combine(a: np.ndarray, b: np.ndarray, log: str) -> int:
 
 def start_cluster(n_workers: int, tmp: Path) -> tuple[Proc, list[Proc], str]:
     env = subprocess_env(TOKEN)
-    scheduler = Proc.start("scheduler", "--port", "0", env=env)
+    scheduler = Proc.start("scheduler", "--port", "0", "--http-port", "0", env=env)
     address = scheduler.expect("shoal scheduler listening at").rsplit(" ", 1)[1].strip()
     workers = [
         Proc.start(

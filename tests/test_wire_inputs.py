@@ -92,6 +92,12 @@ FIELDS = [
         lambda w, x: w.update(timeout={0: x}),
         "submit-graph.timeout",
     ),
+    ({"op": "retire-worker"}, lambda w, x: w.update(timeout=x), "retire-worker.timeout"),
+    (
+        {"op": "retire-workers", "workers": ("w",)},
+        lambda w, x: w.update(timeout=x),
+        "retire-workers.timeout",
+    ),
 ]
 
 

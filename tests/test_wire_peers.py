@@ -112,7 +112,7 @@ def test_refusal_log_windows_per_host() -> None:
     assert refusals.refused("b", "r4", 3.0) == (True, [])  # another host has its own budget
     assert refusals.refused("a", "r5", 4.0) == (False, [])
     full, due = refusals.refused("c", "r6", 10.5)  # a's window is over: its count is due
-    assert full and len(due) == 1 and "refused 2 more" in due[0] and "r5" in due[0]
+    assert full and len(due) == 1 and "refused 2 more" in str(due[0]) and due[0].last_reason == "r5"
     assert refusals.refused("a", "r7", 11.0) == (True, [])  # a fresh window
     assert refusals.close(12.0) == []  # nothing left out in the open windows
 
@@ -124,7 +124,7 @@ def test_refusal_log_tracks_a_bounded_number_of_hosts() -> None:
     for i, host in enumerate("bcd"):
         _, due = refusals.refused(host, "y", 1.0 + i)
     assert len(refusals._windows) == 3
-    assert len(due) == 1 and "from a" in due[0]
+    assert len(due) == 1 and due[0].host == "a" and "from a" in str(due[0])
 
 
 async def test_a_peer_that_floods_requests_and_never_reads_is_cut_off(caplog, monkeypatch) -> None:

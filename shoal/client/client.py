@@ -316,15 +316,15 @@ class Client(ClusterHelpers, Collections, Observing):
         else:
             self._thread.run(self._cancel_async(keys))
 
-    async def _cancel_async(self, keys: list[Key]) -> None:
-        self._cancel_keys(keys)
+    async def _cancel_async(self, keys: list[Key], force: bool = False) -> None:
+        self._cancel_keys(keys, force)
 
-    def _cancel_keys(self, keys: list[Key]) -> None:
+    def _cancel_keys(self, keys: list[Key], force: bool = False) -> None:
         with self._keys.batch():
             for key in keys:
                 self._keys.cancel(key, FutureCancelled, f"{key!r} was cancelled by the client")
         if keys and self._link is not None and self._link.usable:
-            self._link.send(CancelKeys(keys=tuple(keys)))
+            self._link.send(CancelKeys(keys=tuple(keys), force=force))
 
     # -- public API ------------------------------------------------------------------------
 
@@ -455,15 +455,16 @@ class Client(ClusterHelpers, Collections, Observing):
         payloads = await self._fetch_async(fetch) if fetch else {}
         return nesting.assemble(futures, states, payloads, host)
 
-    def cancel(self, futures: Any) -> Any:
+    def cancel(self, futures: Any, force: bool = False) -> Any:
         """Cancel Futures (any nesting); they raise FutureCancelled from now on.
+        With `force` (a token of the admin role), for every client that wants them.
 
         Raises:
             CommClosedError: never for a lost connection: the local futures are
                 cancelled all the same.
         """
         keys = list(dict.fromkeys(f.key for f in nesting.futures_in(futures)))
-        return self._sync(self._cancel_async(keys))
+        return self._sync(self._cancel_async(keys, force))
 
     def scatter(
         self,

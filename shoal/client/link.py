@@ -14,7 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.client.state import Key, KeyTable
-from shoal.errors import CommClosedError, FutureCancelled, GraphError, SchedulerLost
+from shoal.errors import (
+    AccessDenied,
+    CommClosedError,
+    FutureCancelled,
+    GraphError,
+    SchedulerLost,
+)
 from shoal.protocol.comm import Comm
 from shoal.protocol.messages import (
     ClientRegistered,
@@ -27,6 +33,7 @@ from shoal.protocol.messages import (
     KeysCancelled,
     RegisterClient,
     Replicated,
+    RequestRefused,
     SchedulerInfo,
     TasksStalled,
     WhoHas,
@@ -111,6 +118,7 @@ class SchedulerLink:
         Raises:
             OSError, TimeoutError: no scheduler answered within the timeout.
             HandshakeError: the scheduler refused the token or the version.
+            AccessDenied: the token's role may not register a client.
             CommClosedError: the scheduler closed the connection or answered oddly.
         """
         comm = await connect_retrying(
@@ -126,6 +134,8 @@ class SchedulerLink:
             comm.send(RegisterClient(name=name))
             async with asyncio.timeout(self.timeout):
                 first = await comm.read()
+            if isinstance(first[0], RequestRefused):
+                raise AccessDenied(f"the scheduler at {self.address}: {first[0].reason}")
             if not isinstance(first[0], ClientRegistered):
                 raise CommClosedError(f"{self.address} answered {first[0].op} to register-client")
         except BaseException:
@@ -173,6 +183,8 @@ class SchedulerLink:
         elif isinstance(msg, GraphRejected):
             for key in msg.keys:
                 keys.fail(key, GraphError, msg.reason)
+        elif isinstance(msg, RequestRefused):
+            self._refused(msg)
         elif isinstance(msg, WorkersChanged):
             self._workers_changed(msg.workers)
         elif isinstance(msg, TasksStalled):
@@ -185,6 +197,17 @@ class SchedulerLink:
                 waiter.set_result(msg)
         else:
             log.debug("ignoring %s from the scheduler", msg.op)
+
+    def _refused(self, msg: RequestRefused) -> None:
+        """The scheduler refused a message for this client's role: its futures fail,
+        its request raises, and anything else is said in a WARNING."""
+        for key in msg.keys:
+            self.keys.fail(key, AccessDenied, msg.reason)
+        waiter = self._requests.get(msg.request_id) if msg.request_id else None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(AccessDenied(msg.reason))
+        elif not msg.keys:
+            log.warning("the scheduler refused %s: %s", msg.request, msg.reason)
 
     def _workers_changed(self, workers: int) -> None:
         self.workers = workers

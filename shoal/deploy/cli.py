@@ -29,7 +29,9 @@ from shoal.deploy.nanny import (
 from shoal.errors import ShoalError
 from shoal.protocol.address import Address, parse_address
 from shoal.protocol.handshake import PROTOCOL_VERSION
+from shoal.protocol.permissions import Role
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring, TokenFileError, new_token_line
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S
 from shoal.worker.gpu import parse_gpus
 from shoal.worker.spillfile import check_compression
@@ -50,8 +52,22 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--token",
         type=_checked(_text("the token")),
-        default=os.environ.get("SHOAL_TOKEN") or None,
-        help="cluster token (default: $SHOAL_TOKEN); required beyond loopback",
+        default=None,
+        help="cluster token, which has the admin role (default: $SHOAL_TOKEN); a token "
+        "is required beyond loopback",
+    )
+    group.add_argument(
+        "--token-file",
+        type=_checked(_pem_file),
+        metavar="PATH",
+        help="tokens with roles, one 'role name secret' per line (roles: admin, submit, "
+        "worker, read), read again on SIGHUP; a worker connects with --token or the "
+        "file's first worker (else admin) token",
+    )
+    group.add_argument(
+        "--require-tls",
+        action="store_true",
+        help="refuse plain tcp:// on every port (needs --tls-ca, --tls-cert, --tls-key)",
     )
     pem = _checked(_pem_file)
     group.add_argument("--tls-ca", type=pem, metavar="PEM", help="CA bundle peers must chain to")
@@ -104,6 +120,14 @@ def _text(what: str) -> Callable[[str], str]:
 
     check.__name__ = what
     return check
+
+
+def _audit_path(text: str) -> str:
+    """A file the audit log can be appended to (its folder exists)."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if not text or os.path.isdir(text) or not os.path.isdir(folder):
+        raise ValueError(f"cannot write an audit log at {text!r} (is its folder there?)")
+    return text
 
 
 def _host(text: str) -> str:
@@ -206,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="fail such a task with NoValidWorker after this long (default: it waits)",
+    )
+    sched.add_argument(
+        "--audit-log",
+        type=_checked(_audit_path),
+        metavar="PATH",
+        help="append who did what, as JSON lines (reopened on SIGHUP)",
     )
     _add_http(sched, DEFAULT_HTTP_PORT, "the dashboard, /metrics, /health, /ready, /api/v1")
     _add_security(sched)
@@ -331,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_security(stat)
 
+    token = commands.add_parser("token", help="make tokens for a token file")
+    token.set_defaults(parser=token)
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    new = token_commands.add_parser("new", help="print a fresh 'role name secret' line")
+    new.add_argument("--role", required=True, choices=[r.value for r in Role])
+    new.add_argument("--name", required=True, type=_checked(_text("the name")))
+
     demo = commands.add_parser("demo", help="run a real graph on an embedded local cluster")
     demo.add_argument(
         "--workers", type=_at_least_one, default=2, help="worker processes (default 2)"
@@ -345,10 +382,17 @@ def check_args(args: argparse.Namespace) -> None:
     parser: argparse.ArgumentParser | None = getattr(args, "parser", None)
     if parser is None:
         return
+    if args.command == "token":
+        return
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     if args.tls_cert and not args.tls_ca:
         parser.error("--tls-cert needs --tls-ca")
+    if args.require_tls and not (args.tls_ca and args.tls_cert and args.tls_key):
+        parser.error("--require-tls needs --tls-ca, --tls-cert and --tls-key")
+    if args.require_tls and args.command == "worker" and args.address.scheme != "tls":
+        parser.error(f"--require-tls: the scheduler's address {args.address} is not tls://")
+    _check_tokens(args, parser)
     if args.command == "worker":
         gpus.check_worker_args(args, parser)  # sets args.devices, found through NVML
         limits = cgroup.read_limits()
@@ -367,6 +411,38 @@ def check_args(args: argparse.Namespace) -> None:
             check_compression(args.spill_compression)
         except ValueError as exc:
             parser.error(f"argument --spill-compression: {exc}")
+
+
+def _check_tokens(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Sets `args.keyring` from --token-file (None without one) and `args.token`:
+    the one given, else $SHOAL_TOKEN, else (a worker) the file's worker token."""
+    args.keyring = None
+    if args.token_file is not None:
+        if args.token is not None and args.command == "scheduler":
+            parser.error("give --token or --token-file, not both")
+        try:
+            args.keyring = Keyring.from_file(args.token_file)
+        except TokenFileError as exc:
+            parser.error(f"argument --token-file: {exc}")
+    if args.token is None and args.keyring is None:
+        args.token = os.environ.get("SHOAL_TOKEN") or None
+    if args.command != "scheduler" and args.keyring is not None and args.token is None:
+        args.token = os.environ.get("SHOAL_TOKEN") or None
+        roles = _CONNECTS_AS.get(args.command, (Role.ADMIN,))
+        own = args.keyring.first(*roles)
+        if args.token is None and own is None:
+            words = " or ".join(r.value for r in roles)
+            parser.error(f"argument --token-file: no {words} token to connect with")
+        if args.token is None:
+            args.token = own.secret.decode()
+
+
+# The roles of the token file's token a command connects with, first found first.
+_CONNECTS_AS = {
+    "worker": (Role.WORKER, Role.ADMIN),
+    "retire": (Role.ADMIN,),
+    "status": (Role.READ, Role.SUBMIT, Role.ADMIN),
+}
 
 
 def _tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -426,8 +502,11 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     scheduler = Scheduler(
         f"{scheme}://{host}:{args.port}",
         token=args.token,
+        keyring=args.keyring,
         tls=tls,
         allow_insecure=args.allow_insecure,
+        require_tls=args.require_tls,
+        audit_log=args.audit_log,
         heartbeat_timeout=args.heartbeat_timeout,
         allowed_failures=args.allowed_failures,
         no_worker_warning=args.no_worker_warning,
@@ -446,6 +525,7 @@ async def _run_scheduler(args: argparse.Namespace) -> int:
     if scheduler.http_address:
         print(f"shoal scheduler dashboard and metrics at {scheduler.http_address}", flush=True)
     signals = _Signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, scheduler.reload)
     await signals.race(scheduler.finished())
     if scheduler.failure is not None:  # logged already; its supervisor restarts it
         await scheduler.close()
@@ -468,13 +548,17 @@ async def _run_worker(args: argparse.Namespace) -> int:
     nanny_id = os.environ.pop(NANNY_ENV, "")
     args.gpu = gpus.worker_setup(args)  # pinned to its device, named after it, GPU=1
     signals = _Signals()
+    if args.keyring is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, args.keyring)
     web = None
     if not args.no_http:
         web = WorkerWeb(
             host=_worker_http_host(args),
             port=args.http_port or 0,
             token=args.token,
+            keyring=args.keyring,
             tls=_tls(args),
+            require_tls=args.require_tls,
         )
         try:
             await web.start()
@@ -511,6 +595,7 @@ async def _serve_worker(
             memory_limit=args.memory_limit,
             resources=args.resources,
             token=args.token,
+            keyring=args.keyring,
             tls=_tls(args),
             listen=args.listen,
             connect_retry=args.connect_timeout,
@@ -562,6 +647,19 @@ async def _serve_worker(
         )
 
 
+def _reload(keyring: Keyring) -> None:
+    """SIGHUP on a worker: its data port takes the token file's tokens anew."""
+    try:
+        added, removed, changed = keyring.reload()
+    except TokenFileError as exc:
+        log.error("token file not reloaded, the tokens stay as they were: %s", exc)
+        return
+    log.info(
+        "token file reloaded: %d added, %d removed, %d changed",
+        *map(len, (added, removed, changed)),
+    )
+
+
 async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
     """Supervise a worker process (see shoal.deploy.nanny), or with --gpus one per
     device (see shoal.deploy.gpus), until signalled."""
@@ -598,6 +696,8 @@ async def _run_nanny(args: argparse.Namespace, argv: list[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: its workers retire
         loop.add_signal_handler(sig, stop, sig)
+    # SIGHUP: passed on to the workers, which read their token file again.
+    loop.add_signal_handler(signal.SIGHUP, lambda: [nanny.hangup() for nanny in nannies])
     if watch_parent(lambda: stop(signal.SIGINT)):  # started by LocalCluster: end with it
         log.debug("nannies of %s end with the process that started them", args.name)
     return await gpus.run_all(nannies)
@@ -630,7 +730,7 @@ def _worker_options(argv: list[str], per_device: bool = False) -> list[str]:
 
 
 # `shoal worker` options that take no value.
-_WORKER_FLAGS = ("--no-nanny", "--no-http", "-h", "--help")
+_WORKER_FLAGS = ("--no-nanny", "--no-http", "--require-tls", "-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -643,6 +743,13 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     level = "warning" if args.command in ("demo", "status") else args.log_level
     configure_logging(level, args.log_format)
+    if args.command == "token":
+        try:
+            print(new_token_line(Role(args.role), args.name))
+        except TokenFileError as exc:
+            print(f"shoal token: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "demo":
         from shoal.deploy.demo import main as demo_main
 

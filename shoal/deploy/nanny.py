@@ -35,7 +35,13 @@ from shoal.deploy.lifeline import Lifeline
 from shoal.deploy.worker_env import worker_environment
 from shoal.errors import CommClosedError, ShoalError
 from shoal.protocol.comm import Comm
-from shoal.protocol.messages import Heartbeat, RegisterNanny, RestartWorker, WorkerDied
+from shoal.protocol.messages import (
+    Heartbeat,
+    RegisterNanny,
+    RequestRefused,
+    RestartWorker,
+    WorkerDied,
+)
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.tls import TLSConfig
 from shoal.worker.gpu import DeviceMonitor
@@ -163,6 +169,11 @@ class Nanny:
         if self._stop.is_set() and self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(sig)  # it is being stopped already: pass this one on
         self._stop.set()
+
+    def hangup(self) -> None:
+        """SIGHUP: passed on to the worker process, which reads its token file again."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     async def run(self) -> int:
         """Run and restart the worker; the exit code for the nanny's own process."""
@@ -425,9 +436,13 @@ class Nanny:
                         msgs = reader.result()
                     except CommClosedError as exc:
                         return str(exc) or "connection closed"
-                    for msg in msgs:  # the scheduler sends a nanny restarts only
+                    for msg in msgs:  # the scheduler sends a nanny restarts only, or refusals
                         if type(msg) is RestartWorker:
                             self._restart.set()
+                        elif type(msg) is RequestRefused:
+                            log.error(
+                                "the scheduler refused nanny of %s: %s", self.name, msg.reason
+                            )
                         else:
                             log.warning(
                                 "nanny of %s ignores %s from the scheduler", self.name, msg.op

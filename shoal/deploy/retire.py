@@ -15,9 +15,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import CommClosedError
+from shoal.errors import AccessDenied, CommClosedError
 from shoal.protocol.comm import connect
-from shoal.protocol.messages import RegisterClient, RetireWorkers, WorkersRetired
+from shoal.protocol.messages import RegisterClient, RequestRefused, RetireWorkers, WorkersRetired
 
 if TYPE_CHECKING:
     from shoal.protocol.tls import TLSConfig
@@ -72,6 +72,7 @@ async def retire_workers(
         TimeoutError: no answer within `timeout` plus a margin.
         CommClosedError: the scheduler closed the connection.
         HandshakeError: a wrong or missing token.
+        AccessDenied: the token's role may not retire workers (admin may).
     """
     comm = await connect(address, role="client", name="shoal retire", token=token, tls=tls)
     try:
@@ -83,6 +84,8 @@ async def retire_workers(
                     # Others (ClientRegistered, WorkersChanged) say nothing it needs.
                     if type(msg) is WorkersRetired and msg.request_id == 1:
                         return msg
+                    if type(msg) is RequestRefused:
+                        raise AccessDenied(msg.reason)
     finally:
         await comm.close("done")
 
@@ -97,6 +100,9 @@ def run(args: argparse.Namespace, tls: TLSConfig | None) -> int:
         )
     except CommClosedError as exc:
         print(f"shoal retire: the scheduler closed the connection: {exc}", file=sys.stderr)
+        return 1
+    except AccessDenied as exc:
+        print(f"shoal retire: the scheduler refused: {exc}", file=sys.stderr)
         return 1
     for name in answer.retired:
         print(f"retired {name}")

@@ -27,8 +27,9 @@ from shoal.protocol.connection import (
 from shoal.protocol.escape import peer_text
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.limits import DEFAULT_LIMITS, HANDSHAKE_LIMITS, Limits
-from shoal.protocol.refusals import RefusalLog
+from shoal.protocol.refusals import RefusalLog, Summary
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.protocol.transports import (
     SocketTransport,
     StreamTransport,
@@ -41,6 +42,76 @@ __all__ = ["Comm", "Listener", "connect", "listen"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Comm], Awaitable[None]]
+# Told of each refusal logged in full and each count of those left out (for an
+# audit log): an event name and its fields, plain data with no secret in it.
+EventHook = Callable[[str, dict[str, object]], None]
+
+# -- refusals ----------------------------------------------------------------------
+
+
+class RefusalReporter:
+    """Logs refusals (of connections, of HTTP requests) as `log` (a RefusalLog)
+    decides: a few per host and window in full, then one count when the window
+    ends (a timer: even if nobody is refused then). `on_event`, if given, hears
+    of each line: `full_event` with the caller's fields and the reason,
+    `count_event` with the host, count, seconds and last reason."""
+
+    def __init__(
+        self, on_event: EventHook | None, full_event: str, count_event: str, log: RefusalLog
+    ) -> None:
+        self.on_event, self.full_event, self.count_event = on_event, full_event, count_event
+        self.log = log
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, peer: str, line: str, fields: dict[str, object]) -> None:
+        """A refusal of `peer` (scheme://host:port or host) for `line`."""
+        line = peer_text(line, 1000)  # reasons quote what the peer sent
+        host = _host_of(peer)
+        full, summaries = self.log.refused(host, line, time.monotonic())
+        if full:
+            log.warning("%s", line)
+            if self.on_event is not None:
+                self.on_event(self.full_event, {**fields, "reason": line})
+        self._summarised(summaries)
+        if self.log.pending and self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.log.window_s, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._summarised(self.log.expire(time.monotonic()))
+        if self.log.pending:
+            self._arm()
+
+    def _summarised(self, summaries: list[Summary]) -> None:
+        for summary in summaries:
+            log.warning("%s", summary)
+            if self.on_event is not None:
+                self.on_event(
+                    self.count_event,
+                    {
+                        "host": summary.host,
+                        "count": summary.count,
+                        "seconds": round(summary.seconds, 3),
+                        "last_reason": summary.last_reason,
+                    },
+                )
+
+    def close(self) -> None:
+        """Summarise every open window (the listener stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._summarised(self.log.close(time.monotonic()))
+
+
+def _host_of(peer: str) -> str:
+    """The host part of scheme://host:port (an IPv6 host keeps its colons)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+
 
 # -- connect ----------------------------------------------------------------------
 
@@ -149,8 +220,10 @@ _inproc_ids = itertools.count(1)
 class Listener:
     """Accepts connections, runs the handshake, and hands each Comm to `handler`.
 
-    A failed handshake or bad bytes cost that one connection (one WARNING);
-    an exception in `handler` is logged with its traceback. `close()` stops
+    A failed handshake or bad bytes cost that one connection (one WARNING, a
+    few per host and window, then a count); an exception in `handler` is logged
+    with its traceback. `on_event`, if given, hears of each refusal logged in
+    full and of each count of those left out. `close()` stops
     accepting, cancels the handlers and closes their connections.
     """
 
@@ -160,24 +233,27 @@ class Listener:
         handler: Handler,
         role: str,
         name: str,
-        token: bytes | None,
+        keyring: Keyring | None,
         tls: TLSConfig | None,
         limits: Limits,
         handshake_timeout: float,
         sock: socket.socket | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         self._bind = address
         self._given = sock
         self.address = str(address)
         self._handler = handler
-        self._role, self._name, self._token = role, name, token
+        self._role, self._name, self.keyring = role, name, keyring
         self._tls, self._limits = tls, limits
         self._handshake_timeout = handshake_timeout
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
         self.comms: set[Comm] = set()
-        self.refusals = RefusalLog()
+        self.refusals = RefusalReporter(
+            on_event, "connection-refused", "connections-refused", RefusalLog()
+        )
 
     async def _start(self) -> None:
         bind = self._bind
@@ -244,7 +320,7 @@ class Listener:
                             True,
                             ssl_timeout=self._handshake_timeout,
                         )
-                    await listener_handshake(comm, self._role, self._name, self._token)
+                    await listener_handshake(comm, self._role, self._name, self.keyring)
             except ProtocolError as exc:
                 self._log_refusal(peer, f"refused connection from {peer}: {exc}")
                 return
@@ -290,13 +366,7 @@ class Listener:
 
     def _log_refusal(self, peer: str, line: str) -> None:
         """One WARNING per refusal, up to a few per host and window; then a count."""
-        line = peer_text(line, 1000)  # reasons quote what the peer sent
-        host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
-        full, summaries = self.refusals.refused(host, line, time.monotonic())
-        if full:
-            log.warning("%s", line)
-        for summary in summaries:
-            log.warning("%s", summary)
+        self.refusals.refused(peer, line, {"peer": peer})
 
     def _accept_inproc(self, comm: Comm) -> None:
         if self._group is None:
@@ -317,14 +387,27 @@ class Listener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for summary in self.refusals.close(time.monotonic()):
-            log.warning("%s", summary)
+        self.refusals.close()
 
     async def __aenter__(self) -> Listener:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def check_tls_required(addr: Address, require_tls: bool, who: str) -> None:
+    """With `require_tls`, a tcp:// address is refused (inproc:// never leaves
+    the process).
+
+    Raises:
+        PermissionError: naming the address and `who` requires TLS.
+    """
+    if require_tls and addr.scheme == "tcp":
+        raise PermissionError(
+            f"{who} requires TLS (--require-tls) and refuses the plain address {addr}: "
+            "use tls:// with a certificate"
+        )
 
 
 def _peer_of(conn: socket.socket, scheme: str) -> str:
@@ -352,30 +435,44 @@ async def listen(
     role: str = "scheduler",
     name: str = "",
     token: str | bytes | None = None,
+    keyring: Keyring | None = None,
     tls: TLSConfig | None = None,
     limits: Limits = DEFAULT_LIMITS,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     allow_insecure: bool = False,
+    require_tls: bool = False,
     sock: socket.socket | None = None,
+    on_event: EventHook | None = None,
 ) -> Listener:
     """Listen at `address` (port 0 picks a free port: read `Listener.address`).
 
     Returns once the listener accepts connections. `sock`, a socket already
-    bound and listening at `address`, is used instead of binding one.
+    bound and listening at `address`, is used instead of binding one. A peer
+    must prove it holds `token` (which then has the admin role) or one of the
+    tokens of `keyring` (each with its role); `Comm.token` says which.
 
     Raises:
         PermissionError: a non-loopback address without a token, unless
-            `allow_insecure`: anyone who reaches the port could run code.
+            `allow_insecure`: anyone who reaches the port could run code; or a
+            tcp:// address with `require_tls`.
+        ValueError: both `token` and `keyring`.
         OSError: the address cannot be bound.
     """
     addr = parse_address(address)
     hs.check_role(role)
     secret = hs.token_bytes(token)
-    if secret is None and not addr.is_loopback and not allow_insecure:
+    if secret is not None:
+        if keyring is not None:
+            raise ValueError("give a token or a keyring, not both")
+        keyring = Keyring.single(secret)
+    check_tls_required(addr, require_tls, f"this {role}")
+    if keyring is None and not addr.is_loopback and not allow_insecure:
         raise PermissionError(
             f"refusing to listen on {addr} without a cluster token: anyone who can reach "
             "the port could run code here. Set a token, or allow insecure listening explicitly."
         )
-    listener = Listener(addr, handler, role, name, secret, tls, limits, handshake_timeout, sock)
+    listener = Listener(
+        addr, handler, role, name, keyring, tls, limits, handshake_timeout, sock, on_event
+    )
     await listener._start()
     return listener

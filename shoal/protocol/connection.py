@@ -30,8 +30,10 @@ from shoal.protocol.messages import (
     Pong,
     Welcome,
 )
+from shoal.protocol.permissions import ADMIN, Role
 from shoal.protocol.schema import Message
 from shoal.protocol.slices import SLICED_HEADER_BYTES, decode_in_slices
+from shoal.protocol.tokens import Keyring, Token
 from shoal.protocol.transports import Transport
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class Comm:
         self.peer_role = ""
         self.peer_name = ""
         self.peer_version = ""
+        # On a listener's side, the token the peer proved it holds (its role and
+        # name); None without tokens, where every peer may do everything.
+        self.token: Token | None = None
         self._loop = asyncio.get_running_loop()
         self._inbox: deque[Message | _Undecoded] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -113,6 +118,15 @@ class Comm:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<Comm {self.local_address} -> {self.peer_role} {self.peer_address} {state}>"
+
+    @property
+    def access(self) -> Role:
+        """The role of the peer's token (admin where the listener uses no token)."""
+        return ADMIN if self.token is None else self.token.role
+
+    @property
+    def token_name(self) -> str:
+        return "" if self.token is None else self.token.name
 
     @property
     def closed(self) -> bool:
@@ -460,8 +474,11 @@ async def connector_handshake(comm: Comm, role: str, name: str, token: bytes | N
     comm._handshake_done()
 
 
-async def listener_handshake(comm: Comm, role: str, name: str, token: bytes | None) -> None:
-    hello = hs.make_hello(role, name, token, comm.limits)
+async def listener_handshake(comm: Comm, role: str, name: str, keyring: Keyring | None) -> None:
+    """The listener's side; with a keyring, the connector's proof must match one of
+    its tokens, which becomes `comm.token` (the connection's role and name)."""
+    # make_hello reads only whether there is a token: its hello says auth = True.
+    hello = hs.make_hello(role, name, b"" if keyring is not None else None, comm.limits)
     comm._outbox.put(hello)
     theirs = await comm._next_handshake_message()
     if isinstance(theirs, HandshakeFailed):
@@ -470,22 +487,28 @@ async def listener_handshake(comm: Comm, role: str, name: str, token: bytes | No
         raise ProtocolError(f"expected hello, got {theirs.op}")
     peer = hs.describe(theirs, comm.peer_address)
     reason = hs.incompatibility(hello, theirs, comm.peer_address)
-    if reason is None and token is not None and not theirs.auth:
+    if reason is None and keyring is not None and not theirs.auth:
         reason = f"missing cluster token: this {role} requires one and the {peer} gave none"
-    if reason is None and token is None and theirs.auth:
+    if reason is None and keyring is None and theirs.auth:
         reason = f"the {peer} offers a cluster token but this {role} does not use one"
-    if reason is None and token is not None:
+    token = None
+    if reason is None and keyring is not None:
         auth = await comm._next_handshake_message()
         if not isinstance(auth, Authenticate):
             raise ProtocolError(f"expected authenticate, got {auth.op}")
-        expected = hs.proof(token, "connector", hello.nonce, theirs.nonce)
-        if not hs.proof_matches(expected, auth.proof):
+        token = keyring.match(
+            lambda secret: hs.proof(secret, "connector", hello.nonce, theirs.nonce), auth.proof
+        )
+        if token is None:
             reason = f"wrong cluster token from the {peer}"
     if reason is not None:
         await comm._refuse(reason)
         raise HandshakeError(reason)
     comm._accept_peer(theirs)
-    own_proof = b"" if token is None else hs.proof(token, "listener", hello.nonce, theirs.nonce)
+    comm.token = token
+    own_proof = (
+        b"" if token is None else hs.proof(token.secret, "listener", hello.nonce, theirs.nonce)
+    )
     comm._outbox.put(Welcome(proof=own_proof))
     comm._outbox.flush()  # alone: the connector parses it under the handshake limits
     comm._handshake_done()

@@ -494,9 +494,11 @@ class ReleaseFutures(Message):
 
 @message("cancel-keys")
 class CancelKeys(Message):
-    """Stop computing these keys (and what waits on them) for this client."""
+    """Stop computing these keys (and what waits on them) for this client; with
+    `force`, for every client that wants them (the admin role only)."""
 
     keys: tuple[Key, ...]
+    force: bool = False
 
 
 @message("who-has")
@@ -720,3 +722,19 @@ class FireAndForget(Message):
     """Keep computing these keys after the client lets go, until each is done."""
 
     keys: tuple[Key, ...]
+
+
+@message("request-refused")
+class RequestRefused(Message):
+    """The scheduler refused a message for its sender's role (see
+    shoal.protocol.permissions); the connection stays open.
+
+    `request` is the refused message's op, `reason` names the role it needs
+    and the role the connection has. `request_id` is the refused request's, if it had
+    one; `keys` are the keys whose futures fail with it (a refused graph).
+    """
+
+    request: str
+    reason: str
+    request_id: int = 0
+    keys: tuple[Key, ...] = ()

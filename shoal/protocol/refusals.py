@@ -7,11 +7,30 @@ listener passes in the time and logs the lines this returns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Refusals logged in full per host in each window; the rest are counted.
 REFUSALS_LOGGED = 5
 REFUSAL_WINDOW_S = 10.0
 # Hosts tracked at once; the oldest window is closed (and summarised) first.
 REFUSAL_HOSTS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Refusals of one host left out of the log in one window: how many, over how
+    many seconds, and the last one's reason."""
+
+    host: str
+    count: int
+    seconds: float
+    last_reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"refused {self.count} more connection(s) from {self.host} in the last "
+            f"{self.seconds:.0f} s, not logged one by one (the last: {self.last_reason})"
+        )
 
 
 class _Window:
@@ -46,7 +65,7 @@ class RefusalLog:
         # the ones that are over are always at the front.
         self._windows: dict[str, _Window] = {}
 
-    def refused(self, host: str, reason: str, now: float) -> tuple[bool, list[str]]:
+    def refused(self, host: str, reason: str, now: float) -> tuple[bool, list[Summary]]:
         """One connection from `host` was refused for `reason`.
 
         Returns whether to log this refusal in full, and summaries now due.
@@ -65,16 +84,25 @@ class RefusalLog:
         window.last_reason = reason
         return False, due
 
-    def close(self, now: float) -> list[str]:
+    def close(self, now: float) -> list[Summary]:
         """Summaries of every open window (the listener stops)."""
-        due = []
+        due: list[Summary] = []
         for host, window in self._windows.items():
             due.extend(self._summary(host, window, now))
         self._windows.clear()
         return due
 
-    def _expire(self, now: float) -> list[str]:
-        due: list[str] = []
+    def expire(self, now: float) -> list[Summary]:
+        """Summaries of the windows that are over by `now` (closed meanwhile)."""
+        return self._expire(now)
+
+    @property
+    def pending(self) -> bool:
+        """Some open window has refusals left out, to be summarised when it ends."""
+        return any(window.suppressed for window in self._windows.values())
+
+    def _expire(self, now: float) -> list[Summary]:
+        due: list[Summary] = []
         windows = self._windows
         while windows:
             host, window = next(iter(windows.items()))
@@ -84,10 +112,7 @@ class RefusalLog:
             due.extend(self._summary(host, window, now))
         return due
 
-    def _summary(self, host: str, window: _Window, now: float) -> list[str]:
+    def _summary(self, host: str, window: _Window, now: float) -> list[Summary]:
         if not window.suppressed:
             return []
-        return [
-            f"refused {window.suppressed} more connection(s) from {host} in the last "
-            f"{now - window.start:.0f} s, not logged one by one (the last: {window.last_reason})"
-        ]
+        return [Summary(host, window.suppressed, now - window.start, window.last_reason)]

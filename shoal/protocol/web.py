@@ -1,11 +1,16 @@
 """The HTTP side of a scheduler or worker process (tornado), guarded like its TCP port.
 
-Serves the routes a process gives it on its event loop: beyond loopback every
-route but /health and /ready needs the cluster token as a bearer header (or
-the cookie the dashboard page sets from `?token=`), and the server speaks TLS
-when the cluster does. Also here: what every process measures of itself for
-/metrics (event-loop lag, garbage collection time). Nothing here knows about
-tasks; the scheduler and the worker bring their own routes and collectors.
+Serves the routes a process gives it on its event loop. Each route has its
+row in shoal.protocol.permissions (the roles whose token may read it):
+/health and /ready are open; the others need a token of a role in their row,
+as a bearer header (or the cookie the dashboard page sets from `?token=`),
+except that a request from loopback without a token has the read role. A
+refused request is 401 (no token, or a wrong one) or 403 (a token of another
+role, named with the role needed), logged and audited a few per host, then
+counted. The server speaks TLS when the cluster does. Also here: what every
+process measures of itself for /metrics (event-loop lag, garbage collection
+time). Nothing here knows about tasks; the scheduler and the worker bring
+their own routes and collectors.
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
-import hmac
 import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import tornado.escape
 import tornado.httpserver
@@ -30,12 +34,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from shoal.protocol.address import parse_address
+from shoal.protocol.comm import EventHook, RefusalReporter
+from shoal.protocol.permissions import ADMIN, OPEN, READ, Role, refusal, role_words, route_roles
+from shoal.protocol.refusals import RefusalLog
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 
 log = logging.getLogger(__name__)
 
-# Routes anyone who reaches the port may read: they tell only whether it is up.
-OPEN_ROUTES = frozenset({"/health", "/ready"})
 TOKEN_COOKIE = "shoal-token"
 # How often the event loop is sampled for lag.
 LAG_SAMPLE_S = 0.1
@@ -51,23 +57,70 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class Refused:
+    """Why a request may not read a route: the HTTP status (401 or 403) and the text."""
+
+    __slots__ = ("status", "text")
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status, self.text = status, text
+
+
 class Guard:
-    """Who may use the HTTP routes: loopback peers, and others with the token."""
+    """Who may read which route: the keyring's tokens, each with its role.
 
-    def __init__(self, token: str | bytes | None) -> None:
-        self.token = token.encode() if isinstance(token, str) else token
+    `token` (one secret, the admin role) or `keyring`; with neither, everyone
+    may read everything (a server on loopback, or one allowed to be insecure).
+    """
 
-    def allows(self, handler: tornado.web.RequestHandler) -> bool:
-        remote = handler.request.remote_ip or ""
-        if is_loopback(remote):
-            return True
-        if self.token is None:  # listening beyond loopback without a token was allowed
-            return True
-        given = _bearer(handler.request.headers.get("Authorization", ""))
-        if given is None:
-            cookie = handler.get_cookie(TOKEN_COOKIE)
-            given = cookie.encode() if cookie else None
-        return given is not None and hmac.compare_digest(given, self.token)
+    def __init__(
+        self, token: str | bytes | Keyring | None = None, keyring: Keyring | None = None
+    ) -> None:
+        if isinstance(token, Keyring):
+            token, keyring = None, token
+        if token is not None:
+            keyring = Keyring.single(token.encode() if isinstance(token, str) else token)
+        self.keyring = keyring
+
+    def check(
+        self, route: str, method: str, remote_ip: str, secret: bytes | None
+    ) -> tuple[Role, str] | Refused:
+        """The role and token name a request reads `route` with, or why it may not."""
+        roles = route_roles(route)
+        if self.keyring is None or roles == OPEN:
+            return ADMIN, ""
+        what = f"{method} {route}"
+        if secret is not None:
+            token = self.keyring.holding(secret)
+            if token is None:
+                return Refused(401, f"{what}: wrong token")
+            role, name = token.role, token.name
+        elif READ in roles and is_loopback(remote_ip):
+            role, name = READ, ""
+        else:
+            return Refused(401, f"{what} needs a token (Authorization: Bearer TOKEN)")
+        if role not in roles:
+            if not name:
+                words = role_words(roles)
+                return Refused(
+                    401, f"{what} needs {words}; a request with no token has the read role"
+                )
+            return Refused(403, refusal(what, roles, role, name, asker="request"))
+        return role, name
+
+    def allows(self, handler: tornado.web.RequestHandler, route: str = "/metrics") -> bool:
+        """Whether the request of `handler` may read `route`."""
+        decided = self.check(route, "GET", handler.request.remote_ip or "", _secret_of(handler))
+        return not isinstance(decided, Refused)
+
+
+def _secret_of(handler: tornado.web.RequestHandler) -> bytes | None:
+    """The token a request came with: its bearer header, else the page's cookie."""
+    given = _bearer(handler.request.headers.get("Authorization", ""))
+    if given is None:
+        cookie = handler.get_cookie(TOKEN_COOKIE)
+        given = cookie.encode() if cookie else None
+    return given
 
 
 def _bearer(header: str) -> bytes | None:
@@ -78,22 +131,31 @@ def _bearer(header: str) -> bytes | None:
 
 
 class Handler(tornado.web.RequestHandler):
-    """The base of every route: the guard runs before each request."""
-
-    # What a route shows (for token roles): "health", "metrics" or "read".
-    role: ClassVar[str] = "read"
+    """The base of every route: the guard runs before each request (WebServer.add
+    gives each handler its route's pattern)."""
 
     def initialize(self, **options: Any) -> None:
+        self.route: str = options.pop("route", "")
         self.given = options
 
     def prepare(self) -> None:
-        if self.request.path in OPEN_ROUTES:
-            return
         guard: Guard = self.settings["shoal_guard"]
-        if not guard.allows(self):
-            self.set_status(401)
+        request = self.request
+        remote = request.remote_ip or ""
+        decided = guard.check(self.route, request.method or "GET", remote, _secret_of(self))
+        if not isinstance(decided, Refused):
+            self.role, self.token_name = decided
+            return
+        self.set_status(decided.status)
+        if decided.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="shoal"')
-            self.finish("the cluster token is needed (Authorization: Bearer TOKEN)\n")
+        self.finish(decided.text + "\n")
+        reporter: RefusalReporter = self.settings["shoal_refusals"]
+        shown = f"[{remote}]" if ":" in remote else remote
+        fields = {"peer": remote, "method": request.method, "path": request.path}
+        reporter.refused(
+            f"http://{shown}:0", f"refused HTTP request from {remote}: {decided.text}", fields
+        )
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -107,16 +169,12 @@ class Handler(tornado.web.RequestHandler):
 class HealthHandler(Handler):
     """Liveness: the event loop answers."""
 
-    role = "health"
-
     def get(self) -> None:
         self.finish("ok\n")
 
 
 class ReadyHandler(Handler):
     """Readiness: `ready()` gives None when ready, else why not (503)."""
-
-    role = "health"
 
     def get(self) -> None:
         ready: Callable[[], str | None] = self.given["ready"]
@@ -130,8 +188,6 @@ class ReadyHandler(Handler):
 
 class MetricsHandler(Handler):
     """The Prometheus text format of the process's registry."""
-
-    role = "metrics"
 
     def get(self) -> None:
         registry: CollectorRegistry = self.given["registry"]
@@ -233,9 +289,10 @@ def registry_for(prefix: str, loop: LoopWatch, *collectors: Any) -> CollectorReg
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Requests at DEBUG (a scraper calls every few seconds); refusals at INFO."""
+    """Requests at DEBUG (a scraper calls every few seconds), as refusals (the
+    guard logged them, a few per host); other errors at INFO."""
     status = handler.get_status()
-    level = logging.DEBUG if status < 400 else logging.INFO
+    level = logging.DEBUG if status < 400 or status in (401, 403) else logging.INFO
     request = handler.request
     log.log(level, "%d %s %s from %s", status, request.method, request.path, request.remote_ip)
 
@@ -243,10 +300,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 class WebServer:
     """An HTTP(S) server for `routes` at `host`:`port` (0: any free port).
 
-    `address` is http(s)://host:port once `start()` returned. Beyond loopback
-    without a token it refuses to start unless `allow_insecure`. With
-    `fallback`, a port already taken is replaced by any free one (a warning
-    says so), as for a default port.
+    `address` is http(s)://host:port once `start()` returned. Requests are
+    guarded by `token` (admin) or `keyring` (see Guard). Beyond loopback
+    without a token it refuses to start unless `allow_insecure`; with
+    `require_tls`, without TLS. With `fallback`, a port already taken is
+    replaced by any free one (a warning says so), as for a default port.
+    `on_event` hears of refused requests, as a Listener's does of refused
+    connections. Routes are added with `add()`, which gives each its pattern.
     """
 
     def __init__(
@@ -256,31 +316,54 @@ class WebServer:
         host: str,
         port: int,
         token: str | bytes | None = None,
+        keyring: Keyring | None = None,
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
+        require_tls: bool = False,
         static_path: str | None = None,
         fallback: bool = False,
+        on_event: EventHook | None = None,
     ) -> None:
         self.host, self.port, self.fallback = host, port, fallback
-        self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
-        settings: dict[str, Any] = {"shoal_guard": Guard(token), "log_function": _log_request}
+        self.guard = Guard(token, keyring)
+        self._tls, self._allow_insecure, self._require_tls = tls, allow_insecure, require_tls
+        self.refusals = RefusalReporter(on_event, "http-refused", "http-refusals", RefusalLog())
+        settings: dict[str, Any] = {
+            "shoal_guard": self.guard,
+            "shoal_refusals": self.refusals,
+            "log_function": _log_request,
+        }
         if static_path is not None:
             settings["static_path"] = static_path
-        self.app = tornado.web.Application(routes, **settings)
+        self.app = tornado.web.Application([], **settings)
+        self.routes: list[str] = []  # the patterns served, each with its row of roles
+        self.add(routes)
         self.address = ""
         self.loop = LoopWatch()
         self._server: tornado.httpserver.HTTPServer | None = None
         self._watch: asyncio.Task[None] | None = None
 
+    def add(self, routes: list[Any]) -> None:
+        """Serve `routes`, (pattern, handler[, options]) each; every handler is told
+        its pattern, by which the guard finds the roles that may read it."""
+        rules = []
+        for pattern, handler, *options in routes:
+            rules.append((pattern, handler, {**(options[0] if options else {}), "route": pattern}))
+            self.routes.append(pattern)
+        self.app.add_handlers(r".*", rules)
+
     async def start(self) -> WebServer:
         """Bind and serve.
 
         Raises:
-            PermissionError: beyond loopback without a token (see allow_insecure).
+            PermissionError: beyond loopback without a token (see allow_insecure),
+                or without TLS where it is required.
             OSError: the port cannot be bound.
         """
         host = self.host.strip("[]")
-        if self._token is None and not is_loopback(host) and not self._allow_insecure:
+        if self._require_tls and self._tls is None:
+            raise PermissionError(f"HTTP on {self.host} requires TLS (--require-tls)")
+        if self.guard.keyring is None and not is_loopback(host) and not self._allow_insecure:
             raise PermissionError(
                 f"HTTP on {self.host} is beyond loopback: give a cluster token "
                 "(the endpoints then need it as a bearer header), or allow_insecure"
@@ -304,6 +387,7 @@ class WebServer:
         return self
 
     async def close(self) -> None:
+        self.refusals.close()
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)

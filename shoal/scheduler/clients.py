@@ -26,6 +26,7 @@ from shoal.scheduler.model import (
     with_member,
     without_member,
 )
+from shoal.scheduler.roles import key_summary
 
 M, E, R = Status.MEMORY, Status.ERRED, Status.RELEASED
 
@@ -46,8 +47,16 @@ class ClientRequests(CoreBase):
                 http_address=self.http_address,
             ),
         )
+        self._audit(
+            "client-registered",
+            conn=peer,
+            client=client.client_id,
+            name=msg.name[:100],
+            token=self._token_of(peer),
+        )
 
     def _remove_client(self, client: ClientInfo) -> None:
+        self._audit("client-left", conn=client.peer, client=client.client_id)
         self.tally.event(self._now, "client-gone", client=client.client_id, name=client.name)
         for ts in list(client.wants):
             self._unwant(client, ts)
@@ -64,6 +73,8 @@ class ClientRequests(CoreBase):
         self.tally.graph_tasks += len(msg.keys)
         client = self.clients[peer].client_id
         self.tally.event(self._now, "graph-received", client=client, tasks=len(msg.keys))
+        if self.audit:
+            self._audit_graph(peer, msg)
         if len(msg.keys) <= SLICE_TASKS:
             self._submit_graph_now(peer, msg)
             return
@@ -80,6 +91,7 @@ class ClientRequests(CoreBase):
         plan = plan_graph(msg, self.tasks)
         if isinstance(plan, str):
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
+            self._audit("graph-rejected", conn=peer, reason=plan[:1000])
             return
         local = dict(plan.outside)
         new = self._create_tasks(msg, plan, plan.order, local)
@@ -172,8 +184,27 @@ class ClientRequests(CoreBase):
             if ts is not None and client in ts.wanted_by:
                 self._unwant(client, ts)
 
+    def _audit_graph(self, peer: str, msg: m.SubmitGraph) -> None:
+        """The audit line of a graph: who sent it, how many tasks, what they are
+        called and ask for; nothing of the payloads."""
+        resources: dict[str, float] = {}
+        for asked in msg.resources.values():
+            for name, amount in asked.items():
+                resources[name] = max(amount, resources.get(name, 0.0))
+        self._audit(
+            "graph-submitted",
+            conn=peer,
+            client=self.clients[peer].client_id,
+            token=self._token_of(peer),
+            tasks=len(msg.keys),
+            wanted=len(msg.wanted),
+            prefixes=key_summary(msg.keys, len(msg.keys))["prefixes"],
+            resources={name[:60]: amount for name, amount in list(resources.items())[:20]},
+        )
+
     def _cancel_keys(self, peer: str, msg: m.CancelKeys) -> None:
-        """Drop this client's interest in the keys and in everything pending on them."""
+        """Drop this client's interest in the keys and in everything pending on them;
+        with `force` (admin only: roles.py checked), every client's interest."""
         client = self.clients[peer]
         stack = [ts for key in msg.keys if (ts := self.tasks.get(key)) is not None]
         seen: dict[TaskState, None] = {}
@@ -185,6 +216,16 @@ class ClientRequests(CoreBase):
             if ts.status in ACTIVE or ts.status is R:
                 stack.extend(ts.dependents)
         cancelled = [ts for ts in seen if client in ts.wanted_by]
+        self._audit(
+            "cancel",
+            conn=peer,
+            client=client.client_id,
+            token=self._token_of(peer),
+            force=msg.force,
+            **key_summary(msg.keys, len(msg.keys)),
+        )
+        if msg.force:
+            self._cancel_for_others(client, list(seen))
         # The client knows about the keys it named; it hears of the others. (An
         # echo of its own keys could arrive after it submitted one of them anew.)
         named = set(msg.keys)
@@ -193,6 +234,29 @@ class ClientRequests(CoreBase):
             self._send(peer, m.KeysCancelled(keys=others))
         for ts in cancelled:
             self._unwant(client, ts)
+
+    def _cancel_for_others(self, by: ClientInfo, tasks: list[TaskState]) -> None:
+        """An admin's forced cancel: the other clients that want `tasks` let go of
+        them and hear why."""
+        lost: dict[ClientInfo, list[TaskState]] = {}
+        for ts in tasks:
+            for other in ts.wanted_by:
+                if other is not by:
+                    lost.setdefault(other, []).append(ts)
+        reason = f"cancelled by {by.client_id} ({by.name[:60] or 'unnamed'}) with the admin role"
+        for other, dropped in lost.items():
+            self._send(
+                other.peer, m.KeysCancelled(keys=tuple(ts.key for ts in dropped), reason=reason)
+            )
+            self._audit(
+                "keys-released-for-others",
+                conn=by.peer,
+                client=by.client_id,
+                owner=other.client_id,
+                **key_summary((ts.key for ts in dropped), len(dropped)),
+            )
+            for ts in dropped:
+                self._unwant(other, ts)
 
     def _who_has(self, peer: str, msg: m.WhoHas) -> None:
         answer = {}

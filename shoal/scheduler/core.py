@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from shoal.scheduler.ingest import Plan
     from shoal.scheduler.replicas import Replication
     from shoal.scheduler.retirement import Retirement, RetireRequest
+    from shoal.scheduler.roles import Grant
     from shoal.scheduler.stalls import Stall
     from shoal.scheduler.tally import Tally
 
@@ -38,6 +39,9 @@ class CoreBase:
     """The attributes and methods of SchedulerState that its mixins rely on."""
 
     address: str
+    audit: bool
+    require_tls: bool
+    grants: dict[str, Grant]
     http_address: str
     tally: Tally
     heartbeat_timeout: float
@@ -101,6 +105,10 @@ class CoreBase:
         def _data_lost(self, ts: TaskState) -> None: ...
         def _copy_settled(self, key: object, ws: WorkerInfo) -> None: ...
         def _lost_for_good(self, ts: TaskState) -> None: ...
+
+        # roles.py
+        def _audit(self, event: str, **fields: object) -> None: ...
+        def _token_of(self, peer: str) -> str: ...
 
         # keepers.py, restarts.py
         def _dropped_keepers(self) -> None: ...

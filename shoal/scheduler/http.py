@@ -11,7 +11,9 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from shoal.protocol.comm import EventHook
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.protocol.web import (
     TOKEN_COOKIE,
     Handler,
@@ -120,8 +122,6 @@ class EventsHandler(_SchedulerHandler):
 
 
 class DesiredWorkersHandler(_SchedulerHandler):
-    role = "metrics"
-
     def get(self) -> None:
         state = self.scheduler.state
         self.write_json(
@@ -148,10 +148,12 @@ def scheduler_web(
     *,
     host: str,
     port: int,
-    token: str | bytes | None,
+    keyring: Keyring | None,
     tls: TLSConfig | None,
     allow_insecure: bool,
     fallback: bool = False,
+    require_tls: bool = False,
+    on_event: EventHook | None = None,
 ) -> WebServer:
     """The scheduler's HTTP server, not started (see WebServer for `fallback`)."""
     options: dict[str, Any] = {"scheduler": scheduler}
@@ -160,14 +162,15 @@ def scheduler_web(
         [],
         host=host,
         port=port,
-        token=token,
+        keyring=keyring,
         tls=tls,
         allow_insecure=allow_insecure,
+        require_tls=require_tls,
         fallback=fallback,
+        on_event=on_event,
     )
     registry = registry_for("shoal_scheduler", server.loop, SchedulerCollector(scheduler.state))
-    server.app.add_handlers(
-        r".*",
+    server.add(
         [
             (r"/health", HealthHandler),
             (r"/ready", ReadyHandler, {"ready": lambda: scheduler_ready(scheduler)}),
@@ -182,6 +185,6 @@ def scheduler_web(
             (r"/api/v1/dashboard", DashboardDataHandler, options),
             (r"/", PageHandler, files),
             (r"/dashboard/([a-z.]+)", PageHandler, files),
-        ],
+        ]
     )
     return server

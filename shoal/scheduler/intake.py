@@ -102,6 +102,7 @@ class LargeSubmissions(CoreBase):
         plan = yield from plan_in_slices(msg, self.tasks)
         if isinstance(plan, str):
             self._send(peer, m.GraphRejected(keys=msg.wanted, reason=plan))
+            self._audit("graph-rejected", conn=peer, reason=plan[:1000])
             return
         local: dict[object, TaskState] = dict(plan.outside)
         new: list[TaskState] = []

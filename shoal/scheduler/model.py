@@ -345,4 +345,24 @@ class Disconnect:
         return f"Disconnect({self.peer!r}, {self.reason!r})"
 
 
-Command = Send | Disconnect
+class Audit:
+    """Command: record `event` with `fields` in the audit log (see audit.py).
+
+    Fields are plain data (str, int, float, bool, lists and dicts of them):
+    names, counts, reasons; never a payload, never a secret.
+    """
+
+    __slots__ = ("event", "fields")
+
+    def __init__(self, event: str, fields: dict[str, object]) -> None:
+        self.event = event
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Audit and (other.event, other.fields) == (self.event, self.fields)
+
+    def __repr__(self) -> str:
+        return f"Audit({self.event!r}, {self.fields!r})"
+
+
+Command = Send | Disconnect | Audit

@@ -57,7 +57,10 @@ class Retirements(CoreBase):
 
     def _retire_worker(self, peer: str, msg: m.RetireWorker) -> None:
         """A worker asks to retire (its process got SIGTERM)."""
-        self._start_retiring(self.workers[peer], msg.reason or "it asked to", msg.timeout)
+        ws = self.workers[peer]
+        self._audit("retire", conn=peer, workers=[ws.name[:100]], by="the worker itself",
+                    reason=msg.reason[:1000], timeout=msg.timeout)  # fmt: skip
+        self._start_retiring(ws, msg.reason or "it asked to", msg.timeout)
 
     def _retire_workers(self, peer: str, msg: m.RetireWorkers) -> None:
         """A client asks for workers, named or by data address, to retire."""
@@ -74,6 +77,11 @@ class Retirements(CoreBase):
         request.pending = chosen
         self.retire_requests.append(request)
         asker = f"asked by client {self.clients[peer].name or peer}"
+        self._audit(
+            "retire", conn=peer, workers=[ws.name[:100] for ws in chosen][:100],
+            by=self.clients[peer].client_id, token=self._token_of(peer), unknown=len(unknown),
+            timeout=msg.timeout,
+        )  # fmt: skip
         for ws in chosen:
             self._start_retiring(ws, asker, msg.timeout)
         self._answer_retire_requests()

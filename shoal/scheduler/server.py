@@ -24,9 +24,12 @@ from shoal.protocol.escape import peer_text
 from shoal.protocol.schema import Message
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring, TokenFileError
 from shoal.protocol.web import WebServer, http_host
+from shoal.scheduler.audit import AuditLog
 from shoal.scheduler.http import scheduler_web
-from shoal.scheduler.model import Command, Disconnect, Send
+from shoal.scheduler.model import Audit, Command, Disconnect, Send
+from shoal.scheduler.roles import Grant
 from shoal.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,13 @@ class Scheduler:
     default port, as the `shoal scheduler` command's). Extra keyword
     arguments configure SchedulerState.
 
+    Peers prove they hold `token` (the admin role) or one of `keyring`'s
+    tokens (a token file: each with its role, checked on every message; see
+    shoal.scheduler.roles). `audit_log` is the path of the audit log (see
+    audit.py); `require_tls` refuses plain addresses, for the scheduler and
+    for the workers that join it. `reload()` (SIGHUP) reads the token file
+    again and reopens the audit log.
+
     An internal error (an exception from the core or from this shell) is
     logged once at ERROR with the recent transitions of the keys involved;
     the scheduler then closes every connection with a reason naming the
@@ -135,8 +145,11 @@ class Scheduler:
         address: str = "tcp://127.0.0.1:0",
         *,
         token: str | bytes | None = None,
+        keyring: Keyring | None = None,
         tls: TLSConfig | None = None,
         allow_insecure: bool = False,
+        require_tls: bool = False,
+        audit_log: str | None = None,
         sock: socket.socket | None = None,
         freeze_gc: bool = False,
         http_port: int | None = None,
@@ -149,8 +162,13 @@ class Scheduler:
         self._web: WebServer | None = None
         self._sock = sock  # bound and listening at `address` already, if given
         self._token, self._tls, self._allow_insecure = token, tls, allow_insecure
+        self.keyring, self.require_tls = keyring, require_tls
+        self._audit_path = audit_log
+        self.audit: AuditLog | None = None
         self._state_options = state_options
-        self.state = SchedulerState(**state_options)
+        self.state = SchedulerState(
+            audit=audit_log is not None, require_tls=require_tls, **state_options
+        )
         self.collector = Collector(freeze_gc)
         self.comms: dict[str, Comm] = {}
         self._listener: Listener | None = None
@@ -167,19 +185,26 @@ class Scheduler:
         """Listen; return once connections are accepted.
 
         Raises:
-            PermissionError: a non-loopback address without a token (see listen()).
-            OSError: the address cannot be bound.
+            PermissionError: a non-loopback address without a token, or a plain
+                one with `require_tls` (see listen()).
+            OSError: the address cannot be bound, or the audit log opened.
         """
+        if self._audit_path is not None and self.audit is None:
+            self.audit = AuditLog(self._audit_path)
         self._listener = await listen(
             self.address,
             self._serve,
             role="scheduler",
             name="scheduler",
             token=self._token,
+            keyring=self.keyring,
             tls=self._tls,
             allow_insecure=self._allow_insecure,
+            require_tls=self.require_tls,
             sock=self._sock,
+            on_event=self._record if self.audit is not None else None,
         )
+        self.keyring = self._listener.keyring
         self.address = self._listener.address
         self.state.address = self.address
         if self.http_port is not None:
@@ -198,10 +223,12 @@ class Scheduler:
             self,
             host=http_host(self.address),
             port=port,
-            token=self._token,
+            keyring=self.keyring,
             tls=self._tls,
             allow_insecure=self._allow_insecure,
             fallback=self._http_fallback,
+            require_tls=self.require_tls,
+            on_event=self._record if self.audit is not None else None,
         )
         await self._web.start()
         self.http_address = self.state.http_address = self._web.address
@@ -258,8 +285,20 @@ class Scheduler:
         state, now, collector = self.state, time.monotonic, self.collector
         self.comms[peer] = comm
         msg: Message | None = None
+        if self.audit is not None:
+            self._record(
+                "connection-accepted",
+                {
+                    "conn": peer,
+                    "peer": comm.peer_address,
+                    "kind": role,
+                    "name": peer_text(comm.peer_name, 100),
+                    "role": comm.access.value,
+                    "token": comm.token_name,
+                },
+            )
         try:
-            state.connected(peer, role)
+            state.connected(peer, role, Grant(comm.access, comm.token_name))
             while True:
                 try:
                     batch = await comm.read()
@@ -291,6 +330,8 @@ class Scheduler:
             await comm.close(self._failure_reason)
         finally:
             del self.comms[peer]
+            if self.audit is not None:
+                self._record("connection-closed", {"conn": peer})
             if self.failure is None:  # a broken core is never called again
                 self._lost(peer)
 
@@ -328,6 +369,45 @@ class Scheduler:
             self._workers_changed.clear()
             await self._workers_changed.wait()
 
+    def _record(self, event: str, fields: dict[str, object]) -> None:
+        """One audit-log event, from the shell or the listener."""
+        if self.audit is not None:
+            self.audit.write(event, fields, time.time())
+
+    def reload(self) -> None:
+        """SIGHUP: read the token file again, close the connections whose token is
+        gone or changed, and reopen the audit log. A token file that cannot be
+        used is logged; the tokens stay as they were."""
+        if self.audit is not None:
+            self.audit.reopen()
+        keyring = self.keyring
+        if keyring is None or keyring.path is None:
+            return
+        try:
+            added, removed, changed = keyring.reload()
+        except TokenFileError as exc:
+            log.error("token file not reloaded, the tokens stay as they were: %s", exc)
+            self._record("tokens-reload-failed", {"reason": str(exc)[:1000]})
+            return
+        log.info(
+            "token file %s reloaded: %d token(s), %d added, %d removed, %d changed",
+            keyring.path,
+            len(keyring),
+            len(added),
+            len(removed),
+            len(changed),
+        )
+        self._record(
+            "tokens-reloaded",
+            {"tokens": len(keyring), "added": added, "removed": removed, "changed": changed},
+        )
+        for peer, comm in list(self.comms.items()):
+            if comm.token is not None and not keyring.holds(comm.token):
+                reason = f"its token {comm.token.name!r} was revoked or changed"
+                log.warning("closing connection %s: %s", comm.peer_address, reason)
+                self._record("connection-revoked", {"conn": peer, "token": comm.token.name})
+                comm.abort(reason)
+
     def _log_events(self) -> None:
         """One line per cluster event the core noted since the last call."""
         for n, _, kind, fields in self.state.tally.events:
@@ -341,6 +421,9 @@ class Scheduler:
             self._log_events()
         comms = self.comms
         for command in commands:
+            if isinstance(command, Audit):
+                self._record(command.event, command.fields)
+                continue
             comm = comms.get(command.peer)
             if comm is None:
                 continue  # that connection already ended; the core has been told
@@ -369,6 +452,8 @@ class Scheduler:
             if self._listener is not None:
                 await self._listener.close()
                 self._listener = None
+            if self.audit is not None:
+                self.audit.close()
             self._stopped.set()
             return
         self._stop.set()
@@ -384,6 +469,8 @@ class Scheduler:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        if self.audit is not None:
+            self.audit.close()
         self._stopped.set()
 
     async def finished(self) -> None:

@@ -40,6 +40,7 @@ from shoal.scheduler.model import (
 from shoal.scheduler.placement import Placement
 from shoal.scheduler.replicas import DataRequests, Replication
 from shoal.scheduler.restarts import ClusterRestarts
+from shoal.scheduler.roles import ANYTHING, Grant, RoleChecks
 from shoal.scheduler.stalls import NO_WORKER_WARNING_S, Stall, StalledTasks
 from shoal.scheduler.tally import Tally
 from shoal.scheduler.workers import WorkerEvents
@@ -65,6 +66,7 @@ class SchedulerState(
     ClientRequests,
     DataRequests,
     LargeSubmissions,
+    RoleChecks,
     StalledTasks,
     WorkerEvents,
 ):
@@ -83,6 +85,8 @@ class SchedulerState(
         no_worker_warning / no_workers_timeout: seconds a ready task that no
             current worker can run waits before its clients are told, and
             before it fails with NoValidWorker (None: never); see stalls.py.
+        audit: emit Audit commands (who did what) for the shell's audit log.
+        require_tls: refuse workers whose data address is not tls://.
     """
 
     def __init__(
@@ -98,10 +102,13 @@ class SchedulerState(
         death_report_wait: float = 2.0,
         no_worker_warning: float = NO_WORKER_WARNING_S,
         no_workers_timeout: float | None = None,
+        audit: bool = False,
+        require_tls: bool = False,
     ) -> None:
         if allowed_failures < 1:
             raise ValueError(f"allowed_failures must be at least 1, not {allowed_failures}")
         self.address, self.http_address = address, ""  # the shell sets http_address
+        self.audit, self.require_tls = audit, require_tls
         self.tally = Tally()  # counters for metrics, the dashboard and logs
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
@@ -111,6 +118,7 @@ class SchedulerState(
         self.tasks: dict[object, TaskState] = {}
         self.placement = Placement(initial_depth, max_depth, round_trip_s)
         self.roles: dict[str, str] = {}  # peer -> role, from connected()
+        self.grants: dict[str, Grant] = {}  # peer -> its token's role, from connected()
         self.workers: dict[str, WorkerInfo] = {}  # by peer
         self.by_address: dict[str, WorkerInfo] = {}  # by data address
         # Copies asked for by Replicate and not yet confirmed, by (key, worker).
@@ -172,13 +180,18 @@ class SchedulerState(
 
     # -- entry points ------------------------------------------------------------
 
-    def connected(self, peer: str, role: str) -> None:
-        """A connection `peer` completed its handshake as `role`."""
+    def connected(self, peer: str, role: str, grant: Grant | None = None) -> None:
+        """A connection `peer` completed its handshake as `role`; `grant`: what its
+        token lets it do (see roles.py; None: anything)."""
         self.roles[peer] = role
+        self.grants[peer] = grant or ANYTHING
 
     def handle(self, peer: str, msg: Message, now: float) -> list[Command]:
         """Apply one message from `peer`; return what to send."""
         self._begin(msg.op, now)
+        grant = self.grants.get(peer, ANYTHING)
+        if type(msg) not in grant.passes and not self._permitted(peer, msg):
+            return self._end()
         role = self.roles.get(peer, "")
         handler = self._handlers.get((role, type(msg)))  # none for registrations
         ws = self.workers.get(peer)
@@ -202,6 +215,7 @@ class SchedulerState(
         """The connection `peer` is gone."""
         self._begin("connection-lost", now)
         self.roles.pop(peer, None)
+        self.grants.pop(peer, None)
         intake = self.intakes.pop(peer, None)
         if peer in self.workers:
             self._worker_lost(self.workers[peer])

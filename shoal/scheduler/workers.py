@@ -38,6 +38,7 @@ class WorkerEvents(Retirements, MemoryPressure):
             # The connection stays open so that the refusal is delivered; an
             # unregistered peer can do nothing else on it.
             self._send(peer, m.RegistrationRefused(reason=reason))
+            self._audit("worker-refused", conn=peer, name=msg.name[:100], reason=reason)
             return
         ws = WorkerInfo(
             peer,
@@ -57,6 +58,16 @@ class WorkerEvents(Retirements, MemoryPressure):
         self.placement.add_worker(ws)
         self.retire_events += 1  # somewhere for a retiring worker's values
         self._send(peer, m.WorkerRegistered(name=ws.name))
+        self._audit(
+            "worker-joined",
+            conn=peer,
+            name=ws.name[:100],
+            address=ws.address[:200],
+            token=self._token_of(peer),
+            nthreads=ws.nthreads,
+            nanny=ws.nanny,
+            resources={name[:60]: amount for name, amount in list(ws.resources.items())[:20]},
+        )
         self.tally.workers_joined += 1
         self.tally.event(self._now, "worker-joined", worker=ws.name, address=ws.address)
         self._workers_changed()
@@ -68,6 +79,8 @@ class WorkerEvents(Retirements, MemoryPressure):
             return f"a worker named {msg.name!r} is already registered"
         if msg.nthreads < 1:
             return f"nthreads must be at least 1, not {msg.nthreads}"
+        if self.require_tls and not msg.address.startswith(("tls://", "inproc://")):
+            return f"this cluster requires TLS, and the data address {msg.address[:200]!r} is plain"
         holder = self.by_address.get(msg.address)
         # A dying worker's successor may take its address: the dying one serves nothing.
         if holder is not None and holder not in self.dying:
@@ -188,6 +201,10 @@ class WorkerEvents(Retirements, MemoryPressure):
         `allowed_failures` workers died under it (see _count_death; `reported`:
         the cause is its nanny's report).
         """
+        if cause is None:
+            self._audit("worker-left", conn=ws.peer, name=ws.name[:100])
+        else:
+            self._audit("worker-died", conn=ws.peer, name=ws.name[:100], cause=cause[:1000])
         del self.workers[ws.peer]
         self.dying.pop(ws, None)
         if cause is None:

@@ -16,6 +16,7 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.protocol.web import (
     HealthHandler,
     MetricsHandler,
@@ -103,18 +104,32 @@ class WorkerWeb:
     """The HTTP server of a worker process; set `worker` to each Worker it runs."""
 
     def __init__(
-        self, *, host: str, port: int, token: str | bytes | None, tls: TLSConfig | None
+        self,
+        *,
+        host: str,
+        port: int,
+        token: str | bytes | None,
+        tls: TLSConfig | None,
+        keyring: Keyring | None = None,
+        require_tls: bool = False,
     ) -> None:
         self.worker: Worker | None = None
-        self.server = WebServer([], host=host, port=port, token=token, tls=tls)
+        self.server = WebServer(
+            [],
+            host=host,
+            port=port,
+            token=None if keyring is not None else token,
+            keyring=keyring,
+            tls=tls,
+            require_tls=require_tls,
+        )
         registry = registry_for(P, self.server.loop, WorkerCollector(self))
-        self.server.app.add_handlers(
-            r".*",
+        self.server.add(
             [
                 (r"/health", HealthHandler),
                 (r"/ready", ReadyHandler, {"ready": self.ready}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
-            ],
+            ]
         )
 
     def ready(self) -> str | None:

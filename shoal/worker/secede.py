@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerIdentity:
-    """The worker a task runs on, as the task may see it (shoal.get_worker())."""
+    """The worker a task runs on, as the task may see it (shoal.get_worker()).
+    `token` is the one its tasks' clients connect with (get_client): a submit
+    token of the worker's token file when it has one, else the worker's own."""
 
     name: str
     address: str

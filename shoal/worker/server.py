@@ -36,11 +36,14 @@ from shoal.protocol.messages import (
     WorkerRegistered,
     WorkerRetired,
 )
+from shoal.protocol.permissions import Role
+from shoal.protocol.permissions import refused as refused_for_role
 from shoal.protocol.retry import connect_retrying
 from shoal.protocol.schema import Message
 from shoal.protocol.serialize import Serialized
 from shoal.protocol.story import keys_named, tell
 from shoal.protocol.tls import TLSConfig
+from shoal.protocol.tokens import Keyring
 from shoal.worker.events import (
     MEMORY_COMMANDS,
     Command,
@@ -113,6 +116,7 @@ class Worker(Retiring):
         memory_limit: int = 0,
         resources: dict[str, float] | None = None,
         token: str | bytes | None = None,
+        keyring: Keyring | None = None,
         tls: TLSConfig | None = None,
         listen: str | None = None,
         connect_timeout: float = 10.0,
@@ -152,7 +156,9 @@ class Worker(Retiring):
         # What this worker accepts in one batch on its data connections: from the
         # peers it fetches from, and from those that fetch from it or put data on it.
         self.data_limits = data_limits
-        self._token, self._tls, self._listen = token, tls, listen
+        # `token` is the one it connects with; its data port takes `keyring`'s tokens
+        # (each with its role: see shoal.protocol.permissions), or `token` as admin.
+        self._token, self._keyring, self._tls, self._listen = token, keyring, tls, listen
         self._connect_timeout, self._connect_retry = connect_timeout, connect_retry
         self._heartbeat_interval = heartbeat_interval
         self.restart_requested = False  # it stopped so that its nanny starts it afresh
@@ -196,7 +202,8 @@ class Worker(Retiring):
                 self._serve_peer,
                 role="worker",
                 name=self.name,
-                token=self._token,
+                token=None if self._keyring else self._token,
+                keyring=self._keyring,
                 tls=self._tls,
                 limits=self.data_limits,
             )
@@ -208,8 +215,12 @@ class Worker(Retiring):
                 await self._listener.close()
             raise
         self._scheduler = comm
+        # Its tasks' clients (get_client) connect with a submit token of the file,
+        # if it has one: a worker token may not submit.
+        own = self._keyring.first(Role.SUBMIT, Role.ADMIN) if self._keyring else None
+        tasks_token = own.secret if own is not None else self._token
         identity = WorkerIdentity(
-            self.name, self.address, self.scheduler_address, self.nthreads, self._token, self._tls
+            self.name, self.address, self.scheduler_address, self.nthreads, tasks_token, self._tls
         )
         self.remote.identity = identity
         self._pool = ThreadPool(
@@ -511,6 +522,8 @@ class Worker(Retiring):
         for msg in msgs:
             if self._failure is not None:
                 return f"worker {self.name!r} stopped on an internal error"
+            if (why := refused_for_role(comm.access, comm.token_name, msg)) is not None:
+                return f"worker {self.name!r} refuses it: {why}"
             if type(msg) is PutData:
                 self._handle(DataPut(msg.data), time.monotonic())
                 refused = tuple(k for k in msg.data if self.state.value_of(k) is None)

@@ -24,7 +24,10 @@ LOCAL_MACHINERY = (
     "watches dask's local scheduler itself (callbacks, its pool, its cache), "
     "which no other scheduler runs"
 )
-WARNINGS = "expects a warning raised inside a task to reach the caller's warnings filter"
+WARNINGS = (
+    "expects a warning raised inside a task to reach the caller's warnings filter; "
+    "shoal does not carry warnings back from workers (dask.distributed does not either)"
+)
 
 LOCK_IN_TEST = (
     "holds a lock in the test process and expects tasks to see it held; "
@@ -37,6 +40,10 @@ MEMMAP_CRASH = (
 GENERATOR = (
     "a task returns, or is given, a generator (a lazy partition), which cannot be "
     "pickled to move between processes"
+)
+WEAKREF = (
+    "a task returns a weakref.proxy of a frame, which cannot be pickled to move "
+    "between processes (and would name an object of the worker's)"
 )
 CONFIG = (
     "sets dask's configuration in the test process and expects tasks to read it; "
@@ -57,6 +64,8 @@ CANNOT_PASS: dict[str, str] = {
     "dask/bag/tests/test_bag.py::test_bag_with_single_callable": IDENTITY,
     "dask/bag/tests/test_bag.py::test_reductions_are_lazy": GENERATOR,
     "dask/bag/tests/test_bag.py::test_temporary_directory": CONFIG,
+    "dask/dataframe/tests/test_dataframe.py::test_head_npartitions_warn": WARNINGS,
+    "dask/dataframe/tests/test_dataframe.py::test_use_of_weakref_proxy": WEAKREF,
     # da.store writes into a numpy array (or memmap) of the test process.
     CORE + "test_store_delayed_target": MUTATES,
     CORE + "test_store": MUTATES,
