@@ -306,8 +306,12 @@ def test_the_gpu_group_asks_for_gpus_on_gpu_nodes() -> None:
     spec = groups["gpu"]["spec"]["template"]["spec"]
     container = spec["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert parse_resources(arg(container, "--resources") or "") == {"GPU": 1.0}
-    assert arg(container, "--nthreads") == "8"
+    # One worker per device the pod is given, each offering GPU=1 itself; the
+    # container's memory is shared among them; one thread each unless set.
+    assert arg(container, "--gpus") == "all"
+    assert arg(container, "--resources") is None
+    assert arg(container, "--nthreads") is None
+    assert arg(container, "--memory-limit") == str(int(32 * 2**30 * 0.95))
     assert container["image"].endswith(":0.1.0-gpu")
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert spec["tolerations"] == [
