@@ -96,6 +96,10 @@ def worker_pids(system: str, client: Any) -> dict[str, int]:
     return dict(client.run(os.getpid))
 
 
+# Seconds to wait, after the answer, for a heartbeat that reports spilled bytes.
+SETTLE_S = 3.0
+
+
 def spilled_now(system: str, client: Any) -> int:
     info = client.scheduler_info()["workers"]
     if system == "shoal":
@@ -166,7 +170,14 @@ def _measure(
             ]
             answer = client.submit(add, *parts, pure=False).result(timeout=STEP_TIMEOUT_S)
             wall = time.perf_counter() - begin
-            spilled[0] = max(spilled[0], spilled_now(system, client))
+            # What workers hold on disk reaches the scheduler with their next
+            # heartbeat: the chunks are still held, so wait for one (bounded).
+            deadline = time.monotonic() + SETTLE_S
+            while True:
+                spilled[0] = max(spilled[0], spilled_now(system, client))
+                if spilled[0] > 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             done.set()
             watcher.join(5)
         after = worker_pids(system, client)

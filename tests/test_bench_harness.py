@@ -82,7 +82,9 @@ def test_ratios_take_each_project_at_its_best_shape_and_the_load_is_shown() -> N
 def test_an_e2e_round_charges_cpu_to_each_process_kind(tmp_path: Path) -> None:
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    shape = {"tasks": 200, "round_trips": 20, "leaves": 16}
+    # CPU times tick in 10 ms steps: the tree is large enough (1,023 tasks) that
+    # the client's share is sure to be more than one tick.
+    shape = {"tasks": 200, "round_trips": 20, "leaves": 512}
     out = e2e.run_round("shoal-cli", "map", shape, tmp_path)
     assert out["throughput_tasks_s"] > 0
     # The workers ran 200 tasks and the scheduler placed them: both used CPU.
