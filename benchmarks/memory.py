@@ -1,6 +1,8 @@
 """Memory: the scheduler's per task, and workloads larger than the workers' memory.
 
-The second is benchmarks/spill.py (`--workloads spill`); what follows is the first.
+The second is benchmarks/spill.py (`--workloads spill`, numpy chunks) and
+benchmarks/spill_frame.py (`--workloads groupby`, a dask.dataframe groupby);
+what follows is the first.
 Scheduler memory per task: 100,000 tasks pending, then finished and held.
 
 The scheduler must be a process of its own whose figures can be read, so the
@@ -251,7 +253,7 @@ def spawn(system: str, n: int, timeout: float = CHILD_TIMEOUT_S) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import spill
+    from benchmarks import spill, spill_frame
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
@@ -262,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--workloads",
-        default="scheduler,spill",
-        help="scheduler: memory per task; spill: data larger than memory (default both)",
+        default="scheduler,spill,groupby",
+        help="scheduler: memory per task; spill: numpy data larger than memory; groupby: "
+        "a dataframe groupby over data larger than memory (default all three)",
     )
     spill.add_arguments(parser)
+    spill_frame.add_arguments(parser)
     args = parser.parse_args(argv)
     n = args.tasks or (N_TASKS_QUICK if args.quick else N_TASKS)
     if args.child:
@@ -281,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if "spill" in workloads and spilling:
         out["spill"] = spill.run_rounds(spilling, spill.shape_of(args), 1)
         print(format_table(out["spill"]["table"]))
+    if "groupby" in workloads and spilling:
+        out["groupby"] = spill_frame.run_rounds(spilling, spill_frame.shape_of(args), 1)
+        print(format_table(out["groupby"]["table"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -107,6 +107,41 @@ def spilled_now(system: str, client: Any) -> int:
     return sum(w["metrics"]["spilled_bytes"]["memory"] for w in info.values())
 
 
+class SpilledBytes:
+    """The most bytes the scheduler reported spilled, polled in a thread."""
+
+    def __init__(self, system: str, client: Any) -> None:
+        self.system, self.client = system, client
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self.most = max(self.most, spilled_now(self.system, self.client))
+            except Exception:  # a reply lost while closing: not a figure
+                return
+
+    def settle(self) -> None:
+        """What workers hold on disk reaches the scheduler with their next
+        heartbeat: while the data is still held, wait for one (bounded)."""
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            self.most = max(self.most, spilled_now(self.system, self.client))
+            if self.most > 0 or time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+    def __enter__(self) -> SpilledBytes:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def run_spill(
     system: str,
     limit: str,
@@ -149,19 +184,7 @@ def _measure(
     try:
         assert client.submit(add, 1.0, 2.0).result(timeout=STEP_TIMEOUT_S) == 3.0
         pids = worker_pids(system, client)
-        spilled = [0]
-        done = threading.Event()
-
-        def watch_spill() -> None:
-            while not done.wait(0.25):
-                try:
-                    spilled[0] = max(spilled[0], spilled_now(system, client))
-                except Exception:  # a reply lost while closing: not a figure
-                    return
-
-        watcher = threading.Thread(target=watch_spill, daemon=True)
-        with PeakRss(pids) as peaks:
-            watcher.start()
+        with PeakRss(pids) as peaks, SpilledBytes(system, client) as spilled:
             begin = time.perf_counter()
             chunks = client.map(make_chunk, range(n), n=size, data=data, pure=False)
             parts = [
@@ -170,16 +193,7 @@ def _measure(
             ]
             answer = client.submit(add, *parts, pure=False).result(timeout=STEP_TIMEOUT_S)
             wall = time.perf_counter() - begin
-            # What workers hold on disk reaches the scheduler with their next
-            # heartbeat: the chunks are still held, so wait for one (bounded).
-            deadline = time.monotonic() + SETTLE_S
-            while True:
-                spilled[0] = max(spilled[0], spilled_now(system, client))
-                if spilled[0] > 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            done.set()
-            watcher.join(5)
+            spilled.settle()  # the chunks are still held
         after = worker_pids(system, client)
         del chunks, parts
     finally:
@@ -194,7 +208,7 @@ def _measure(
         "wall_s": wall,
         "peak_rss_mb": max(peaks.peak.values()) / MiB,
         "peak_rss_mb_each": {name: rss / MiB for name, rss in peaks.peak.items()},
-        "spilled_mb": spilled[0] / MiB,
+        "spilled_mb": spilled.most / MiB,
         "workers_restarted": restarted,
         "right_answer": True,
     }

@@ -58,6 +58,21 @@ def test_larger_than_memory_workload_spills_gets_the_answer_and_kills_nobody() -
     assert not left, f"processes left running: {left}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_dataframe_groupby_over_more_than_memory_spills_and_matches_pandas() -> None:
+    from benchmarks import spill_frame
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    figures = spill_frame.run_frame("shoal", "200MiB", 10, 1.2, 100)  # 480 MiB through 400
+    assert figures["right_answer"] and figures["workers_restarted"] == 0
+    assert figures["spilled_mb"] > 0 and figures["data_mb"] >= 480
+    assert set(figures["peak_rss_mb_each"]) == {"w0", "w1"}
+    left = {p.pid for p in me.children(recursive=True)} - before
+    assert not left, f"processes left running: {left}"
+
+
 def test_ratios_take_each_project_at_its_best_shape_and_the_load_is_shown() -> None:
     metrics = [Metric("rate", "map", "tasks/s"), Metric("mem", "bytes", "B", lower=True)]
     values = {
