@@ -128,7 +128,7 @@ def _measure(
 
 
 def metrics(shape: dict[str, Any]) -> list[Metric]:
-    data = f"{shape['factor']:g}x the limit of 2 x {shape['limit']}"
+    data = f"{shape['factor']:g}x limit of 2 x {shape['limit']}"
     return [
         Metric("wall_s", f"dataframe groupby, {data}, wall", "s", lower=True),
         Metric("peak_rss_mb", "  peak RSS of the busiest worker", "MiB", lower=True),
