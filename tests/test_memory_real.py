@@ -122,3 +122,28 @@ def test_a_paused_worker_is_routed_around_and_resumes(tmp_path: Path) -> None:
         later = client.submit(pid_of, 1, workers=["local-0"], pure=False)
         assert later.result(timeout=WAIT_S) == pids["local-0"]
         assert {name: w["pid"] for name, w in client.scheduler_info()["workers"].items()} == pids
+
+
+def test_a_forked_worker_does_not_count_its_parents_memory_as_its_own() -> None:
+    from shoal.deploy.forked import ForkedProcess, can_fork
+
+    if not can_fork():
+        pytest.skip("this process cannot fork its workers now (other threads are alive)")
+    # The parent holds more than the worker's whole limit; a forked worker starts
+    # with those pages mapped, shared copy on write, and must not pause for them.
+    ballast = np.ones(450 * MiB, dtype="uint8")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MiB") as cluster,
+        Client(cluster.scheduler_address, token=cluster.token) as client,
+    ):
+        assert isinstance(cluster.procs[0], ForkedProcess)
+        assert client.submit(pid_of, 1, pure=False).result(timeout=WAIT_S) != os.getpid()
+
+        def reported() -> dict | None:  # the first heartbeat with a figure
+            info = client.scheduler_info()["workers"]["local-0"]
+            return info if info["memory"] > 0 else None
+
+        info = poll(reported, "a heartbeat from local-0")
+        assert not info["paused"]
+        assert info["memory"] < 200 * MiB
+    del ballast

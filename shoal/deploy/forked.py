@@ -48,6 +48,9 @@ def fork_worker(
     try:  # the child: never return into the caller's code
         listening.close()
         lifeline.in_forked_child()
+        from shoal.worker.holding import inherit_resident
+
+        inherit_resident()  # the parent's pages are not this worker's memory
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)

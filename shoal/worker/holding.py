@@ -36,6 +36,20 @@ log = logging.getLogger(__name__)
 # Resident memory is read at most this often: the process's figure costs a system call.
 RSS_EVERY_S = 0.01
 
+# Resident bytes this process began with as a fork of another (LocalCluster's
+# workers, shoal.deploy.forked): pages it shares with its parent, copy on write,
+# which are the parent's memory, not the worker's. Left out of its figure.
+_inherited = 0
+
+
+def inherit_resident() -> None:
+    """Called in a forked child before its worker starts: what it holds now is
+    its parent's."""
+    import psutil
+
+    global _inherited
+    _inherited = int(psutil.Process(os.getpid()).memory_info().rss)
+
 
 class Holding:
     """The store of one worker, and the measurements its core decides from."""
@@ -53,7 +67,8 @@ class Holding:
     def rss(self) -> int:
         now = time.monotonic()
         if now - self._rss_at >= RSS_EVERY_S:
-            self._rss, self._rss_at = int(self._process.memory_info().rss), now
+            rss = int(self._process.memory_info().rss)
+            self._rss, self._rss_at = max(rss - _inherited, 0), now
         return self._rss
 
     def sample(self, pool: ThreadPool | None) -> MemorySample:
