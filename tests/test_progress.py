@@ -93,3 +93,18 @@ def test_no_dashboard_link_without_http() -> None:
     with Client(n_workers=1, http_port=None) as c:
         assert c.dashboard_link == ""
         assert c.scheduler_info()["dashboard"] == ""
+
+
+def test_in_a_notebook_the_widget_follows_the_futures(client: Client, capsys) -> None:
+    ipywidgets = pytest.importorskip("ipywidgets")
+    futures = [*client.map(nap, range(60), pure=False), client.submit(boom, 1)]
+    box = shoal.progress(futures, notebook=True)
+    assert isinstance(box, ipywidgets.HBox)
+    bar, label = box.children
+    assert isinstance(bar, ipywidgets.IntProgress) and bar.max == 61
+    deadline = time.monotonic() + 60
+    while bar.bar_style not in ("success", "danger"):  # set once all are done
+        assert time.monotonic() < deadline, f"the widget stopped at {bar.value}/61"
+        time.sleep(0.02)
+    assert bar.value == 61 and bar.bar_style == "danger"  # one erred
+    assert "61/61" in label.value
