@@ -130,7 +130,7 @@ def _in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        import ipywidgets  # type: ignore[import-not-found]  # noqa: F401
+        import ipywidgets  # noqa: F401
     except ImportError:
         return False
     get_ipython = getattr(shell, "get_ipython", None)
@@ -140,7 +140,7 @@ def _in_notebook() -> bool:
 
 def _widget(watch: Watch, total: int, timeout: float | None) -> Any:
     import ipywidgets
-    from IPython.display import display  # type: ignore[import-not-found]
+    from IPython.display import display
 
     bar = ipywidgets.IntProgress(min=0, max=total, value=0, bar_style="info")
     label = ipywidgets.Label(value=f"0/{total}")
