@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,18 +260,31 @@ def shape_of(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_rounds(systems: list[str], shape: dict[str, Any], repeat: int) -> dict[str, Any]:
-    """Rounds alternating the systems' order; the table and every round's figures."""
+def alternate_rounds(
+    label: str,
+    one_round: Callable[[str, dict[str, Any]], dict[str, Any]],
+    table_metrics: list[Metric],
+    systems: list[str],
+    shape: dict[str, Any],
+    repeat: int,
+) -> dict[str, Any]:
+    """Rounds of `one_round(system, shape)` alternating the systems' order; the
+    table of `table_metrics` and every round's figures."""
     values: dict[str, dict[str, list[float]]] = {}
     rounds = []
     for rnd in range(repeat):
         for system in systems if rnd % 2 == 0 else systems[::-1]:
-            figures = spawn(system, shape)
+            figures = one_round(system, shape)
             rounds.append({"round": rnd + 1, "system": system, "figures": figures})
-            print(f"  spill round {rnd + 1}/{repeat} {system}: {figures}", file=sys.stderr)
-            for metric in metrics(shape):
+            print(f"  {label} round {rnd + 1}/{repeat} {system}: {figures}", file=sys.stderr)
+            for metric in table_metrics:
                 values.setdefault(metric.key, {}).setdefault(system, []).append(figures[metric.key])
-    return {"shape": shape, "table": summarize(metrics(shape), values), "rounds": rounds}
+    return {"shape": shape, "table": summarize(table_metrics, values), "rounds": rounds}
+
+
+def run_rounds(systems: list[str], shape: dict[str, Any], repeat: int) -> dict[str, Any]:
+    """Rounds alternating the systems' order; the table and every round's figures."""
+    return alternate_rounds("spill", spawn, metrics(shape), systems, shape, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,10 +37,11 @@ from benchmarks.spill import (
     PeakRss,
     SpilledBytes,
     add,
+    alternate_rounds,
     worker_pids,
 )
 from benchmarks.systems import CliCluster
-from benchmarks.table import Metric, format_table, summarize
+from benchmarks.table import Metric, format_table
 
 ROW_BYTES = 16  # an int64 key and a float64 value
 
@@ -159,16 +160,7 @@ def shape_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_rounds(systems: list[str], shape: dict[str, Any], repeat: int) -> dict[str, Any]:
-    values: dict[str, dict[str, list[float]]] = {}
-    rounds = []
-    for rnd in range(repeat):
-        for system in systems if rnd % 2 == 0 else systems[::-1]:
-            figures = spawn(system, shape)
-            rounds.append({"round": rnd + 1, "system": system, "figures": figures})
-            print(f"  groupby round {rnd + 1}/{repeat} {system}: {figures}", file=sys.stderr)
-            for metric in metrics(shape):
-                values.setdefault(metric.key, {}).setdefault(system, []).append(figures[metric.key])
-    return {"shape": shape, "table": summarize(metrics(shape), values), "rounds": rounds}
+    return alternate_rounds("groupby", spawn, metrics(shape), systems, shape, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
