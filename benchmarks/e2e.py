@@ -12,12 +12,13 @@ leaves behind reaches the next:
 - `tree`: 8,192 leaves summed pairwise, 16,383 tasks with string keys, run
   with `client.get(graph, top)` (shoal, dask) or built from object references
   (Ray, the way its users compose tasks); tasks per second.
-- `observed` (shoal only): the `map` workload three times on one cluster, the
-  second time with a separate process scraping /metrics and polling the
-  dashboard's /api/v1/dashboard every second (benchmarks/observe.py), as
-  Prometheus and an open dashboard page do; its throughput and the CPU per
-  task of the process that schedules, beside the mean of the runs just
-  before and after, with nothing polling.
+- `observed` (shoal only): the `map` workload seven times on one cluster,
+  the second, fourth and sixth time with a separate process scraping /metrics
+  and polling the dashboard's /api/v1/dashboard every second
+  (benchmarks/observe.py), as Prometheus and an open dashboard page do. The
+  poller is started before the first run and sleeps through the closed ones.
+  The medians of the polled runs' throughput and of the CPU per task of the
+  process that schedules, beside the medians of the four closed runs.
 
 Each round also charges the CPU every process used during its workload to
 the client, the scheduler or the workers (`systems.CpuMeter`) and reports
@@ -29,14 +30,12 @@ microseconds per task for each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import systems as sysmod
@@ -86,8 +85,9 @@ def runs_on(kind: str, system: str) -> bool:
 
 
 class Observer:
-    """benchmarks/observe.py polling `http` from a process of its own, as a scraper
-    and a browser would; `requests` counts what it sent, once it stopped."""
+    """benchmarks/observe.py from a process of its own, as a scraper and a browser
+    would; started before the first run and idle (asleep on its stdin) except
+    between `on()` and `off()`. `requests` counts what it sent, once it stopped."""
 
     def __init__(self, http: str) -> None:
         self.http = http
@@ -99,9 +99,21 @@ class Observer:
         pipe = subprocess.PIPE
         root = Path(__file__).resolve().parent.parent
         self._proc = subprocess.Popen(args, stdin=pipe, stdout=pipe, text=True, cwd=root)
-        assert self._proc.stdout is not None
-        self._proc.stdout.readline()  # "started": its first poll is done
         return self
+
+    def _say(self, command: str) -> None:
+        assert self._proc is not None and self._proc.stdin and self._proc.stdout
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline().strip()  # "on": its first poll is done
+        if answer != command:
+            raise RuntimeError(f"the poller answered {answer!r} to {command!r}")
+
+    def on(self) -> None:
+        self._say("on")
+
+    def off(self) -> None:
+        self._say("off")
 
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
@@ -228,35 +240,44 @@ def run_round(system: str, kind: str, shape: dict[str, int], workdir: Path) -> d
     return out
 
 
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+# Runs of the observed round: closed and polled alternate, closed first and last,
+# so that a drift of the machine's load over the round reaches both alike.
+OBSERVED_RUNS = (False, True, False, True, False, True, False)
 
 
 def observed(cluster: sysmod.Cluster, calls: Calls, n: int) -> dict[str, float]:
-    """map+gather closed, polled, closed: throughput, and the CPU of the process
-    that schedules (the scheduler's, or with the scheduler in this process, this
-    process's) per task. The poller's own CPU is not counted: it is no part of the
-    cluster, and it has exited before each count ends."""
+    """map+gather closed and polled in turn (OBSERVED_RUNS): the medians of each
+    kind's throughput and of the CPU per task of the process that schedules (the
+    scheduler's, or with the scheduler in this process, this process's). The
+    poller runs through all the runs, asleep in the closed ones; its own CPU is
+    not counted, as it is no part of the cluster."""
     http = cluster.client.dashboard_link.rstrip("/")
     role = "scheduler" if cluster.cli is not None else "client"
-    rates, cpus = [], []
-    for polled in (False, True, False):
-        meter = sysmod.CpuMeter(cluster)
-        meter.start()
-        with Observer(http) if polled else _nothing():
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpus: dict[bool, list[float]] = {False: [], True: []}
+    with Observer(http) as observer:
+        for polled in OBSERVED_RUNS:
+            if polled:
+                observer.on()
+            meter = sysmod.CpuMeter(cluster)
+            meter.start()
             begin = time.perf_counter()
             assert calls.map(n) == list(range(1, n + 1))
-            rates.append(n / (time.perf_counter() - begin))
-        cpus.append(meter.stop()[role] / n * 1e6)
-    closed, closed_cpu = (rates[0] + rates[2]) / 2, (cpus[0] + cpus[2]) / 2
+            rates[polled].append(n / (time.perf_counter() - begin))
+            cpus[polled].append(meter.stop()[role] / n * 1e6)
+            if polled:
+                observer.off()
+    assert observer.requests >= 2 * OBSERVED_RUNS.count(True), observer.requests
+    closed, polled_rate = statistics.median(rates[False]), statistics.median(rates[True])
+    closed_cpu, polled_cpu = statistics.median(cpus[False]), statistics.median(cpus[True])
     return {
         "closed_tasks_s": closed,
-        "observed_tasks_s": rates[1],
-        "observed_cost_pct": 100.0 * (1.0 - rates[1] / closed),
+        "observed_tasks_s": polled_rate,
+        "observed_cost_pct": 100.0 * (1.0 - polled_rate / closed),
         "closed_sched_cpu_us": closed_cpu,
-        "observed_sched_cpu_us": cpus[1],
-        "observed_cpu_cost_pct": 100.0 * (cpus[1] / closed_cpu - 1.0),
+        "observed_sched_cpu_us": polled_cpu,
+        "observed_cpu_cost_pct": 100.0 * (polled_cpu / closed_cpu - 1.0),
+        "observed_requests": float(observer.requests),
     }
 
 

@@ -5,10 +5,14 @@ tasks (100 workers, five key prefixes, some tasks finished) and times
 building the dashboard's answer and a /metrics scrape (CPU time), with their sizes: they
 read aggregates, so neither should grow with N.
 
-`python -m benchmarks.observe URL [INTERVAL]` polls a scheduler's /metrics and
-/api/v1/dashboard every INTERVAL seconds (1), as a Prometheus scraper and an
-open dashboard page do, until stdin ends; it prints "started" after its first
-poll and the number of requests made at the end (benchmarks/e2e.py runs it).
+`python -m benchmarks.observe URL [INTERVAL]` is a poller that benchmarks/e2e.py
+starts before its first run and keeps for all of them, so that starting it is
+counted against none: it reads `on` and `off` lines on stdin and, while on,
+GETs a scheduler's /metrics and /api/v1/dashboard every INTERVAL seconds (1),
+as a Prometheus scraper and an open dashboard page do. It answers `on` once
+its first poll is done and `off` once its polling thread has stopped, and
+prints the number of requests made when stdin ends. While off it sleeps on
+stdin and uses no CPU.
 """
 
 from __future__ import annotations
@@ -23,21 +27,48 @@ SCALE = (10_000, 100_000, 1_000_000)
 PREFIXES = ("load", "clean", "join", "fit", "score")
 
 
+class Polling(threading.Thread):
+    """GETs /metrics and the dashboard's JSON at once, then every `interval` s."""
+
+    def __init__(self, http: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.http, self.interval = http, interval
+        self.requests = 0
+        self.first, self.stop = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        since = 0.0
+        while True:
+            with urllib.request.urlopen(f"{self.http}/metrics", timeout=10) as answer:
+                answer.read()
+            url = f"{self.http}/api/v1/dashboard?since={since}"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                page = json.loads(answer.read())
+            since = max([since, *(run["stop"] for run in page["stream"])])
+            self.requests += 2
+            self.first.set()
+            if self.stop.wait(self.interval):
+                return
+
+
 def poll(http: str, interval: float) -> int:
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    since, requests = 0.0, 0
-    while True:
-        with urllib.request.urlopen(f"{http}/metrics", timeout=10) as answer:
-            answer.read()
-        with urllib.request.urlopen(f"{http}/api/v1/dashboard?since={since}", timeout=10) as answer:
-            page = json.loads(answer.read())
-        since = max([since, *(run["stop"] for run in page["stream"])])
-        requests += 2
-        if requests == 2:
-            print("started", flush=True)
-        if stop.wait(interval):
-            break
+    requests = 0
+    polling: Polling | None = None
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "on" and polling is None:
+            polling = Polling(http, interval)
+            polling.start()
+            if not polling.first.wait(30):
+                raise RuntimeError(f"no answer from {http} in 30 s")
+        elif command == "off" and polling is not None:
+            polling.stop.set()
+            polling.join(30)
+            requests += polling.requests
+            polling = None
+        elif command not in ("on", "off"):
+            raise ValueError(f"unknown command {command!r}: on or off")
+        print(command, flush=True)
     print(requests, flush=True)
     return 0
 

@@ -113,6 +113,21 @@ def test_an_e2e_round_charges_cpu_to_each_process_kind(tmp_path: Path) -> None:
     assert not left, f"processes left running: {left}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_observed_round_polls_only_in_its_polled_runs(tmp_path: Path) -> None:
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    out = e2e.run_round("shoal", "observed", {"tasks": 300}, tmp_path)
+    # Each polled run starts with one poll of /metrics and one of the dashboard.
+    polled_runs = e2e.OBSERVED_RUNS.count(True)
+    assert out["observed_requests"] >= 2 * polled_runs
+    assert out["closed_tasks_s"] > 0 and out["observed_tasks_s"] > 0
+    assert out["closed_sched_cpu_us"] > 0
+    left = {p.pid for p in me.children(recursive=True)} - before
+    assert not left, f"processes left running: {left}"
+
+
 def test_tree_graph_has_string_keys_and_sums_right() -> None:
     graph, top = e2e.tree_graph(5)
     assert all(type(key) is str for key in graph)
