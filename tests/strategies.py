@@ -68,8 +68,10 @@ def strategy_for(tp: object) -> st.SearchStrategy[Any]:
         return simple[str]
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*[strategy_for(a) if a is not type(None) else st.none() for a in args])
-    if origin is tuple:
+    if origin is tuple and args[-1:] == (Ellipsis,):
         return st.lists(strategy_for(args[0]), max_size=3).map(tuple)
+    if origin is tuple:  # a record: one value of each place's type
+        return st.tuples(*(strategy_for(a) for a in args))
     if origin is dict:
         return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=2)
     raise TypeError(f"no strategy for {tp!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,32 @@ def test_get_meets_dask_s_scheduler_call_contract(client: Client) -> None:
     assert client.get(dsk, ("b", 0)) == 2
     # The graph of Task nodes computes values, never hands back a Task.
     assert client.get(dsk, [("b", 0)]) == (2,)
+
+
+def warn_and_negate(x: int) -> int:
+    import warnings
+
+    warnings.warn(f"negating {x}", FutureWarning, stacklevel=1)
+    return -x
+
+
+def test_warnings_raised_inside_tasks_are_raised_again_in_the_caller(client: Client) -> None:
+    # numpy's own RuntimeWarning in the inner tasks of a reduction: the client
+    # wants only the final key.
+    with pytest.warns(RuntimeWarning, match="invalid value encountered in log"):
+        assert np.isnan(da.log(-da.ones(100, chunks=10)).sum().compute())
+    # An inner delayed task's warning, under dask.compute with client.get.
+    inner = dask.delayed(warn_and_negate)(3)
+    with pytest.warns(FutureWarning, match="negating 3"):
+        assert dask.compute(dask.delayed(operator.add)(inner, 1), scheduler=client.get) == (-2,)
+    # A plain future's, before its result.
+    with pytest.warns(FutureWarning, match="negating 7"):
+        assert client.submit(warn_and_negate, 7, pure=False).result() == -7
+    # The caller's filters decide.
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("ignore", FutureWarning)
+        assert client.submit(warn_and_negate, 8, pure=False).result() == -8
+    assert not [w for w in got if issubclass(w.category, FutureWarning)]
 
 
 def test_every_key_form_reaches_the_cluster_and_back(client: Client) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.client.state import Key, KeyTable
+from shoal.client.warned import raise_again
 from shoal.errors import (
     AccessDenied,
     CommClosedError,
@@ -36,6 +37,7 @@ from shoal.protocol.messages import (
     RequestRefused,
     SchedulerInfo,
     TasksStalled,
+    TaskWarned,
     WhoHas,
     WhoHasAnswer,
     WorkersChanged,
@@ -187,6 +189,8 @@ class SchedulerLink:
             self._refused(msg)
         elif isinstance(msg, WorkersChanged):
             self._workers_changed(msg.workers)
+        elif isinstance(msg, TaskWarned):
+            raise_again(msg)
         elif isinstance(msg, TasksStalled):
             log.warning("%s", stalled_text(msg))
         elif isinstance(msg, WorkersPaused):

@@ -543,8 +543,10 @@ def _scheduler_http_port(args: argparse.Namespace) -> int:
 
 async def _run_worker(args: argparse.Namespace) -> int:
     """A worker in this process; it joins its scheduler again whenever it loses it."""
+    from shoal.worker import task_warnings
     from shoal.worker.http import WorkerWeb
 
+    task_warnings.install()  # a task's warnings go to its client (README "Warnings")
     nanny_id = os.environ.pop(NANNY_ENV, "")
     args.gpu = gpus.worker_setup(args)  # pinned to its device, named after it, GPU=1
     signals = _Signals()

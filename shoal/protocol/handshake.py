@@ -15,7 +15,7 @@ from shoal.protocol.escape import peer_text
 from shoal.protocol.limits import Limits
 from shoal.protocol.messages import ROLES, Hello
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 NONCE_BYTES = 32
 _PROOF_CONTEXT = b"shoal-handshake-v1"
 

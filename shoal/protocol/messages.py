@@ -21,6 +21,15 @@ ROLES = ("scheduler", "worker", "client", "nanny")
 # is kept by the scheduler, and reaches clients and dependent tasks with it.
 INLINE_VALUE_BYTES = 1024
 
+# A warning a task raised: (category, message, filename, lineno, module). The
+# category is its class's importable name ("builtins.UserWarning"); the message
+# is its text, cut at WARNING_TEXT_CHARS; the module is what filters match it
+# against (the file name without ".py", as warnings.warn_explicit derives it). A
+# task's report carries at most WARNINGS_PER_TASK of them, each distinct.
+Warned = tuple[str, str, str, int, str]
+WARNINGS_PER_TASK = 20
+WARNING_TEXT_CHARS = 2_000
+
 # -- handshake (frozen across protocol versions) ------------------------------
 
 
@@ -201,7 +210,8 @@ class TaskFinished(Message):
     """A task's result is in the worker's memory.
 
     `value` carries the serialized result when it is at most
-    INLINE_VALUE_BYTES; `duration` is the run time in seconds.
+    INLINE_VALUE_BYTES; `duration` is the run time in seconds; `warned` the
+    warnings the task raised, for the scheduler to pass on (TaskWarned).
     """
 
     key: Key
@@ -209,11 +219,13 @@ class TaskFinished(Message):
     typename: TypeName
     duration: float
     value: Serialized | None = None
+    warned: tuple[Warned, ...] = ()
 
 
 @message("task-erred")
 class TaskErred(Message):
-    """A task raised. `exception` is the pickled exception when it pickles."""
+    """A task raised. `exception` is the pickled exception when it pickles;
+    `warned` the warnings it raised before, as in TaskFinished."""
 
     key: Key
     typename: str
@@ -221,6 +233,7 @@ class TaskErred(Message):
     traceback: str
     duration: float = 0.0
     exception: Serialized | None = None
+    warned: tuple[Warned, ...] = ()
 
 
 @message("tasks-started")
@@ -475,6 +488,17 @@ class KeyErred(Message):
     traceback: str
     exception: Serialized | None = None
     blame: Key | None = None
+
+
+@message("task-warned")
+class TaskWarned(Message):
+    """Task `key` raised these warnings while it ran, for the client to raise again
+    (with its own filters). Sent to the clients that want `key`, or else to those
+    that want a task depending on it, found within SCAN_FOR_WANTED dependents;
+    always before the report of any key depending on it."""
+
+    key: Key
+    warned: tuple[Warned, ...]
 
 
 @message("keys-cancelled")

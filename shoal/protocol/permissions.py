@@ -91,6 +91,7 @@ PERMISSIONS: dict[type[Message], Roles] = {
     m.GraphRejected: NOBODY,
     m.KeyInMemory: NOBODY,
     m.KeyErred: NOBODY,
+    m.TaskWarned: NOBODY,
     m.KeysCancelled: NOBODY,
     m.ReleaseFutures: _OWN_FUTURES,
     m.CancelKeys: _OWN_FUTURES,  # its own keys only; with `force`, admin only (roles.py)

@@ -94,13 +94,17 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
         made._validators = tuple(
             (f.name, compile_type(hints[f.name]), f"{op}.{f.name}") for f in fields
         )
-        made._sliceable = frozenset(
-            f.name for f in fields if get_origin(hints[f.name]) in (tuple, dict)
-        )
+        made._sliceable = frozenset(f.name for f in fields if _sliceable(hints[f.name]))
         REGISTRY[op] = made
         return made
 
     return wrap
+
+
+def _sliceable(tp: object) -> bool:
+    """tuple[T, ...] and dict[K, V]; not a fixed-length tuple[A, B]."""
+    origin = get_origin(tp)
+    return origin is dict or (origin is tuple and get_args(tp)[-1:] == (Ellipsis,))
 
 
 def from_wire(wire: object) -> Message:
@@ -295,6 +299,8 @@ def compile_type(tp: object) -> Validator:
         return _compile_union(args)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return _compile_tuple(compile_type(args[0]))
+    if origin is tuple and args and Ellipsis not in args:
+        return _compile_record(tuple(compile_type(a) for a in args))
     if origin is dict and len(args) == 2:
         return _compile_dict(compile_type(args[0]), compile_type(args[1]))
     raise TypeError(f"unsupported message field type {tp!r}")
@@ -322,6 +328,18 @@ def _compile_tuple(item: Validator) -> Validator:
         if not value or item is _check_any:
             return value
         return tuple([item(v, where) for v in value])
+
+    return check
+
+
+def _compile_record(items: tuple[Validator, ...]) -> Validator:
+    """A fixed-length array: tuple[A, B, C], each place of its own type."""
+    size = len(items)
+
+    def check(value: object, where: str) -> object:
+        if type(value) is not tuple or len(value) != size:
+            _fail(where, f"array of {size}", value)
+        return tuple([item(v, where) for item, v in zip(items, value, strict=True)])
 
     return check
 

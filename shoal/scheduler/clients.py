@@ -335,6 +335,39 @@ class ClientRequests(CoreBase):
         for client in clients:
             self._send(client.peer, msg)
 
+    def _report_warned(self, ts: TaskState, warned: tuple[m.Warned, ...]) -> None:
+        """A task's warnings, to the clients that want it or else a task depending
+        on it (the nearest found, looking at SCAN_FOR_WANTED tasks at most): sent
+        now, they arrive before the report of any key depending on the task."""
+        clients = ts.wanted_by or _wanting_above(ts)
+        if clients:
+            msg = m.TaskWarned(key=ts.key, warned=warned)
+            for client in clients:
+                self._send(client.peer, msg)
+
+
+# Tasks looked at above a warning task for the clients waiting on it: enough for
+# the chains and reductions of a collection's graph, bounded for all-to-all ones.
+SCAN_FOR_WANTED = 1_000
+
+
+def _wanting_above(ts: TaskState) -> tuple[ClientInfo, ...]:
+    """The clients that want a task depending on `ts`, directly or not; none past
+    a wanted task, and none beyond SCAN_FOR_WANTED tasks looked at."""
+    found: dict[ClientInfo, None] = {}
+    seen = {ts}
+    todo = list(ts.dependents)
+    while todo and len(seen) < SCAN_FOR_WANTED:
+        above = todo.pop()
+        if above in seen:
+            continue
+        seen.add(above)
+        if above.wanted_by:
+            found.update(dict.fromkeys(above.wanted_by))
+        else:
+            todo.extend(above.dependents)
+    return tuple(found)
+
 
 def gpus_of(ws: WorkerInfo) -> tuple[dict[str, Any], ...]:
     """What scheduler_info() says of each GPU of a worker: from its registration,

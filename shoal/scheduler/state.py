@@ -271,6 +271,8 @@ class SchedulerState(
             # the value or will; saying so again costs nothing and settles it.
             self._free.setdefault(ws, []).append(msg.key)
             return
+        if msg.warned:
+            self._report_warned(ts, msg.warned)
         if self.placement.observe(msg.duration, self._now):
             self._fill_idle()
         self._move(ts, M, ws, msg)
@@ -281,6 +283,8 @@ class SchedulerState(
         ts = self.tasks.get(msg.key)
         if ts is None or ts.processing_on is not ws:
             return
+        if msg.warned:
+            self._report_warned(ts, msg.warned)
         self.tally.ran(ts, ws, msg.duration, self._now, False)
         if ts.retries > 0 and msg.typename != TIMEOUT_TYPENAME:  # a hang is not retried
             ts.retries -= 1

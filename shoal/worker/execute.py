@@ -25,6 +25,7 @@ from shoal.protocol.serialize import Serialized, deserialize, device_nbytes, ser
 from shoal.worker.events import Execute, ExecutionDone, Key, Value
 from shoal.worker.secede import TaskContext, WorkerIdentity, set_current_task
 from shoal.worker.store import Store
+from shoal.worker.task_warnings import Caught
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Executor:
         self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
     ) -> tuple[TaskFinished | TaskErred, Value | None]:
         """Unpickle, call, pickle the result. Never raises for what user code does.
+        The warnings the task raised go with its report (shoal.worker.task_warnings).
 
         The inputs are pinned in the store while it runs: never spilled from under
         it. Only a started task pins them, so that tasks queued behind a paused
@@ -91,10 +93,14 @@ class Executor:
         if keys:
             self.store.pin(keys)
         try:
-            return self._run(key, func, args, deps)
+            with Caught() as caught:
+                report, value = self._run(key, func, args, deps)
         finally:
             if keys:
                 self.store.unpin(keys)
+        if caught.warned:
+            report.warned = tuple(caught.warned)
+        return report, value
 
     def _run(
         self, key: Key, func: Serialized, args: Serialized, deps: tuple[tuple[Key, Value], ...]
