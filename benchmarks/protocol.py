@@ -242,15 +242,16 @@ async def _serve() -> None:
 class ServerProcess:
     """The benchmark server in a child process; always terminated on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: str = "asyncio") -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.shoal_address = ""
         self.raw_port = 0
+        self.loop = loop
 
     def __enter__(self) -> ServerProcess:
         root = Path(__file__).resolve().parent.parent
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.protocol", "--serve"],
+            [sys.executable, "-m", "benchmarks.protocol", "--serve", "--loop", self.loop],
             cwd=root,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -593,7 +594,8 @@ def report(result: dict[str, Any]) -> str:
         f"{' '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
         f"software: {m['implementation']} {m['python']}, numpy {m['numpy']}, "
         f"msgpack {m['msgpack']}, shoal {m['shoal']}",
-        "setup   : client and server in two processes, one TCP connection over 127.0.0.1",
+        "setup   : client and server in two processes, one TCP connection over 127.0.0.1,",
+        f"          event loop {cfg.get('loop', 'asyncio')} in both",
         "",
         f"1. Small messages, N = {cfg['small_n']:,}, {cfg['small_runs']} runs, "
         f"drain() every {CHUNK:,}",
@@ -645,9 +647,10 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, loop: str = "asyncio") -> dict[str, Any]:
     cfg = {
         "quick": quick,
+        "loop": loop,
         "small_n": SMALL_N_QUICK if quick else SMALL_N,
         "small_runs": SMALL_RUNS,
         "chunk": CHUNK,
@@ -661,7 +664,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "machine": machine(),
         "config": cfg,
     }
-    with ServerProcess() as server:
+    with ServerProcess(loop) as server:
         result["small"] = await run_small(server.shoal_address, cfg["small_n"], SMALL_RUNS)
         result["round_trips"] = await run_round_trips(
             server.shoal_address, server.raw_port, cfg["rtt_n"]
@@ -680,12 +683,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer messages and runs")
     parser.add_argument("--out", metavar="FILE.json", help="also write the figures as JSON")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of both processes (uvloop: pip install uvloop, in the bench extra)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
         asyncio.run(_serve())
         return 0
-    result = asyncio.run(run(args.quick))
+    result = asyncio.run(run(args.quick, args.loop))
     print(report(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -132,3 +132,13 @@ def test_tree_graph_has_string_keys_and_sums_right() -> None:
     graph, top = e2e.tree_graph(5)
     assert all(type(key) is str for key in graph)
     assert len(graph) == 9 and top in graph
+
+
+def test_the_codec_comparison_reads_each_others_bytes() -> None:
+    pytest.importorskip("msgspec", reason="msgspec is in the bench extra")
+    from benchmarks import codecs
+
+    figures = codecs.measure(200, 1)  # asserts that each codec decodes the other's bytes
+    assert set(figures) == {"task-finished", "compute-task", "key-in-memory"}
+    assert all(v > 0 for row in figures.values() for v in row.values())
+    assert "per task at the scheduler" in codecs.report(figures, 200, 1)
