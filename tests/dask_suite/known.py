@@ -24,10 +24,6 @@ LOCAL_MACHINERY = (
     "watches dask's local scheduler itself (callbacks, its pool, its cache), "
     "which no other scheduler runs"
 )
-WARNINGS = (
-    "expects a warning raised inside a task to reach the caller's warnings filter; "
-    "shoal does not carry warnings back from workers (dask.distributed does not either)"
-)
 
 LOCK_IN_TEST = (
     "holds a lock in the test process and expects tasks to see it held; "
@@ -55,16 +51,12 @@ CORE = "dask/array/tests/test_array_core.py::"
 CANNOT_PASS: dict[str, str] = {
     "dask/tests/test_delayed.py::test_traverse_false": IDENTITY,
     "dask/tests/test_delayed.py::test_callable_obj": IDENTITY,
-    "dask/bag/tests/test_bag.py::test_take_npartitions_warn": WARNINGS,
-    # (only its blelloch cumprod cases, which expect numpy's overflow warning)
-    "dask/array/tests/test_reductions.py::test_array_cumreduction_axis": WARNINGS,
     "dask/bag/tests/test_bag.py::test_to_delayed_optimize_graph": MUTATES,
     "dask/bag/tests/test_bag.py::test_from_delayed_iterator": GENERATOR,
     "dask/bag/tests/test_bag.py::test_repartition_partition_size_complex_dtypes": IDENTITY,
     "dask/bag/tests/test_bag.py::test_bag_with_single_callable": IDENTITY,
     "dask/bag/tests/test_bag.py::test_reductions_are_lazy": GENERATOR,
     "dask/bag/tests/test_bag.py::test_temporary_directory": CONFIG,
-    "dask/dataframe/tests/test_dataframe.py::test_head_npartitions_warn": WARNINGS,
     "dask/dataframe/tests/test_dataframe.py::test_use_of_weakref_proxy": WEAKREF,
     # da.store writes into a numpy array (or memmap) of the test process.
     CORE + "test_store_delayed_target": MUTATES,
