@@ -61,11 +61,17 @@ class _Packers(threading.local):
     def _payload_ref(self, obj: object) -> object:
         if type(obj) is Serialized:
             if obj.inline:
-                return msgpack.ExtType(EXT_INLINE, self.ext.pack([obj.typename, obj.frames[0]]))
+                return _ext((EXT_INLINE, self.ext.pack([obj.typename, obj.frames[0]])))
             assert self.frames is not None
             self.frames.extend(obj.frames)
-            return msgpack.ExtType(EXT_FRAMES, self.ext.pack([obj.typename, len(obj.frames)]))
+            return _ext((EXT_FRAMES, self.ext.pack([obj.typename, len(obj.frames)])))
         raise _Unpackable(obj)
+
+
+def _ext(code_and_data: tuple[int, bytes]) -> msgpack.ExtType:
+    """msgpack.ExtType without its checks in Python, which cost more than packing
+    a small payload: the code and the bytes are ours and right."""
+    return tuple.__new__(msgpack.ExtType, code_and_data)
 
 
 _packers = _Packers()

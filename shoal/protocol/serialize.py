@@ -55,7 +55,11 @@ class Serialized:
     @property
     def inline(self) -> bool:
         """True when it travels inside the header rather than as frames."""
-        return len(self.frames) == 1 and memoryview(self.frames[0]).nbytes <= INLINE_MAX
+        frames = self.frames
+        if len(frames) != 1:
+            return False
+        first = frames[0]
+        return (len(first) if type(first) is bytes else memoryview(first).nbytes) <= INLINE_MAX
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Serialized):
