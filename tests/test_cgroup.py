@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.deploy import cgroup, cli
+from shoal.deploy import arguments, cgroup
 from shoal.deploy.cgroup import ContainerLimits, read_limits
 
 pytestmark = pytest.mark.timeout(30)
@@ -94,21 +94,21 @@ def test_v1_quota_in_the_process_cgroup(tmp_path: Path) -> None:
 def test_worker_defaults_follow_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cgroup, "read_limits", lambda: ContainerLimits(1.5, 2 * 2**30))
     monkeypatch.setattr(cgroup, "usable_cores", lambda: 64)
-    args = cli.build_parser().parse_args(["worker", "tcp://127.0.0.1:7786"])
-    cli.check_args(args)
+    args = arguments.build_parser().parse_args(["worker", "tcp://127.0.0.1:7786"])
+    arguments.check_args(args)
     assert args.nthreads == 2
-    assert args.memory_limit == int(2 * 2**30 * cli.CONTAINER_SHARE)
+    assert args.memory_limit == int(2 * 2**30 * arguments.CONTAINER_SHARE)
     # What is set wins.
-    args = cli.build_parser().parse_args(
+    args = arguments.build_parser().parse_args(
         ["worker", "tcp://127.0.0.1:7786", "--nthreads", "7", "--memory-limit", "0"]
     )
-    cli.check_args(args)
+    arguments.check_args(args)
     assert (args.nthreads, args.memory_limit) == (7, 0)
 
 
 def test_worker_defaults_without_a_container(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cgroup, "read_limits", lambda: ContainerLimits())
     monkeypatch.setattr(cgroup, "usable_cores", lambda: 3)
-    args = cli.build_parser().parse_args(["worker", "tcp://127.0.0.1:7786"])
-    cli.check_args(args)
+    args = arguments.build_parser().parse_args(["worker", "tcp://127.0.0.1:7786"])
+    arguments.check_args(args)
     assert (args.nthreads, args.memory_limit) == (3, 0)

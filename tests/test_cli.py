@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from shoal import __version__
-from shoal.deploy.cli import DEFAULT_PORT, _worker_options, build_parser
+from shoal.deploy.arguments import DEFAULT_PORT, build_parser
+from shoal.deploy.cli import _worker_options
 from shoal.deploy.options import memory_limit
 from shoal.protocol.handshake import PROTOCOL_VERSION
 

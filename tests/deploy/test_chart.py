@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shoal.deploy.cli import CONTAINER_SHARE
+from shoal.deploy.arguments import CONTAINER_SHARE
 from shoal.deploy.options import parse_resources
 from shoal.deploy.retire import NANNY_MARGIN_S
 from tests.deploy.chart import (
