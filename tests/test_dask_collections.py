@@ -76,7 +76,7 @@ def test_warnings_raised_inside_tasks_are_raised_again_in_the_caller(client: Cli
     # numpy's own RuntimeWarning in the inner tasks of a reduction: the client
     # wants only the final key.
     with pytest.warns(RuntimeWarning, match="invalid value encountered in log"):
-        assert np.isnan(da.log(-da.ones(100, chunks=10)).sum().compute())
+        assert np.isnan(da.log(-da.ones(100, chunks=10)).sum().compute(scheduler=client.get))
     # An inner delayed task's warning, under dask.compute with client.get.
     inner = dask.delayed(warn_and_negate)(3)
     with pytest.warns(FutureWarning, match="negating 3"):

@@ -36,7 +36,7 @@ from shoal.deploy import gpus as gpu_nodes
 from shoal.deploy import options
 from shoal.deploy.forked import ForkedProcess, can_fork, fork_worker
 from shoal.deploy.lifeline import Lifeline
-from shoal.deploy.worker_env import worker_environment
+from shoal.deploy.worker_env import import_path, worker_environment
 from shoal.scheduler.server import Scheduler
 from shoal.scheduler.state import SchedulerState
 from shoal.worker.gpu import Device, parse_gpus, pin_env
@@ -396,6 +396,9 @@ class LocalCluster:
         # The token travels in the environment, not in argv where `ps` shows it.
         env = worker_environment(os.environ, self.threads_per_worker)
         env.update({"SHOAL_TOKEN": self.token, **self._lifeline.child_env()})
+        # What a forked worker inherits: this process's import path (-P leaves out the
+        # working directory, and a script's own folder is not on a new process's path).
+        env["PYTHONPATH"] = import_path(sys.path, {sys.prefix, sys.base_prefix, sys.exec_prefix})
         if self.devices:
             env.update(pin_env(self.devices[i]))
         return await asyncio.create_subprocess_exec(

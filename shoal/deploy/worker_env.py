@@ -1,5 +1,6 @@
 """The environment a worker process starts with: thread counts for numeric
-libraries and the C allocator's trim threshold, unless the user set them.
+libraries and the C allocator's trim threshold, unless the user set them; and,
+for a worker a LocalCluster starts, the starting process's import path.
 
 numpy's BLAS and OpenMP start a thread per core by default; in a worker that
 runs `nthreads` tasks at once that is nthreads x cores threads fighting for
@@ -10,7 +11,8 @@ memory (which its thresholds and nanny watch) falls when values are freed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
 # Libraries' thread-count variables, each set to the worker's thread count.
 THREAD_VARIABLES = (
@@ -32,3 +34,20 @@ def worker_environment(base: Mapping[str, str], nthreads: int) -> dict[str, str]
         env.setdefault(name, str(nthreads))
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(MALLOC_TRIM_THRESHOLD))
     return env
+
+
+def import_path(path: Sequence[str], own: Iterable[str]) -> str:
+    """PYTHONPATH for a worker started from this process, so that it imports what
+    this process imports: the entries of `path` (sys.path) outside the
+    interpreter's own folders `own` (its prefixes: the standard library and
+    site-packages, which the worker has anyway), in order, with "" (the working
+    directory) made absolute. A task's function pickled by reference to a module
+    of the user's script folder is then found by the worker too."""
+    prefixes = tuple(os.path.join(p, "") for p in own if p)
+    entries = []
+    for entry in path:
+        full = os.path.abspath(entry or os.getcwd())
+        if os.path.join(full, "").startswith(prefixes) or full in entries:
+            continue
+        entries.append(full)
+    return os.pathsep.join(entries)
