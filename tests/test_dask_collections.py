@@ -84,9 +84,10 @@ def test_warnings_raised_inside_tasks_are_raised_again_in_the_caller(client: Cli
     # A plain future's, before its result.
     with pytest.warns(FutureWarning, match="negating 7"):
         assert client.submit(warn_and_negate, 7, pure=False).result() == -7
-    # The caller's filters decide.
+    # The caller's filters decide, a filter naming the module included.
     with warnings.catch_warnings(record=True) as got:
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=__name__)
         assert client.submit(warn_and_negate, 8, pure=False).result() == -8
     assert not [w for w in got if issubclass(w.category, FutureWarning)]
 

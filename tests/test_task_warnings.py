@@ -9,6 +9,7 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_a_finished_task_reports_each_distinct_warning_once(routed: None) -> Non
     outcome, _ = run(warns_then_adds, spec(2, 3))
     assert type(outcome) is m.TaskFinished
     here = __file__
-    module = here[:-3]
+    module = __name__  # its dotted name, as filters name modules
     assert outcome.warned == (
         (f"{__name__}.Careful", "first", here, line_of(warns_then_adds, '"first"'), module),
         (
@@ -115,6 +116,13 @@ def _add_payloads():
     from shoal.protocol.serialize import serialize
 
     return serialize(lambda x, y: x + y), spec(1, 2)
+
+
+def test_a_warnings_module_is_named_as_filters_name_it(tmp_path: Path) -> None:
+    assert task_warnings.module_of(warnings.__file__) == "warnings"
+    assert task_warnings.module_of(logging.__file__) == "logging"  # a package's __init__
+    assert task_warnings.module_of(str(tmp_path / "elsewhere.py")) == str(tmp_path / "elsewhere")
+    assert task_warnings.module_of("<dynamic-code>") == "<dynamic-code>"
 
 
 def test_warnings_outside_tasks_go_to_the_workers_own_stderr_once_and_filters_hold() -> None:

@@ -24,7 +24,8 @@ INLINE_VALUE_BYTES = 1024
 # A warning a task raised: (category, message, filename, lineno, module). The
 # category is its class's importable name ("builtins.UserWarning"); the message
 # is its text, cut at WARNING_TEXT_CHARS; the module is what filters match it
-# against (the file name without ".py", as warnings.warn_explicit derives it). A
+# against (its dotted name, from the worker's sys.path, else the file name
+# without ".py", as warnings.warn_explicit derives it). A
 # task's report carries at most WARNINGS_PER_TASK of them, each distinct.
 Warned = tuple[str, str, str, int, str]
 WARNINGS_PER_TASK = 20

@@ -12,6 +12,9 @@ client's own process) nothing is caught: the process's own machinery shows it.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import threading
 import warnings
 from typing import Any
@@ -94,9 +97,23 @@ def _text(message: object) -> str:
         return f"<str() of the warning failed: {exc!r}>"
 
 
+@functools.lru_cache(maxsize=1024)
 def module_of(filename: str) -> str:
-    """The module name warnings.warn_explicit derives from a file name when it is
-    given none, which filters are matched against."""
+    """The dotted name of the module in `filename`, from the entry of sys.path that
+    holds it ("pandas.core.frame"), which filters' module patterns are matched
+    against; where none holds it, the file name less ".py", as
+    warnings.warn_explicit names a module it is not told."""
+    if filename.endswith(".py"):
+        root = ""
+        for entry in sys.path:
+            folder = os.path.join(os.path.abspath(entry or os.curdir), "")
+            if filename.startswith(folder) and len(folder) > len(root):
+                root = folder
+        parts = filename[len(root) : -3].split(os.sep) if root else []
+        if parts and parts[-1] == "__init__":
+            parts.pop()
+        if parts and all(part.isidentifier() for part in parts):
+            return ".".join(parts)
     module = filename or "<unknown>"
     return module[:-3] if module[-3:].lower() == ".py" else module
 
