@@ -150,9 +150,10 @@ def _make_decoder(cls: type[Message], fields: tuple[dataclasses.Field, ...]) -> 
         "fail": _fail,
     }
     lines = ["def decode(wire):", "    get = wire.get", "    self = new(cls)"]
-    if cls._required:
-        env["required"] = cls._required
-        lines.append("    if not required.issubset(wire):")
+    required = [f.name for f in fields if f.name in cls._required]
+    if required:
+        present = " and ".join(f"{name!r} in wire" for name in required)
+        lines.append(f"    if not ({present}):")
         lines.append("        missing(cls, wire)")
     hints = typing.get_type_hints(cls, include_extras=True)
     for i, ((name, check, where), field) in enumerate(zip(cls._validators, fields, strict=True)):
