@@ -381,14 +381,14 @@ async def getdata_round_trips(comm: Comm, n: int) -> list[float]:
     """Sequential GetData -> DataSent exchanges; the server's handler answers each."""
     await _start(comm, "serve")
     times = []
-    for i in range(-RTT_WARMUP, n):
+    for i in range(RTT_WARMUP + n):  # request ids are counts: never negative on the wire
         start = time.perf_counter()
         comm.send(GetData(keys=(("x", i),), request_id=i))
         msgs = await comm.read()
         elapsed = time.perf_counter() - start
         if len(msgs) != 1 or type(msgs[0]) is not DataSent or msgs[0].request_id != i:
             raise RuntimeError(f"unexpected answer to GetData {i}: {msgs!r}")
-        if i >= 0:
+        if i >= RTT_WARMUP:
             times.append(elapsed)
     return times
 

@@ -142,3 +142,21 @@ def test_the_codec_comparison_reads_each_others_bytes() -> None:
     assert set(figures) == {"task-finished", "compute-task", "key-in-memory"}
     assert all(v > 0 for row in figures.values() for v in row.values())
     assert "per task at the scheduler" in codecs.report(figures, 200, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_wire_protocol_benchmark_runs_to_its_report() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.protocol", "--quick"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Sequential round trips" in done.stdout and "Array transfer" in done.stdout
