@@ -282,6 +282,25 @@ def test_a_fired_and_forgotten_task_runs_on_after_its_client_closed(
         poll(lambda: not c.scheduler_info()["tasks"], "the scheduler to let go of it")
 
 
+def test_a_release_queued_before_fire_and_forget_does_not_overtake_it(
+    cli: Cluster, tmp_path: Path
+) -> None:
+    """The dependency's Future goes as its submission is sent, so the loop queues a
+    release then; the loop is held there while the caller fires and lets go of the
+    dependent. That release must not carry the fired key ahead of FireAndForget."""
+    marker = tmp_path / "fired"
+    with Client(cli.address, token=TOKEN) as c:
+        assert c._thread is not None
+        future = c.submit(write_marker, str(marker), c.submit(nap, 0.5, pure=False))
+        held, holding = threading.Event(), threading.Event()
+        c._thread.call_soon(lambda: (holding.set(), held.wait(WAIT_S)))
+        assert holding.wait(WAIT_S)  # both submissions sent, the release queued
+        fire_and_forget(future)
+        del future
+        held.set()
+    poll(marker.exists, "the forgotten task's file")
+
+
 # -- exceptions -------------------------------------------------------------------------------
 
 

@@ -290,16 +290,19 @@ class ClusterHelpers:
 
         return ClientExecutor(self, **submit_options)  # type: ignore[arg-type]
 
-    def _fire_and_forget(self, keys: list[Any]) -> None:
-        """Send FireAndForget after what this thread submitted before (same queue)."""
+    def _fire_and_forget(self, keys: list[Any], keepalive: object = None) -> None:
+        """Send FireAndForget after what this thread submitted before (same queue).
+        `keepalive` holds the Futures until it is queued: a release of their keys,
+        which the loop may send as soon as the last Future goes, must come after
+        it, or the scheduler lets the tasks go before it hears they are fired."""
         msg = FireAndForget(keys=tuple(keys))
         thread = self._thread
         if thread is None or thread.in_thread:
-            self._send_fired(msg)
+            self._send_fired(msg, keepalive)
         else:
-            thread.call_soon(self._send_fired, msg)
+            thread.call_soon(self._send_fired, msg, keepalive)
 
-    def _send_fired(self, msg: FireAndForget) -> None:
+    def _send_fired(self, msg: FireAndForget, keepalive: object = None) -> None:
         try:
             self._link_or_raise().send(msg)
         except CommClosedError as exc:  # its futures fail with the same error
@@ -314,10 +317,11 @@ def fire_and_forget(futures: Any) -> None:
         CommClosedError: a future's client is not connected.
     """
     by_client: dict[int, tuple[Any, list[Any]]] = {}
-    for future in nesting.futures_in(futures):
+    held = list(nesting.futures_in(futures))
+    for future in held:
         by_client.setdefault(id(future.client), (future.client, []))[1].append(future.key)
     for client, keys in by_client.values():
-        client._fire_and_forget(list(dict.fromkeys(keys)))
+        client._fire_and_forget(list(dict.fromkeys(keys)), keepalive=held)
 
 
 # -- pickling datasets: futures travel as their keys ----------------------------------------
