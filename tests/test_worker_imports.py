@@ -29,7 +29,9 @@ def test_the_import_path_keeps_the_users_folders_in_order_and_leaves_the_interpr
         str(tmp_path / "project"),  # a repeat
         str(tmp_path / "venv-other"),  # shares the prefix's text, not its folder
     ]
-    assert import_path(path, [prefix, ""]).split(os.pathsep) == [
+    first = os.pathsep.join([str(tmp_path / "fakes"), ""])
+    assert import_path(path, [prefix, ""], first).split(os.pathsep) == [
+        str(tmp_path / "fakes"),  # the environment's PYTHONPATH comes first
         str(tmp_path / "project"),
         os.getcwd(),
         str(tmp_path / "libs"),

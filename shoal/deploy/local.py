@@ -398,7 +398,8 @@ class LocalCluster:
         env.update({"SHOAL_TOKEN": self.token, **self._lifeline.child_env()})
         # What a forked worker inherits: this process's import path (-P leaves out the
         # working directory, and a script's own folder is not on a new process's path).
-        env["PYTHONPATH"] = import_path(sys.path, {sys.prefix, sys.base_prefix, sys.exec_prefix})
+        own = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+        env["PYTHONPATH"] = import_path(sys.path, own, env.get("PYTHONPATH", ""))
         if self.devices:
             env.update(pin_env(self.devices[i]))
         return await asyncio.create_subprocess_exec(

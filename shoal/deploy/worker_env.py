@@ -36,15 +36,16 @@ def worker_environment(base: Mapping[str, str], nthreads: int) -> dict[str, str]
     return env
 
 
-def import_path(path: Sequence[str], own: Iterable[str]) -> str:
+def import_path(path: Sequence[str], own: Iterable[str], first: str = "") -> str:
     """PYTHONPATH for a worker started from this process, so that it imports what
-    this process imports: the entries of `path` (sys.path) outside the
-    interpreter's own folders `own` (its prefixes: the standard library and
-    site-packages, which the worker has anyway), in order, with "" (the working
-    directory) made absolute. A task's function pickled by reference to a module
-    of the user's script folder is then found by the worker too."""
+    this process imports: `first` (the PYTHONPATH it is to start with), then the
+    entries of `path` (sys.path) outside the interpreter's own folders `own` (its
+    prefixes: the standard library and site-packages, which the worker has
+    anyway), in order, each once, with "" (the working directory) made absolute.
+    A task's function pickled by reference to a module of the user's script
+    folder is then found by the worker too."""
     prefixes = tuple(os.path.join(p, "") for p in own if p)
-    entries = []
+    entries = [entry for entry in first.split(os.pathsep) if entry]
     for entry in path:
         full = os.path.abspath(entry or os.getcwd())
         if os.path.join(full, "").startswith(prefixes) or full in entries:
