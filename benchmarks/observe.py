@@ -9,7 +9,8 @@ read aggregates, so neither should grow with N.
 starts before its first run and keeps for all of them, so that starting it is
 counted against none: it reads `on` and `off` lines on stdin and, while on,
 GETs a scheduler's /metrics and /api/v1/dashboard every INTERVAL seconds (1),
-as a Prometheus scraper and an open dashboard page do. It answers `on` once
+over one connection kept open, as a Prometheus scraper and an open dashboard
+page do. It answers `on` once
 its first poll is done and `off` once its polling thread has stopped, and
 prints the number of requests made when stdin ends. While off it sleeps on
 stdin and uses no CPU.
@@ -17,11 +18,12 @@ stdin and uses no CPU.
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import threading
 import time
-import urllib.request
+import urllib.parse
 
 SCALE = (10_000, 100_000, 1_000_000)
 PREFIXES = ("load", "clean", "join", "fit", "score")
@@ -37,18 +39,30 @@ class Polling(threading.Thread):
         self.first, self.stop = threading.Event(), threading.Event()
 
     def run(self) -> None:
+        # One connection kept open, as a Prometheus scraper and a browser keep theirs.
+        where = urllib.parse.urlsplit(self.http)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
         since = 0.0
-        while True:
-            with urllib.request.urlopen(f"{self.http}/metrics", timeout=10) as answer:
-                answer.read()
-            url = f"{self.http}/api/v1/dashboard?since={since}"
-            with urllib.request.urlopen(url, timeout=10) as answer:
-                page = json.loads(answer.read())
-            since = max([since, *(run["stop"] for run in page["stream"])])
-            self.requests += 2
-            self.first.set()
-            if self.stop.wait(self.interval):
-                return
+        try:
+            while True:
+                self._get(conn, "/metrics")
+                page = json.loads(self._get(conn, f"/api/v1/dashboard?since={since}"))
+                since = max([since, *(run["stop"] for run in page["stream"])])
+                self.requests += 2
+                self.first.set()
+                if self.stop.wait(self.interval):
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _get(conn: http.client.HTTPConnection, path: str) -> bytes:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"GET {path}: {answer.status} {body[:200]!r}")
+        return body
 
 
 def poll(http: str, interval: float) -> int:
