@@ -356,3 +356,30 @@ async def test_failed_sends_on_a_closed_comm_hold_nothing(bind: str) -> None:
         errors.append(caught.value)
     depths = {len(traceback.extract_tb(exc.__traceback__)) for exc in errors}
     assert max(depths) <= 3, f"traceback depths {sorted(depths)}"
+
+
+async def test_a_connection_reset_as_it_opens_leaves_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peer resets the connection between connect() and the transport's start
+    (getpeername fails): the socket is closed, not left for the collector."""
+    import socket
+
+    from shoal.protocol import comm as comm_module
+
+    made: list[socket.socket] = []
+
+    class Resetting(SocketTransport):
+        def __init__(self, sock: socket.socket, decoder: object) -> None:
+            made.append(sock)
+            raise OSError(107, "Transport endpoint is not connected")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        monkeypatch.setattr(comm_module, "SocketTransport", Resetting)
+        port = listener.getsockname()[1]
+        with pytest.raises(OSError, match="not connected"):
+            await connect(f"tcp://127.0.0.1:{port}", timeout=5)
+        assert len(made) == 1 and made[0].fileno() == -1  # closed
+    finally:
+        listener.close()

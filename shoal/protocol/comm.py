@@ -172,9 +172,21 @@ async def _tcp_connect(
         except BaseException:
             sock.close()
             raise
-        return await _wrap(
-            sock, addr.scheme, tls, limits, server_side=False, host=addr.host, ssl_timeout=timeout
-        )
+        try:
+            return await _wrap(
+                sock,
+                addr.scheme,
+                tls,
+                limits,
+                server_side=False,
+                host=addr.host,
+                ssl_timeout=timeout,
+            )
+        except BaseException:
+            # A peer that resets the connection at once (a listener going away as
+            # it accepts) fails getpeername() in the transport: close the socket.
+            sock.close()
+            raise
     raise error or OSError(f"could not resolve {addr}")
 
 
