@@ -63,6 +63,15 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-key", type=pem, metavar="PEM", help="this side's private key")
 
 
+def _add_scheduler_address(parser: argparse.ArgumentParser) -> None:
+    """The positional address of the scheduler a command connects to."""
+    parser.add_argument(
+        "address",
+        type=_checked(_connect_address),
+        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
+    )
+
+
 def _add_http(parser: argparse.ArgumentParser, default: int, what: str) -> None:
     group = parser.add_argument_group("HTTP")
     more = (
@@ -230,11 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a worker that joins a scheduler")
     worker.set_defaults(parser=worker)
-    worker.add_argument(
-        "address",
-        type=_checked(_connect_address),
-        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
-    )
+    _add_scheduler_address(worker)
     worker.add_argument(
         "--nthreads",
         type=_at_least_one,
@@ -334,11 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stat = commands.add_parser("status", help="print a scheduler's workers and task counts")
     stat.set_defaults(parser=stat)
-    stat.add_argument(
-        "address",
-        type=_checked(_connect_address),
-        help=f"the scheduler, e.g. tcp://10.0.0.5:7786 (default port {DEFAULT_PORT})",
-    )
+    _add_scheduler_address(stat)
     stat.add_argument("--json", action="store_true", help="the scheduler's info as JSON")
     stat.add_argument(
         "--timeout",
